@@ -1,0 +1,33 @@
+"""The client side of the bridge: connections to pods, calls in flight, errors.
+
+It moves bytes and nothing else: deciding what runs where is ``kubetorch_jupyter``'s
+job, running it is ``pod_runtime``'s.
+"""
+
+from .calls import CallHandle, EventSink, print_event
+from .connection import PodConnection
+from .errors import (
+    AuthenticationError,
+    BridgeError,
+    CallLostError,
+    KtError,
+    PodDiedError,
+    PodUnreachableError,
+    RemoteError,
+    SerializationError,
+)
+
+__all__ = [
+    "AuthenticationError",
+    "BridgeError",
+    "CallHandle",
+    "CallLostError",
+    "EventSink",
+    "KtError",
+    "PodConnection",
+    "PodDiedError",
+    "PodUnreachableError",
+    "RemoteError",
+    "SerializationError",
+    "print_event",
+]

@@ -1,0 +1,260 @@
+"""A call in flight: its events as they arrive, then its result.
+
+The bridge loop delivers items into a thread-safe queue; whoever waits for the call
+(the cell's own thread, or a coroutine on the caller's loop) drains it, writes stream
+output where that caller writes, and decodes the result there. So output lands in the
+cell that made the call, and unpickling (which may import modules) never blocks the
+bridge loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import linecache
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from pod_runtime import protocol, shm
+
+from .errors import BridgeError, KtError, SerializationError, as_remote
+
+if TYPE_CHECKING:
+    from .connection import PodConnection
+
+__all__ = ["CallHandle", "EventSink", "print_event"]
+
+EventSink = Callable[[dict[str, Any]], None]
+#: After a local interrupt, how long to wait for the pod to report the interrupted call.
+CANCEL_GRACE = 10.0
+
+
+def print_event(event: dict[str, Any]) -> None:
+    """The default event sink: streams to this process's stdout/stderr, displays as text."""
+    kind = event.get("kind")
+    if kind == "stream":
+        stream = sys.stderr if event.get("name") == "stderr" else sys.stdout
+        stream.write(event["text"])
+        stream.flush()
+    elif kind in ("display", "result"):
+        text = event.get("data", {}).get("text/plain")
+        if text is not None:
+            print(text)
+
+
+class CallHandle:
+    """A call running on a pod (a future with a stream of events).
+
+    ``result()`` blocks until the call finishes, passing events to the sink as they
+    arrive; ``await handle`` does the same without blocking the caller's loop.
+    """
+
+    def __init__(
+        self,
+        conn: PodConnection,
+        call_id: int,
+        request: tuple[bytes, list[memoryview], int],
+        *,
+        label: str = "call",
+        sink: EventSink | None = None,
+    ) -> None:
+        self.conn = conn
+        self.call_id = call_id
+        self.label = label
+        self.sink = sink or print_event
+        self.request: tuple[bytes, list[memoryview], int] | None = request
+        self.last_seq = 0
+        self.cancelled = False
+        self._items: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._wakers: list[Callable[[], None]] = []
+        self._wakers_lock = threading.Lock()
+        self._finished = threading.Event()
+        self._outcome: tuple[bool, Any] | None = None
+        #: Called on the bridge's reader thread when the pod's answer arrives.
+        self.on_answer: list[Callable[[], None]] = []
+
+    def __repr__(self) -> str:
+        state = "done" if self.done() else "running"
+        return f"<CallHandle {self.label} on {self.conn.name!r} {state}>"
+
+    # ------------------------------------------------------ from the bridge loop
+    def _deliver(self, kind: str, payload: Any) -> None:
+        if kind == "events":
+            self.last_seq = max(self.last_seq, payload[-1]["seq"])
+        elif kind in ("result", "error"):
+            self.request = None
+            self._finished.set()
+            if kind == "result":
+                for callback in self.on_answer:
+                    callback()
+        self._items.put((kind, payload))
+        with self._wakers_lock:
+            wakers = list(self._wakers)
+        for wake in wakers:
+            wake()
+
+    # -------------------------------------------------------------- consumer
+    def done(self) -> bool:
+        """Whether the pod has answered (the result may not be decoded yet)."""
+        return self._finished.is_set()
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the call, streaming its events to the sink; return or raise its result.
+
+        A ``KeyboardInterrupt`` while waiting interrupts the call on the pod, waits
+        briefly for it to stop (so that its last output is shown), then re-raises.
+
+        Raises:
+            TimeoutError: ``timeout`` seconds passed (the call keeps running).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        interrupted = False
+        while self._outcome is None:
+            try:
+                wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if interrupted:
+                    wait = CANCEL_GRACE
+                try:
+                    kind, payload = self._items.get(timeout=wait)
+                except queue.Empty:
+                    if interrupted:
+                        raise KeyboardInterrupt from None
+                    raise TimeoutError(
+                        f"{self.label} on {self.conn.name!r} did not finish within {timeout}s "
+                        "(it is still running; call .result() again or .cancel() it)"
+                    ) from None
+                self._consume(kind, payload)
+            except KeyboardInterrupt:
+                if interrupted:
+                    raise
+                interrupted = True
+                self.cancel()
+        ok, value = self._outcome
+        if ok:
+            return value
+        if interrupted and _is_interrupt(value):
+            raise KeyboardInterrupt
+        raise value
+
+    def stream(self, timeout: float | None = None) -> Iterator[dict[str, Any]]:
+        """Yield the call's events as they arrive (instead of sending them to the sink).
+
+        Ends when the call finishes; then :meth:`result` returns at once.
+        """
+        while self._outcome is None:
+            try:
+                kind, payload = self._items.get(timeout=timeout)
+            except queue.Empty:
+                raise TimeoutError(f"no event from {self.label} within {timeout}s") from None
+            if kind == "events":
+                yield from payload
+            else:
+                self._consume(kind, payload)
+
+    def __await__(self) -> Any:
+        return self.aresult().__await__()
+
+    async def aresult(self) -> Any:
+        """Await the result without blocking the caller's event loop."""
+        loop = asyncio.get_running_loop()
+        ready = asyncio.Event()
+
+        def wake() -> None:
+            loop.call_soon_threadsafe(ready.set)
+
+        with self._wakers_lock:
+            self._wakers.append(wake)
+        try:
+            while self._outcome is None:
+                try:
+                    kind, payload = self._items.get_nowait()
+                except queue.Empty:
+                    ready.clear()
+                    if self._items.empty():
+                        await ready.wait()
+                    continue
+                self._consume(kind, payload)
+        except asyncio.CancelledError:
+            self.cancel()
+            raise
+        finally:
+            with self._wakers_lock, contextlib.suppress(ValueError):
+                self._wakers.remove(wake)
+        ok, value = self._outcome
+        if ok:
+            return value
+        raise value
+
+    def cancel(self) -> None:
+        """Interrupt the call on the pod (KeyboardInterrupt there); the pod lives on."""
+        if not self.done():
+            self.cancelled = True
+            self.conn.cancel(self.call_id)
+
+    # ---------------------------------------------------------------- decode
+    def _consume(self, kind: str, payload: Any) -> None:
+        if kind == "events":
+            for event in payload:
+                self.sink(event)
+        elif kind == "result":
+            self._outcome = self._decode(payload)
+        elif kind == "error":
+            self._outcome = (False, payload)
+
+    def _decode(self, frame: protocol.Frame) -> tuple[bool, Any]:
+        try:
+            buffers = protocol.resolve_buffers(frame.buffers, shm.map_claimed)
+            msg = protocol.loads(frame.body, buffers)
+        except Exception as exc:  # noqa: BLE001
+            return False, SerializationError(
+                f"the result of {self.label} could not be unpickled here: "
+                f"{type(exc).__name__}: {exc}. Is the package that defines it installed "
+                "locally, in a compatible version?",
+                target="result",
+            )
+        if msg["ok"]:
+            return True, msg["value"]
+        err = msg["error"]
+        original = None
+        if err.get("exc") is not None:
+            try:
+                original = protocol.loads(err["exc"])
+            except Exception:  # noqa: BLE001 - the type is not importable here
+                original = None
+        if err.get("category") == "SerializationError":
+            return False, SerializationError(err["message"], target="result")
+        text = format_remote_traceback(err) if err.get("frames") else err["traceback"]
+        return False, as_remote(original, err["type"], err["message"], text, self.conn.name)
+
+
+def format_remote_traceback(err: dict[str, Any]) -> str:
+    """Format a remote traceback, filling in source lines the pod could not read.
+
+    A function sent by value from a notebook cell has its cell as file name; the pod
+    has no such file, but this kernel's ``linecache`` does, so the traceback shows the
+    cell's own lines.
+    """
+    lines = ["Traceback (most recent call last):\n"]
+    for filename, lineno, name, line in err["frames"]:
+        lines.append(f'  File "{filename}", line {lineno}, in {name}\n')
+        source = line or (linecache.getline(filename, lineno).strip() if lineno else "")
+        if source:
+            lines.append(f"    {source}\n")
+    message = err["message"]
+    lines.append(f"{err['type']}: {message}\n" if message else f"{err['type']}\n")
+    return "".join(lines)
+
+
+def _is_interrupt(exc: BaseException) -> bool:
+    return isinstance(exc, KeyboardInterrupt) or (
+        isinstance(exc, KtError) and getattr(exc, "remote_type", "") == "KeyboardInterrupt"
+    )
+
+
+def failed(exc: BridgeError) -> tuple[str, BridgeError]:
+    """An item that fails a call with a connection-level error."""
+    return ("error", exc)

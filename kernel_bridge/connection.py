@@ -1,0 +1,390 @@
+"""One websocket connection to one pod, shared by every call to it.
+
+Calls are multiplexed by id. The calling thread sends its own frame (no handoff); one
+reader thread receives frames and hands each to the call it belongs to (see
+:mod:`pod_runtime.wire` for why this beats an event loop here).
+
+The connection survives drops: it reconnects with backoff and asks the pod (COLLECT)
+for the events and results of the calls still in flight. The pod kept them, so a
+result that finished while the connection was down is collected, not lost; a call the
+pod never received (same pod, no record of it) is sent again. When the pod is gone
+(``status`` says the process died, or it came back with another boot id) the calls in
+flight fail with :class:`PodDiedError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from pod_runtime import protocol, shm, wire
+from pod_runtime.protocol import FrameType
+
+from .calls import CallHandle, EventSink
+from .errors import (
+    AuthenticationError,
+    BridgeError,
+    CallLostError,
+    PodDiedError,
+    PodUnreachableError,
+)
+
+__all__ = ["PodConnection"]
+
+log = logging.getLogger("kubetorch.bridge")
+
+#: ``status()`` returns (alive, exit_status); exit_status None when unknown.
+StatusProbe = Callable[[], tuple[bool, int | None]]
+
+
+class PodConnection:
+    """A multiplexed, reconnecting connection to a pod.
+
+    Connecting happens in the constructor; it raises when the pod cannot be reached or
+    refuses the token.
+
+    Args:
+        url: The pod's base URL (``ws://host:port``).
+        token: The pod's bearer token.
+        name: The pod's name, for messages.
+        status: Tells whether the pod process is alive when the connection drops.
+        connect_timeout: Seconds for a connection attempt (handshake and WELCOME).
+        reconnect_timeout: Seconds a dropped connection retries before calls fail.
+        use_shm: Offer the shared-memory fast path (used only if the pod can see it).
+        ping_interval: Keepalive ping period in seconds (None: no pings).
+        ping_timeout: Seconds of silence from the pod before the connection counts as lost.
+        ack_delay: Acknowledgements of results are batched over this many seconds.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        *,
+        name: str = "pod",
+        status: StatusProbe | None = None,
+        connect_timeout: float = 10.0,
+        reconnect_timeout: float = 30.0,
+        use_shm: bool = True,
+        ping_interval: float | None = 20.0,
+        ping_timeout: float | None = 60.0,
+        ack_delay: float = 0.05,
+    ) -> None:
+        self.url = url.rstrip("/") + protocol.BRIDGE_PATH
+        self.name = name
+        self._token = token
+        self._status = status
+        self.connect_timeout = connect_timeout
+        self.reconnect_timeout = reconnect_timeout
+        self.use_shm = use_shm and shm.shm_available()
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.ack_delay = ack_delay
+        self.client_id = uuid.uuid4().hex
+        self.welcome: dict[str, Any] = {}
+        self.shm_active = False
+        self.known: set[str] = set()  # function/class ids the pod has cached
+        self.dead: BridgeError | None = None
+        self._calls: dict[int, CallHandle] = {}
+        self._lock = threading.RLock()
+        self._wire: wire.WireConnection | None = None
+        self._writer = shm.ShmWriter()
+        self._acks: list[int] = []
+        self._acks_cv = threading.Condition()
+        self._closing = False
+        self._reconnecting = False
+        self._connect(first=True)
+        threading.Thread(target=self._ack_loop, name=f"kt-ack-{name}", daemon=True).start()
+
+    def __repr__(self) -> str:
+        state = "dead" if self.dead else ("connected" if self._wire else "reconnecting")
+        return f"<PodConnection {self.name!r} {self.url} {state}>"
+
+    # ------------------------------------------------------------ public API
+    @property
+    def connected(self) -> bool:
+        """Whether a websocket is open right now."""
+        return self._wire is not None and not self._wire.closed
+
+    def call(
+        self,
+        body: bytes,
+        buffers: list[memoryview],
+        *,
+        flags: int = 0,
+        label: str = "call",
+        sink: EventSink | None = None,
+    ) -> CallHandle:
+        """Start a call (thread-safe, returns once it is sent); the body is a pickled request."""
+        if self.dead is not None:
+            raise self.dead
+        call_id = secrets.randbits(63)
+        handle = CallHandle(self, call_id, (body, buffers, flags), label=label, sink=sink)
+        with self._lock:
+            self._calls[call_id] = handle
+            ws = self._wire
+        if ws is None and not self._reconnecting:
+            self._reconnect_now()  # a drop long ago: try once more, synchronously
+            return handle  # sent by the reconnect (COLLECT -> UNKNOWN -> resend)
+        if ws is not None:
+            self._send_call(ws, handle)
+        return handle
+
+    def attach(self, call_id: int, *, label: str = "call", sink: EventSink | None = None,
+               ) -> CallHandle:
+        """Follow a call started elsewhere (another kernel): replay its events and result."""
+        if self.dead is not None:
+            raise self.dead
+        handle = CallHandle(self, call_id, (b"", [], 0), label=label, sink=sink)
+        handle.request = None  # never resend a call we did not make
+        with self._lock:
+            self._calls[call_id] = handle
+        self._control(FrameType.COLLECT, 0, {"calls": {str(call_id): 0}})
+        return handle
+
+    def cancel(self, call_id: int) -> None:
+        """Interrupt a call on the pod."""
+        self._control(FrameType.CANCEL, call_id, {})
+
+    def close(self) -> None:
+        """Close the connection; calls in flight keep running on the pod."""
+        if self._closing:
+            return
+        self._closing = True
+        self._flush_acks()
+        with self._acks_cv:
+            self._acks_cv.notify()
+        ws = self._wire
+        if ws is not None:
+            ws.close()
+        self._writer.cleanup()
+
+    # -------------------------------------------------------------- sending
+    def _send_call(self, ws: wire.WireConnection, handle: CallHandle) -> None:
+        assert handle.request is not None
+        body, buffers, flags = handle.request
+        names: list[str | None] = []
+        if self.shm_active and any(b.nbytes >= shm.SHM_THRESHOLD for b in buffers):
+            names = self._writer.place(buffers)
+        frame = protocol.encode_frame(FrameType.CALL, handle.call_id, body, buffers,
+                                      shm_names=names, flags=flags)
+        with contextlib.suppress(wire.ConnectionClosedError):
+            ws.send(frame)  # on failure the reconnect resends it
+
+    def _control(self, ftype: FrameType, call_id: int, body: dict[str, Any]) -> None:
+        ws = self._wire
+        if ws is not None:
+            with contextlib.suppress(wire.ConnectionClosedError):
+                ws.send(protocol.encode_frame(ftype, call_id, protocol.dump_json(body)))
+
+    # ---------------------------------------------------------- connecting
+    def _connect(self, *, first: bool) -> None:
+        """One connection attempt: handshake, WELCOME, then resume calls in flight."""
+        nonce = secrets.token_hex(16)
+        headers = {
+            protocol.TOKEN_HEADER: f"Bearer {self._token}",
+            protocol.CLIENT_ID_HEADER: self.client_id,
+            protocol.NONCE_HEADER: nonce,
+        }
+        probe = shm.probe_create() if self.use_shm else None
+        if probe is not None:
+            headers[protocol.SHM_PROBE_HEADER] = probe[0]
+        greeted = threading.Event()
+        state: dict[str, Any] = {}
+
+        def on_message(parts: list[bytes]) -> None:
+            if not greeted.is_set():
+                try:
+                    frame = protocol.decode_frame(parts)
+                    state["welcome"] = frame.json() if frame.type == FrameType.WELCOME else None
+                except (protocol.ProtocolError, ValueError):
+                    state["welcome"] = None
+                greeted.set()
+                return
+            self._on_message(parts)
+
+        try:
+            ws = wire.client_handshake(
+                self.url, headers, timeout=self.connect_timeout,
+                on_message=on_message, on_close=lambda exc: self._on_close(ws, exc),
+                ping_interval=self.ping_interval, ping_timeout=self.ping_timeout,
+                name=self.name,
+            )
+        except wire.HandshakeRejected as exc:
+            if exc.status == 401:
+                raise AuthenticationError(
+                    f"pod {self.name!r} refused our token (HTTP 401): this client's record "
+                    "of the pod is stale; tear the compute down and start it again",
+                    pod=self.name) from None
+            raise PodUnreachableError(f"pod {self.name!r} at {self.url} answered {exc}",
+                                      pod=self.name) from None
+        except (OSError, TimeoutError) as exc:
+            raise PodUnreachableError(f"cannot reach pod {self.name!r} at {self.url}: {exc}",
+                                      pod=self.name) from None
+        finally:
+            if probe is not None:
+                (shm.SHM_DIR / probe[0]).unlink(missing_ok=True)
+        ws.start()
+        if not greeted.wait(self.connect_timeout):
+            ws.abort()
+            raise PodUnreachableError(f"pod {self.name!r} did not greet within "
+                                      f"{self.connect_timeout}s", pod=self.name)
+        welcome = state.get("welcome")
+        proof = protocol.token_proof(self._token, nonce)
+        if not welcome or not protocol.check_token(proof, welcome.get("proof")):
+            ws.abort()
+            raise AuthenticationError(
+                f"the server at {self.url} could not prove it holds pod {self.name!r}'s "
+                "token; refusing to exchange pickles with it", pod=self.name)
+        previous = self.welcome.get("boot_id")
+        self.welcome = welcome
+        self.shm_active = probe is not None and welcome.get("shm") == probe[1]
+        with self._lock:
+            self._wire = ws
+            pending = dict(self._calls)
+        if previous is not None and previous != welcome["boot_id"]:
+            self.known.clear()
+            self._fail_pending(PodDiedError(
+                f"pod {self.name!r} restarted while calls were in flight; their state is lost",
+                pod=self.name, exit_status=None))
+        elif pending:
+            calls = {str(cid): h.last_seq for cid, h in pending.items()}
+            self._control(FrameType.COLLECT, 0, {"calls": calls})
+
+    def _on_close(self, ws: wire.WireConnection, exc: BaseException | None) -> None:
+        with self._lock:
+            if self._wire is not ws:
+                return
+            self._wire = None
+        self._writer.cleanup()
+        if self._closing or self._check_dead():
+            return
+        log.info("connection to pod %s dropped (%s); reconnecting", self.name, exc)
+        self._reconnecting = True
+        threading.Thread(target=self._reconnect_loop, name=f"kt-reconnect-{self.name}",
+                         daemon=True).start()
+
+    def _reconnect_loop(self) -> None:
+        down_since = time.monotonic()
+        delay = 0.05
+        try:
+            while not self._closing:
+                try:
+                    self._connect(first=False)
+                    return
+                except AuthenticationError as exc:
+                    self._fail_all(exc)
+                    return
+                except PodUnreachableError as exc:
+                    if self._check_dead():
+                        return
+                    if time.monotonic() - down_since > self.reconnect_timeout:
+                        self._fail_pending(PodUnreachableError(
+                            f"lost the connection to pod {self.name!r} and could not "
+                            f"reconnect within {self.reconnect_timeout}s ({exc})",
+                            pod=self.name))
+                        return
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        finally:
+            self._reconnecting = False
+
+    def _reconnect_now(self) -> None:
+        try:
+            self._connect(first=False)
+        except BridgeError as exc:
+            if not self._check_dead():
+                self._fail_pending(exc)
+
+    # ------------------------------------------------------------ receiving
+    def _on_message(self, parts: list[bytes]) -> None:
+        try:
+            frame = protocol.decode_frame(parts)
+        except protocol.ProtocolError as exc:
+            log.error("pod %s sent a malformed frame: %s", self.name, exc)
+            return
+        with self._lock:
+            handle = self._calls.get(frame.call_id)
+            if frame.type == FrameType.RESULT and handle is not None:
+                del self._calls[frame.call_id]
+        if frame.type == FrameType.EVENTS:
+            if handle is not None:
+                events = [e for e in frame.json()["events"] if e["seq"] > handle.last_seq]
+                if events:
+                    handle._deliver("events", events)
+        elif frame.type == FrameType.RESULT:
+            frame.buffers = protocol.claim_buffers(frame.buffers, shm.claim)
+            self._ack(frame.call_id)
+            if handle is not None:
+                handle._deliver("result", frame)
+        elif frame.type == FrameType.UNKNOWN and handle is not None:
+            self._on_unknown(handle)
+
+    def _on_unknown(self, handle: CallHandle) -> None:
+        if handle.request is None:
+            with self._lock:
+                self._calls.pop(handle.call_id, None)
+            handle._deliver("error", CallLostError(
+                f"pod {self.name!r} has no call {handle.call_id}: it finished and was "
+                "collected already, expired, or the pod restarted", pod=self.name))
+            return
+        ws = self._wire
+        if ws is not None:  # the pod never got it: send it again
+            self._send_call(ws, handle)
+
+    # ----------------------------------------------------------------- acks
+    def _ack(self, call_id: int) -> None:
+        with self._acks_cv:
+            self._acks.append(call_id)
+            if len(self._acks) == 1 or len(self._acks) >= 256:
+                self._acks_cv.notify()
+
+    def _ack_loop(self) -> None:
+        while not self._closing:
+            with self._acks_cv:
+                while not self._acks and not self._closing:
+                    self._acks_cv.wait()
+                if len(self._acks) < 256:
+                    self._acks_cv.wait(self.ack_delay)
+            self._flush_acks()
+
+    def _flush_acks(self) -> None:
+        with self._acks_cv:
+            ids, self._acks = self._acks, []
+        if ids:
+            self._control(FrameType.ACK, 0, {"ids": ids})
+
+    # -------------------------------------------------------------- failure
+    def _check_dead(self) -> bool:
+        if self._status is None:
+            return False
+        try:
+            alive, status = self._status()
+        except Exception:  # noqa: BLE001 - a broken probe must not break the bridge
+            return False
+        if alive:
+            return False
+        how = f"exit status {status}" if status is not None else "exit status unknown"
+        if status is not None and status < 0:
+            how = f"killed by signal {-status}"
+        self._fail_all(PodDiedError(
+            f"pod {self.name!r} died ({how}) while calls were in flight; its state is "
+            "lost. The next .to() or %%kt starts a fresh pod", pod=self.name,
+            exit_status=status))
+        return True
+
+    def _fail_pending(self, exc: BridgeError) -> None:
+        with self._lock:
+            calls, self._calls = self._calls, {}
+        for handle in calls.values():
+            handle._deliver("error", exc)
+
+    def _fail_all(self, exc: BridgeError) -> None:
+        self.dead = exc
+        self._fail_pending(exc)

@@ -1,0 +1,184 @@
+"""Exceptions raised by the bridge, and the root of every kubetorch-jupyter exception.
+
+Hierarchy::
+
+    KtError                         anything this project raises on purpose
+    ├── BridgeError                 talking to a pod went wrong
+    │   ├── AuthenticationError     the pod refused our token, or could not prove its own
+    │   ├── PodUnreachableError     could not connect (or reconnect) within the timeout
+    │   ├── PodDiedError            the pod process ended while calls were in flight
+    │   └── CallLostError           the pod no longer knows a call (it restarted)
+    ├── SerializationError          an argument or result cannot be pickled / unpickled
+    └── RemoteError                 the remote code raised; carries type, message, traceback
+
+A :class:`RemoteError` for an exception whose type is importable here is raised as a
+subclass of that type too, so ``except ValueError`` works as it would locally.
+``kubetorch_jupyter.exceptions`` adds the user-facing configuration errors under
+:class:`KtError`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "AuthenticationError",
+    "BridgeError",
+    "CallLostError",
+    "KtError",
+    "PodDiedError",
+    "PodUnreachableError",
+    "RemoteError",
+    "SerializationError",
+]
+
+
+class KtError(Exception):
+    """Base class of every exception kubetorch-jupyter raises on purpose."""
+
+
+class BridgeError(KtError):
+    """Talking to a pod went wrong. ``pod`` names it where known."""
+
+    def __init__(self, message: str, *, pod: str | None = None) -> None:
+        super().__init__(message)
+        self.pod = pod
+
+
+class AuthenticationError(BridgeError):
+    """The pod refused our token, or the peer could not prove it holds the token."""
+
+
+class PodUnreachableError(BridgeError):
+    """No connection to the pod could be made (or remade) in time."""
+
+
+class PodDiedError(BridgeError):
+    """The pod process ended while calls were in flight.
+
+    Attributes:
+        exit_status: The process exit status (negative: killed by that signal), or None
+            when it is not known (the pod was started by another process).
+    """
+
+    def __init__(self, message: str, *, pod: str | None = None, exit_status: int | None) -> None:
+        super().__init__(message, pod=pod)
+        self.exit_status = exit_status
+
+
+class CallLostError(BridgeError):
+    """The pod does not know a call we are waiting for (it was restarted)."""
+
+
+class SerializationError(KtError):
+    """An argument or result cannot be pickled or unpickled.
+
+    Attributes:
+        target: What failed, e.g. ``"argument 'lock'"`` or ``"result"``.
+    """
+
+    def __init__(self, message: str, *, target: str = "") -> None:
+        super().__init__(message)
+        self.target = target
+
+
+class RemoteError(KtError):
+    """The code on the pod raised.
+
+    Attributes:
+        remote_type: ``module.QualName`` of the remote exception's type.
+        remote_message: ``str()`` of the remote exception.
+        remote_traceback: The remote traceback, formatted as Python prints it.
+        pod: The pod the call ran on.
+    """
+
+    remote_type: str
+    remote_message: str
+    remote_traceback: str
+    pod: str | None
+
+    def __init__(
+        self,
+        remote_type: str = "Exception",
+        remote_message: str = "",
+        remote_traceback: str = "",
+        pod: str | None = None,
+    ) -> None:
+        super().__init__(f"{remote_type}: {remote_message}" if remote_message else remote_type)
+        self._set_remote(remote_type, remote_message, remote_traceback, pod)
+
+    def _set_remote(self, rtype: str, message: str, tb: str, pod: str | None) -> None:
+        self.remote_type = rtype
+        self.remote_message = message
+        self.remote_traceback = tb
+        self.pod = pod
+
+    def _render_traceback_(self) -> list[str]:
+        """IPython hook: show the remote traceback as the cell's traceback."""
+        where = f" on pod '{self.pod}'" if self.pod else ""
+        lines = [f"Remote traceback{where}:"]
+        lines.extend(self.remote_traceback.rstrip("\n").splitlines())
+        return lines
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            RemoteError,
+            (self.remote_type, self.remote_message, self.remote_traceback, self.pod),
+        )
+
+
+_as_remote_cache: dict[type, type | None] = {}
+
+
+def as_remote(
+    original: BaseException | None,
+    remote_type: str,
+    message: str,
+    traceback_text: str,
+    pod: str | None,
+) -> BaseException:
+    """Build the exception to raise locally for a remote failure.
+
+    When ``original`` (the unpickled remote exception) is available, the result is an
+    instance of a subclass of both its type and :class:`RemoteError`, carrying its
+    ``args`` and attributes; otherwise a plain :class:`RemoteError`.
+    """
+    if original is not None and not isinstance(original, RemoteError):
+        cls = _remote_subclass(type(original))
+        if cls is not None:
+            try:
+                exc = cls.__new__(cls, *original.args)
+                exc.args = original.args
+                exc.__dict__.update(getattr(original, "__dict__", {}))
+                exc._set_remote(remote_type, message, traceback_text, pod)  # type: ignore[attr-defined]
+                exc.add_note(_note(traceback_text, pod))
+                return exc
+            except Exception:  # noqa: BLE001 - an exotic type that will not combine
+                pass
+    err = RemoteError(remote_type, message, traceback_text, pod)
+    err.add_note(_note(traceback_text, pod))
+    return err
+
+
+def _note(traceback_text: str, pod: str | None) -> str:
+    where = f" on pod '{pod}'" if pod else ""
+    return f"\nRemote traceback{where}:\n{traceback_text.rstrip()}"
+
+
+def _remote_subclass(typ: type) -> type | None:
+    if typ in _as_remote_cache:
+        return _as_remote_cache[typ]
+    if issubclass(typ, RemoteError):
+        return typ
+    try:
+        cls: type | None = type(
+            typ.__name__,
+            (typ, RemoteError),
+            {"__module__": typ.__module__, "__qualname__": typ.__qualname__,
+             "__str__": typ.__str__, "__init__": lambda self, *a, **k: None,
+             "__reduce__": BaseException.__reduce__},
+        )
+    except TypeError:  # layout conflict (e.g. two C bases)
+        cls = None
+    _as_remote_cache[typ] = cls
+    return cls

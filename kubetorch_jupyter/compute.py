@@ -1,0 +1,207 @@
+"""``Compute``: where code runs (resources, image, name), and the way to reach it.
+
+A ``Compute`` is a description until it is used: ``kt.fn(f).to(compute)`` (or
+``compute.up()``) asks the backend for a warm pod of that name, starting one when
+there is none. ``Compute.from_name("dev")`` finds a running one from any process.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+from kernel_bridge import PodConnection
+
+from . import config
+from ._resources import format_bytes, parse_cpus, parse_duration, parse_memory
+from .backends import get_backend
+from .backends.base import Backend, PodInfo
+from .exceptions import ConfigError
+from .image import Image
+
+__all__ = ["Compute"]
+
+_NAME = re.compile(r"^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$")
+_connections: dict[tuple[str, str, str], PodConnection] = {}
+_connections_lock = threading.Lock()
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        suggestion = re.sub(r"[^a-z0-9-]+", "-", str(name).lower()).strip("-")[:40] or "dev"
+        if not suggestion[0].isalpha():
+            suggestion = f"c-{suggestion}"[:40]
+        raise ConfigError(
+            f"compute name {name!r} is not valid: use lowercase letters, digits and '-', "
+            f"starting with a letter, at most 40 characters (e.g. {suggestion!r})"
+        )
+    return name
+
+
+class Compute:
+    """Where code runs: resources, environment and a name to find it again.
+
+    Args:
+        cpus: CPU cores ("2", "500m", 0.5). The local backend pins the pod to that many.
+        memory: Memory as Kubernetes writes it ("512Mi", "16Gi").
+        gpus: Number of GPUs. Locally they are handed out with CUDA_VISIBLE_DEVICES.
+        image: What to install (:class:`Image`); default: this machine's environment.
+        env: Environment variables of the pod.
+        name: The name to reach the pod by (default ``"default"``).
+        inactivity_ttl: Stop the pod after this long without calls ("30m", "2h", 600).
+        backend: ``"local"`` or ``"kubernetes"`` (default: ``KT_BACKEND``, else local).
+
+    Example:
+        >>> compute = kt.Compute(cpus="2", memory="4Gi", name="dev")
+        >>> kt.fn(train).to(compute)(10)
+    """
+
+    def __init__(
+        self,
+        cpus: str | float | None = None,
+        memory: str | int | None = None,
+        gpus: int = 0,
+        image: Image | None = None,
+        env: Mapping[str, str] | None = None,
+        name: str | None = None,
+        inactivity_ttl: str | float | None = None,
+        backend: str | None = None,
+    ) -> None:
+        self.cpus = parse_cpus(cpus)
+        self.memory = parse_memory(memory)
+        if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0:
+            raise ConfigError(f"gpus must be a whole number >= 0, got {gpus!r}")
+        self.gpus = gpus
+        if image is not None and not isinstance(image, Image):
+            raise ConfigError(f"image must be a kt.Image, got {type(image).__name__}")
+        self.image = image or Image()
+        self.env = {str(k): str(v) for k, v in (env or {}).items()}
+        self.name = _check_name(name or "default")
+        self.inactivity_ttl = parse_duration(inactivity_ttl)
+        self.backend_name = backend or config.get("backend")
+        self._info: PodInfo | None = None
+
+    def __repr__(self) -> str:
+        parts = [f"name={self.name!r}"]
+        if self.cpus is not None:
+            parts.append(f"cpus={self.cpus:g}")
+        if self.memory is not None:
+            parts.append(f"memory={format_bytes(self.memory)!r}")
+        if self.gpus:
+            parts.append(f"gpus={self.gpus}")
+        if self.image.steps or self.image.base:
+            parts.append(f"image={self.image!r}")
+        state = "up" if self._info is not None else "not started"
+        return f"Compute({', '.join(parts)}) [{state}]"
+
+    @property
+    def backend(self) -> Backend:
+        """The backend that runs this compute's pod."""
+        return get_backend(self.backend_name)
+
+    # --------------------------------------------------------------- lifecycle
+    @classmethod
+    def from_name(cls, name: str, backend: str | None = None) -> Compute:
+        """Find a running compute by name (from any process on this machine or cluster).
+
+        Raises:
+            ComputeNotFoundError: When no compute of that name is running.
+        """
+        be = get_backend(backend)
+        info = be.get(name)
+        spec: dict[str, Any] = info.spec
+        compute = cls(
+            cpus=spec.get("cpus"),
+            memory=spec.get("memory"),
+            gpus=int(spec.get("gpus") or 0),
+            env=spec.get("env") or {},
+            name=name,
+            inactivity_ttl=spec.get("inactivity_ttl"),
+            backend=be.name,
+        )
+        compute._info = info
+        compute._from_name = True  # reuse the pod as is, whatever its image
+        return compute
+
+    def up(self, *, progress: bool | None = None) -> Compute:
+        """Make sure a warm pod runs for this compute (start one if needed)."""
+        if (getattr(self, "_from_name", False) and self._info is not None
+                and self.backend.status(self._info).alive):
+            return self
+        show = config.get("progress") if progress is None else progress
+        self._info = self.backend.up(self, progress=show)
+        return self
+
+    @property
+    def pod(self) -> PodInfo:
+        """How to reach this compute's pod (starting it if needed)."""
+        if self._info is None:
+            self.up()
+        assert self._info is not None
+        return self._info
+
+    def connection(self) -> PodConnection:
+        """The process-wide connection to this compute's pod (connecting if needed)."""
+        info = self.pod
+        key = (self.backend_name, info.name, info.url)
+        with _connections_lock:
+            conn = _connections.get(key)
+            if conn is not None and conn.dead is None:
+                return conn
+            if conn is not None:  # the pod died: start a fresh one
+                warnings.warn(f"pod {info.name!r} died ({conn.dead}); starting a new one",
+                              RuntimeWarning, stacklevel=3)
+                _connections.pop(key, None)
+        if conn is not None:
+            self._info = None
+            info = self.pod
+            key = (self.backend_name, info.name, info.url)
+        backend = self.backend
+
+        def status() -> tuple[bool, int | None]:
+            st = backend.status(info)
+            return st.alive, st.exit_status
+
+        new = PodConnection(
+            info.url,
+            info.token,
+            name=info.name,
+            status=status,
+            connect_timeout=config.get("connect_timeout"),
+            reconnect_timeout=config.get("reconnect_timeout"),
+            use_shm=config.get("shm"),
+        )
+        with _connections_lock:
+            existing = _connections.get(key)
+            if existing is not None and existing.dead is None:
+                new.close()
+                return existing
+            _connections[key] = new
+        return new
+
+    def teardown(self) -> None:
+        """Stop this compute's pod; the next use starts a fresh one."""
+        _drop_connections(self.name)
+        self.backend.down(self.name)
+        self._info = None
+
+    def logs(self, tail: int = 200) -> str:
+        """The last ``tail`` lines the pod printed."""
+        return self.backend.logs(self.name, tail)
+
+    def is_up(self) -> bool:
+        """Whether this compute's pod is running now (without starting it)."""
+        try:
+            info = self.backend.get(self.name)
+        except LookupError:
+            return False
+        return self.backend.status(info).alive
+
+
+def _drop_connections(name: str) -> None:
+    with _connections_lock:
+        for key in [k for k in _connections if k[1] == name]:
+            _connections.pop(key).close()

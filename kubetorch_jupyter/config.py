@@ -1,0 +1,119 @@
+"""The one table of settings: name, default, parser, environment variable.
+
+Every setting is read lazily, when it is used, so ``KT_...`` variables set after import
+still count. ``kt.config.get("start_timeout")`` reads one; :func:`describe` lists all
+(the README's configuration table is generated from it).
+
+========================  =====================  ==============================================
+setting                   environment variable   meaning
+========================  =====================  ==============================================
+see ``SETTINGS`` below
+========================  =====================  ==============================================
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .exceptions import ConfigError
+
+__all__ = ["SETTINGS", "Setting", "describe", "get"]
+
+
+def _bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in {"1", "true", "yes", "on"}:
+        return True
+    if low in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"{text!r} is not a boolean (use 1/0, true/false)")
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise ValueError("must be positive")
+    return value
+
+
+def _default_state_dir() -> str:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return str(Path(base) / "kubetorch-jupyter")
+
+
+def _default_username() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry in some containers
+        user = "user"
+    return re.sub(r"[^a-z0-9-]", "-", user.lower()).strip("-") or "user"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: its environment variable, default and parser."""
+
+    name: str
+    env: str
+    default: Callable[[], Any]
+    parse: Callable[[str], Any]
+    help: str
+
+
+SETTINGS: dict[str, Setting] = {
+    s.name: s
+    for s in [
+        Setting("backend", "KT_BACKEND", lambda: "local", str,
+                "Where pods run: 'local' (processes on this machine) or 'kubernetes'."),
+        Setting("state_dir", "KT_STATE_DIR", _default_state_dir, str,
+                "Where the local backend records its pods and caches image environments."),
+        Setting("username", "KT_USERNAME", _default_username, str,
+                "Prefix of pod names on a shared cluster ({username}-{name})."),
+        Setting("start_timeout", "KT_START_TIMEOUT", lambda: 120.0, _float,
+                "Seconds to wait for a new pod to answer."),
+        Setting("connect_timeout", "KT_CONNECT_TIMEOUT", lambda: 10.0, _float,
+                "Seconds to wait for a websocket connection to a pod."),
+        Setting("reconnect_timeout", "KT_RECONNECT_TIMEOUT", lambda: 30.0, _float,
+                "Seconds a dropped connection keeps retrying before in-flight calls fail."),
+        Setting("shm", "KT_SHM", lambda: True, _bool,
+                "Move large buffers through shared memory when client and pod share a host."),
+        Setting("progress", "KT_PROGRESS", lambda: True, _bool,
+                "Show progress bars for pod start, image builds and sync."),
+        Setting("default_image_python", "KT_PYTHON", lambda: "", str,
+                "Python interpreter for local pods (default: the client's own)."),
+    ]
+}
+
+
+def get(name: str) -> Any:
+    """Read a setting now: its environment variable if set, else its default.
+
+    Raises:
+        ConfigError: When the variable is set to something its parser rejects.
+    """
+    setting = SETTINGS[name]
+    raw = os.environ.get(setting.env)
+    if raw is None or raw == "":
+        return setting.default()
+    try:
+        return setting.parse(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{setting.env}={raw!r}: {exc}") from None
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(environment variable, default, help) for every setting, for docs and ``kt config``."""
+    rows = []
+    for s in SETTINGS.values():
+        try:
+            default = str(s.default())
+        except (KeyError, OSError, ValueError):
+            default = "?"
+        rows.append((s.env, default, s.help))
+    return rows

@@ -1,0 +1,223 @@
+"""``kt.fn`` and ``kt.cls``: call functions and stateful class instances on a pod.
+
+::
+
+    remote_train = kt.fn(train).to(compute)
+    remote_train(10, lr=0.5)                  # blocks; output streams back live
+    handle = remote_train.submit(10)          # returns at once; handle.result() later
+    await remote_train.acall(10)              # from async code
+
+    counter = kt.cls(Counter).to(compute, init_args={"start": 5})
+    counter.add(2)                            # state lives on the pod
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, TypeVar
+
+from kernel_bridge import CallHandle, RemoteError
+
+from ._display import event_sink
+from ._serialize import dump_call, dump_callable
+from .compute import Compute
+from .exceptions import ConfigError
+
+__all__ = ["Cls", "Fn", "RemoteFn", "RemoteInstance", "RemoteMethod", "cls", "fn"]
+
+T = TypeVar("T")
+_NOT_CACHED = "kt-not-cached:"
+
+
+def _invoke(compute: Compute, msg: dict[str, Any], label: str, blob_key: str,
+            blob: tuple[str, bytes] | None) -> CallHandle:
+    """Send a call; includes the function/class blob when the pod may not have it."""
+    conn = compute.connection()
+    if blob is not None:
+        digest, data = blob
+        msg[blob_key] = None if digest in conn.known else data
+    body, buffers = dump_call(msg, label)
+    handle = conn.call(body, buffers, label=label, sink=event_sink)
+    if blob is not None and msg[blob_key] is not None:
+        digest = blob[0]
+        handle.on_answer.append(lambda: conn.known.add(digest))  # cached on the pod now
+    return handle
+
+
+def _retrying(send: Callable[[bool], CallHandle]) -> Callable[[CallHandle], Any]:
+    """Wait for a handle; if the pod lost its cache of our function, send it again."""
+
+    def wait(handle: CallHandle) -> Any:
+        try:
+            return handle.result()
+        except RemoteError as exc:
+            if not exc.remote_message.startswith(_NOT_CACHED):
+                raise
+            return send(True).result()
+
+    return wait
+
+
+class Fn(Generic[T]):
+    """A function that can be sent to a compute with :meth:`to`."""
+
+    def __init__(self, func: Callable[..., T]) -> None:
+        if not callable(func):
+            raise ConfigError(f"kt.fn needs a function, got {type(func).__name__}")
+        self.func = func
+        functools.update_wrapper(self, func)  # type: ignore[arg-type]
+
+    def to(self, compute: Compute) -> RemoteFn[T]:
+        """Deploy to ``compute`` (starting or finding its warm pod)."""
+        if not isinstance(compute, Compute):
+            raise ConfigError(f".to() needs a kt.Compute, got {type(compute).__name__}")
+        compute.connection()
+        return RemoteFn(self.func, compute)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> T:
+        """Run locally (``kt.fn(f)`` alone changes nothing until ``.to()``)."""
+        return self.func(*args, **kwargs)
+
+
+class RemoteFn(Generic[T]):
+    """A function bound to a compute; calling it runs it on the pod."""
+
+    def __init__(self, func: Callable[..., T], compute: Compute) -> None:
+        self.func = func
+        self.compute = compute
+        self.__name__ = getattr(func, "__name__", "fn")
+        self.__qualname__ = getattr(func, "__qualname__", self.__name__)
+        self.__doc__ = func.__doc__
+
+    def __repr__(self) -> str:
+        return f"<remote {self.__qualname__} on {self.compute.name!r}>"
+
+    def submit(self, *args: Any, **kwargs: Any) -> CallHandle:
+        """Start a call and return at once; ``handle.result()`` waits for it."""
+        return self._send(args, kwargs, force_blob=False)
+
+    def _send(self, args: tuple[Any, ...], kwargs: dict[str, Any], *, force_blob: bool
+              ) -> CallHandle:
+        digest, data = dump_callable(self.func)  # each call: globals may have changed
+        if force_blob:
+            self.compute.connection().known.discard(digest)
+        msg = {"kind": "fn", "fn_id": digest, "args": args, "kwargs": kwargs}
+        return _invoke(self.compute, msg, f"{self.__qualname__}()", "fn_blob", (digest, data))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> T:
+        """Run on the pod and return the result; output streams back while it runs."""
+        handle = self.submit(*args, **kwargs)
+        return _retrying(lambda force: self._send(args, kwargs, force_blob=force))(handle)
+
+    async def acall(self, *args: Any, **kwargs: Any) -> T:
+        """Run on the pod without blocking the caller's event loop."""
+        return await self.submit(*args, **kwargs).aresult()
+
+    def teardown(self) -> None:
+        """Stop the compute this function runs on."""
+        self.compute.teardown()
+
+
+def fn(func: Callable[..., T]) -> Fn[T]:
+    """Wrap a function to run it on a compute: ``kt.fn(train).to(compute)(10)``."""
+    return Fn(func)
+
+
+class Cls:
+    """A class whose instances can live on a compute (see :meth:`to`)."""
+
+    def __init__(self, klass: type) -> None:
+        if not isinstance(klass, type):
+            raise ConfigError(f"kt.cls needs a class, got {type(klass).__name__}")
+        self.klass = klass
+
+    def to(
+        self,
+        compute: Compute,
+        init_args: Mapping[str, Any] | None = None,
+        *,
+        args: tuple[Any, ...] = (),
+        name: str | None = None,
+    ) -> RemoteInstance:
+        """Create an instance on the pod; it replaces any earlier one of the same name.
+
+        Args:
+            compute: Where the instance lives.
+            init_args: Keyword arguments of the constructor.
+            args: Positional arguments of the constructor.
+            name: The instance's name on the pod (default: the class name).
+        """
+        if not isinstance(compute, Compute):
+            raise ConfigError(f".to() needs a kt.Compute, got {type(compute).__name__}")
+        instance = name or self.klass.__name__
+        blob = dump_callable(self.klass)
+        msg = {"kind": "init", "cls_id": blob[0], "instance": instance, "args": tuple(args),
+               "kwargs": dict(init_args or {})}
+        label = f"{self.klass.__qualname__}()"
+
+        def send(force: bool) -> CallHandle:
+            if force:
+                compute.connection().known.discard(blob[0])
+            return _invoke(compute, dict(msg), label, "cls_blob", blob)
+
+        _retrying(send)(send(False))
+        return RemoteInstance(self.klass, compute, instance)
+
+
+def cls(klass: type) -> Cls:
+    """Wrap a class to keep instances on a compute: ``kt.cls(Model).to(compute)``."""
+    return Cls(klass)
+
+
+class RemoteMethod:
+    """A method of a remote instance; call it like the local one."""
+
+    def __init__(self, owner: RemoteInstance, method: str) -> None:
+        self.owner = owner
+        self.method = method
+
+    def __repr__(self) -> str:
+        return f"<remote method {self.owner.klass.__qualname__}.{self.method}>"
+
+    def submit(self, *args: Any, **kwargs: Any) -> CallHandle:
+        """Start the call and return at once."""
+        msg = {"kind": "method", "instance": self.owner.instance, "method": self.method,
+               "args": args, "kwargs": kwargs}
+        label = f"{self.owner.klass.__qualname__}.{self.method}()"
+        return _invoke(self.owner.compute, msg, label, "", None)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the method on the pod and return its result."""
+        return self.submit(*args, **kwargs).result()
+
+    async def acall(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the method without blocking the caller's event loop."""
+        return await self.submit(*args, **kwargs).aresult()
+
+
+class RemoteInstance:
+    """A class instance living on a pod. Methods run there; state stays there."""
+
+    def __init__(self, klass: type, compute: Compute, instance: str) -> None:
+        self.klass = klass
+        self.compute = compute
+        self.instance = instance
+
+    def __repr__(self) -> str:
+        return f"<remote {self.klass.__qualname__} {self.instance!r} on {self.compute.name!r}>"
+
+    def __getattr__(self, name: str) -> RemoteMethod:
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+        return RemoteMethod(self, name)
+
+    def getattr(self, name: str) -> Any:
+        """Read an attribute of the remote instance (``counter.getattr("n")``)."""
+        msg = {"kind": "method", "instance": self.instance, "method": name, "get_attr": True}
+        return _invoke(self.compute, msg, f"{self.klass.__qualname__}.{name}", "",
+                       None).result()
+
+    def teardown(self) -> None:
+        """Stop the compute this instance lives on."""
+        self.compute.teardown()

@@ -1,0 +1,67 @@
+"""``python -m pod_runtime``: start a pod runtime.
+
+The token comes from the environment variable ``KT_POD_TOKEN`` (never the command
+line, where other users of the machine could read it). With ``--ready-fd`` the pod
+writes one JSON line ``{"port": ..., "pid": ...}`` to that file descriptor once it is
+listening, then closes it: the starter waits on it instead of polling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+
+from .server import PodServer
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a pod until SIGTERM, SIGINT outside a call, or the inactivity TTL."""
+    parser = argparse.ArgumentParser(prog="python -m pod_runtime", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=0, help="TCP port; 0 picks a free one")
+    parser.add_argument("--name", default=os.environ.get("KT_POD_NAME", "pod"))
+    parser.add_argument("--ready-fd", type=int, default=None)
+    parser.add_argument("--inactivity-ttl", type=float, default=None, metavar="SECONDS")
+    parser.add_argument("--max-workers", type=int, default=64)
+    args = parser.parse_args(argv)
+
+    token = os.environ.pop("KT_POD_TOKEN", "")
+    if not token:
+        print("pod_runtime: KT_POD_TOKEN is not set; refusing to serve without a token",
+              file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, stream=sys.__stderr__,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+    server = PodServer(token, name=args.name, host=args.host, port=args.port,
+                       inactivity_ttl=args.inactivity_ttl, max_workers=args.max_workers)
+    port = server.start_in_thread()
+    logging.getLogger("kubetorch.pod").info("pod %s listening on %s:%d (pid %d)",
+                                            args.name, args.host, port, os.getpid())
+    if args.ready_fd is not None:
+        with os.fdopen(args.ready_fd, "w") as ready:
+            ready.write(json.dumps({"port": port, "pid": os.getpid()}) + "\n")
+
+    stop = threading.Event()
+
+    def on_term(signum: int, frame: object) -> None:
+        stop.set()
+        server.executor.stop_main_loop()
+
+    signal.signal(signal.SIGTERM, on_term)
+    threading.Thread(target=lambda: (server.stopped.wait(), on_term(0, None)),
+                     name="kt-watch", daemon=True).start()
+    server.executor.run_main_loop(stop)
+    server.stop()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

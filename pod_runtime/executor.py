@@ -1,0 +1,400 @@
+"""The executor: runs calls, holds their output and results until the client has them.
+
+Threads:
+
+* the **main thread** runs calls that need it (notebook cells: they can be interrupted
+  with a real SIGINT, even in ``time.sleep`` or a blocking C call, and libraries that
+  insist on the main thread work);
+* a **pool of worker threads** runs function and method calls, many at once; a cancel
+  raises ``KeyboardInterrupt`` in the worker at its next Python instruction.
+
+Every call has a :class:`CallRecord`: its events (stream output, display data) with
+sequence numbers, and, once finished, its pickled result. A record lives until the
+client acknowledges the result (or it expires), so a client whose connection dropped
+reconnects and collects what it missed.
+
+Call kinds are handlers registered in :data:`HANDLERS` (``fn``, ``init``, ``method``
+here; notebook cells and code sync register theirs in their own modules).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import queue
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import cloudpickle
+
+from . import capture, protocol, shm
+
+__all__ = ["HANDLERS", "CallRecord", "Executor", "register"]
+
+#: Events kept per call for replay; older ones are dropped with a marker.
+MAX_EVENTS_PER_CALL = 20_000
+#: Finished results kept unacknowledged for at most this long (seconds).
+RESULT_TTL = 24 * 3600.0
+
+
+@dataclass
+class Handler:
+    """How to run one kind of call."""
+
+    run: Callable[[Executor, dict[str, Any], CallRecord], Any]
+    main_thread: bool = False
+
+
+HANDLERS: dict[str, Handler] = {}
+
+
+def register(kind: str, *, main_thread: bool = False) -> Callable[[Callable[..., Any]], Any]:
+    """Register a call handler: ``@register("fn") def run(executor, msg, record): ...``."""
+
+    def deco(fn: Callable[[Executor, dict[str, Any], CallRecord], Any]) -> Any:
+        HANDLERS[kind] = Handler(fn, main_thread)
+        return fn
+
+    return deco
+
+
+class CallRecord:
+    """One call: its state, its events and its result."""
+
+    def __init__(self, call_id: int, owner: Any) -> None:
+        self.call_id = call_id
+        self.owner = owner  # the connection subscribed to this call's events (or None)
+        self.kind = "?"
+        self.label = ""
+        self.state = "queued"  # queued | running | done
+        self.events: list[dict[str, Any]] = []
+        self.seq = 0
+        self.sent_seq = 0
+        self.dropped = 0
+        self.dropped_upto = 0
+        self.result: tuple[bytes, list[memoryview]] | None = None
+        self.created = time.time()
+        self.finished = 0.0
+        self.thread_id: int | None = None
+        self.cancelled = False
+        self.result_sent = False
+        self.flush_pending = False
+        self.lock = threading.Lock()
+
+    def add_event(self, event: dict[str, Any]) -> None:
+        """Append an event (thread-safe); merges consecutive text on the same stream."""
+        with self.lock:
+            self.seq += 1
+            last = self.events[-1] if self.events else None
+            if (
+                last is not None
+                and event["kind"] == "stream"
+                and last["kind"] == "stream"
+                and last["name"] == event["name"]
+                and last["seq"] > self.sent_seq
+                and len(last["text"]) < 65536
+            ):
+                last["text"] += event["text"]
+                last["seq"] = self.seq
+                return
+            event["seq"] = self.seq
+            self.events.append(event)
+            if len(self.events) > MAX_EVENTS_PER_CALL:
+                drop = len(self.events) - MAX_EVENTS_PER_CALL
+                self.dropped += drop
+                self.dropped_upto = self.events[drop - 1]["seq"]
+                del self.events[:drop]
+
+    def take_unsent(self) -> list[dict[str, Any]]:
+        """Events not yet sent to the owner, marking them sent. Call with ``lock`` held."""
+        seq = self.sent_seq
+        out = [dict(e) for e in self.events if e["seq"] > seq]
+        if self.dropped_upto > seq:
+            note = f"[kubetorch: {self.dropped} earlier output chunks were not kept]\n"
+            out.insert(0, {"seq": seq + 1, "kind": "stream", "name": "stderr", "text": note})
+        if out:
+            self.sent_seq = out[-1]["seq"]
+        return out
+
+
+class Executor:
+    """Runs calls and keeps their records.
+
+    Args:
+        pod_name: Shown in errors.
+        notify: Called (from any thread) when a record has new events.
+        finished: Called on the call's own thread once its result is set.
+        max_workers: Size of the worker pool for function and method calls.
+    """
+
+    def __init__(
+        self,
+        pod_name: str,
+        notify: Callable[[CallRecord], None],
+        finished: Callable[[CallRecord], None],
+        *,
+        max_workers: int = 64,
+    ) -> None:
+        self.pod_name = pod_name
+        self.notify = notify
+        self.on_finished = finished
+        self.records: dict[int, CallRecord] = {}
+        self.functions: dict[str, Any] = {}
+        self.instances: dict[str, Any] = {}
+        self.namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="kt-call")
+        self._main_jobs: queue.SimpleQueue[tuple[CallRecord, memoryview, list[Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._main_record: CallRecord | None = None
+        self._interrupt_target: int | None = None
+        self._lock = threading.Lock()
+        self.last_activity = time.monotonic()
+        self.calls_total = 0
+        self.calls_failed = 0
+        capture.install(self._emit_stream)
+
+    # ----------------------------------------------------------------- events
+    def _emit_stream(self, record: CallRecord, name: str, text: str) -> None:
+        record.add_event({"kind": "stream", "name": name, "text": text})
+        self.notify(record)
+
+    def emit(self, record: CallRecord, event: dict[str, Any]) -> None:
+        """Append any event (e.g. display data) to ``record`` and notify."""
+        record.add_event(event)
+        self.notify(record)
+
+    # --------------------------------------------------------------- submit
+    def submit(
+        self, record: CallRecord, body: memoryview, buffers: list[Any], *, main_thread: bool
+    ) -> None:
+        """Queue a call. ``buffers`` are resolved lazily (shm mapping) on the worker.
+
+        ``main_thread`` (the CALL frame's flag) queues it for the main thread.
+        """
+        with self._lock:
+            self.records[record.call_id] = record
+        self.last_activity = time.monotonic()
+        if main_thread:
+            self._main_jobs.put((record, body, buffers))
+        else:
+            self._pool.submit(self._run, record, body, buffers)
+
+    def run_main_loop(self, stop: threading.Event) -> None:
+        """Run main-thread calls until ``stop`` is set (call from the main thread)."""
+        signal.signal(signal.SIGINT, self._on_sigint)
+        while not stop.is_set():
+            try:
+                job = self._main_jobs.get()
+            except KeyboardInterrupt:
+                continue
+            if job is None:
+                break
+            try:
+                self._run(*job, on_main=True)
+            except KeyboardInterrupt:  # an interrupt that arrived just after the call
+                continue
+
+    def stop_main_loop(self) -> None:
+        """Wake the main loop so that it returns."""
+        self._main_jobs.put(None)
+
+    # ----------------------------------------------------------------- cancel
+    def cancel(self, call_id: int) -> bool:
+        """Interrupt a call: KeyboardInterrupt where it runs; a queued one never starts."""
+        record = self.records.get(call_id)
+        if record is None or record.state == "done":
+            return False
+        with record.lock:
+            record.cancelled = True
+            running = record.state == "running"
+            tid = record.thread_id
+        if not running or tid is None:
+            return True
+        if self._main_record is record:
+            self._interrupt_target = call_id
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+        else:
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                ctypes.c_ulong(tid), ctypes.py_object(KeyboardInterrupt)
+            )
+        return True
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        rec = self._main_record
+        if rec is not None and self._interrupt_target == rec.call_id:
+            self._interrupt_target = None
+            raise KeyboardInterrupt
+        if rec is not None and self._interrupt_target is None:  # a real Ctrl-C in a terminal
+            raise KeyboardInterrupt
+
+    # -------------------------------------------------------------------- run
+    def _run(self, record: CallRecord, body: memoryview, buffers: list[Any], on_main: bool = False
+             ) -> None:
+        with record.lock:
+            record.state = "running"
+            record.thread_id = threading.get_ident()
+            cancelled = record.cancelled
+        if on_main:
+            self._main_record = record
+        capture.bind(record)
+        self.calls_total += 1
+        try:
+            if cancelled:
+                raise KeyboardInterrupt("cancelled before it started")
+            msg = protocol.loads(body, protocol.resolve_buffers(buffers, shm.map_claimed))
+            handler = HANDLERS.get(msg.get("kind", "")) if isinstance(msg, dict) else None
+            if handler is None:
+                raise ValueError(f"unknown call kind {msg.get('kind')!r}; is the pod older "
+                                 "than the client? Upgrade kubetorch-jupyter on the pod")
+            record.kind = msg["kind"]
+            value = handler.run(self, msg, record)
+            result = _pack_ok(value)
+        except BaseException as exc:  # noqa: BLE001 - everything goes back to the caller
+            self.calls_failed += 1
+            result = _pack_error(exc, self.pod_name)
+        finally:
+            if on_main:
+                self._main_record = None
+                self._interrupt_target = None
+            capture.unbind(record)
+        with record.lock:
+            record.result = result
+            record.state = "done"
+            record.finished = time.time()
+        self.last_activity = time.monotonic()
+        self.on_finished(record)
+
+    # ------------------------------------------------------------ retention
+    def acknowledge(self, call_ids: list[int]) -> None:
+        """The client has these results: forget them."""
+        with self._lock:
+            for cid in call_ids:
+                rec = self.records.get(cid)
+                if rec is not None and rec.state == "done":
+                    del self.records[cid]
+
+    def expire(self, now: float | None = None) -> int:
+        """Drop finished, unacknowledged results older than :data:`RESULT_TTL`."""
+        now = now or time.time()
+        with self._lock:
+            old = [c for c, r in self.records.items()
+                   if r.state == "done" and now - r.finished > RESULT_TTL]
+            for cid in old:
+                del self.records[cid]
+        return len(old)
+
+    def busy(self) -> bool:
+        """Whether any call is queued or running."""
+        return any(r.state != "done" for r in list(self.records.values()))
+
+    def shutdown(self) -> None:
+        """Stop accepting work (running calls are abandoned with the process)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.stop_main_loop()
+
+
+def _pack_ok(value: Any) -> tuple[bytes, list[memoryview]]:
+    try:
+        return protocol.dumps({"ok": True, "value": value})
+    except Exception as exc:  # noqa: BLE001
+        err = TypeError(
+            f"the call's result ({type(value).__module__}.{type(value).__qualname__}) "
+            f"cannot be pickled: {exc}. Return plain data (numbers, arrays, dicts) or keep "
+            "the object on the pod with kt.cls"
+        )
+        return _pack_error(err, None, kind="SerializationError")
+
+
+_INTERNAL = os.path.dirname(os.path.abspath(__file__))
+
+
+def _user_frames(tb: Any) -> Any:
+    """Skip the pod runtime's own frames at the top of a traceback."""
+    while tb is not None and os.path.dirname(
+        os.path.abspath(tb.tb_frame.f_code.co_filename)
+    ) == _INTERNAL:
+        tb = tb.tb_next
+    return tb
+
+
+def _plain(exc: BaseException) -> bool:
+    """Whether an exception pickles without dragging big objects along."""
+    return sum(len(repr(a)) for a in exc.args) < 100_000
+
+
+def _pack_error(exc: BaseException, pod: str | None, kind: str | None = None
+                ) -> tuple[bytes, list[memoryview]]:
+    exc.__traceback__ = _user_frames(exc.__traceback__)
+    tb_text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    typ = type(exc)
+    try:
+        blob: bytes | None = protocol.dumps(exc)[0] if _plain(exc) else None
+    except Exception:  # noqa: BLE001 - an exception carrying an unpicklable attribute
+        blob = None
+    chained = exc.__cause__ is not None or (
+        exc.__context__ is not None and not exc.__suppress_context__)
+    frames = None if chained else [
+        (f.filename, f.lineno, f.name, f.line) for f in traceback.extract_tb(exc.__traceback__)
+    ]
+    error = {
+        "type": f"{typ.__module__}.{typ.__qualname__}" if typ.__module__ != "builtins"
+        else typ.__qualname__,
+        "message": str(exc),
+        "traceback": tb_text,
+        "frames": frames,
+        "exc": blob,
+        "category": kind,
+    }
+    return protocol.dumps({"ok": False, "error": error})
+
+
+# ---------------------------------------------------------------- handlers
+def _cached(ex: Executor, table: dict[str, Any], key: str, blob: bytes | None) -> Any:
+    if blob is not None:
+        obj = cloudpickle.loads(blob)
+        table[key] = obj
+        return obj
+    try:
+        return table[key]
+    except KeyError:
+        raise LookupError(f"kt-not-cached:{key}") from None
+
+
+@register("fn")
+def _run_fn(ex: Executor, msg: dict[str, Any], record: CallRecord) -> Any:
+    fn = _cached(ex, ex.functions, msg["fn_id"], msg.get("fn_blob"))
+    record.label = getattr(fn, "__qualname__", "function")
+    return fn(*msg.get("args", ()), **msg.get("kwargs", {}))
+
+
+@register("init")
+def _run_init(ex: Executor, msg: dict[str, Any], record: CallRecord) -> Any:
+    cls = _cached(ex, ex.functions, msg["cls_id"], msg.get("cls_blob"))
+    record.label = f"{cls.__qualname__}()"
+    ex.instances[msg["instance"]] = cls(*msg.get("args", ()), **msg.get("kwargs", {}))
+    return None
+
+
+@register("method")
+def _run_method(ex: Executor, msg: dict[str, Any], record: CallRecord) -> Any:
+    name = msg["instance"]
+    try:
+        obj = ex.instances[name]
+    except KeyError:
+        raise LookupError(
+            f"no instance {name!r} on pod {ex.pod_name!r} (the pod restarted?); "
+            "create it again with kt.cls(...).to(compute)"
+        ) from None
+    method = msg["method"]
+    record.label = f"{type(obj).__qualname__}.{method}"
+    attr = getattr(obj, method)
+    if msg.get("get_attr"):
+        return attr
+    return attr(*msg.get("args", ()), **msg.get("kwargs", {}))

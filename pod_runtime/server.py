@@ -1,0 +1,333 @@
+"""The pod's network side: one websocket endpoint for the bridge, plain HTTP for probes.
+
+``GET /healthz``, ``/ready`` and ``/metrics`` answer without authentication.
+``/bridge`` upgrades to a websocket only for a request carrying the pod's token
+(compared in constant time); any other request is answered 401 before a single frame
+is read, so nothing from an unauthenticated peer is ever unpickled.
+
+Threads: one acceptor; one reader per connection (parses frames, queues calls); the
+executor's workers, which send their own results; one flusher that sends stream output
+as it is written, coalescing what piles up while it sends. A connection's ``order``
+lock makes "take the unsent events, send them, send the result" atomic, so a call's
+events always precede its result on the wire.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import sys
+import threading
+import time
+from importlib import metadata
+from typing import Any
+
+from . import protocol, shm, wire
+from .executor import CallRecord, Executor
+from .protocol import FrameType
+
+__all__ = ["PodServer"]
+
+log = logging.getLogger("kubetorch.pod")
+
+_VERSIONED = ("cloudpickle", "numpy", "torch", "pandas", "websockets")
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages whose mismatch would break unpickling (no imports)."""
+    out = {"python": ".".join(map(str, sys.version_info[:3]))}
+    for name in _VERSIONED:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[name] = metadata.version(name)
+    return out
+
+
+class _Conn:
+    """One authenticated client connection."""
+
+    def __init__(self, client_id: str, use_shm: bool) -> None:
+        self.wire: wire.WireConnection | None = None
+        self.client_id = client_id
+        self.use_shm = use_shm
+        self.shm_writer = shm.ShmWriter()
+        self.order = threading.Lock()
+
+    @property
+    def closed(self) -> bool:
+        return self.wire is None or self.wire.closed
+
+    def send(self, frame: list[bytes | memoryview]) -> None:
+        assert self.wire is not None
+        with contextlib.suppress(wire.ConnectionClosedError):
+            self.wire.send(frame)
+
+
+class PodServer:
+    """The pod runtime: a threaded websocket server plus the executor.
+
+    Args:
+        token: The bearer token clients must present.
+        name: The pod's name, shown in errors and WELCOME.
+        host: Interface to listen on (127.0.0.1 for local pods; 0.0.0.0 in a container).
+        port: TCP port; 0 picks a free one (see :attr:`port` once started).
+        inactivity_ttl: Seconds without calls or connections after which the pod stops.
+        max_workers: Threads for concurrent function and method calls.
+    """
+
+    def __init__(
+        self,
+        token: str,
+        *,
+        name: str = "pod",
+        host: str = "127.0.0.1",
+        port: int = 0,
+        inactivity_ttl: float | None = None,
+        max_workers: int = 64,
+    ) -> None:
+        if not token:
+            raise ValueError("a pod needs a token: refusing to serve without authentication")
+        self.token = token
+        self.name = name
+        self.host = host
+        self.port = port
+        self.inactivity_ttl = inactivity_ttl
+        self.boot_id = secrets.token_hex(8)
+        self.started = time.time()
+        self.executor = Executor(name, self._notify, self._finished, max_workers=max_workers)
+        self.stopped = threading.Event()
+        self._listener: socket.socket | None = None
+        self._conns: set[_Conn] = set()
+        self._dirty: set[CallRecord] = set()
+        self._dirty_cv = threading.Condition()
+        self._versions = package_versions()
+
+    # ------------------------------------------------------------ lifecycle
+    def start_in_thread(self) -> int:
+        """Bind, start the server threads, and return the port."""
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((self.host, self.port))
+        listener.listen(128)
+        self._listener = listener
+        self.port = listener.getsockname()[1]
+        for target, name in ((self._accept_loop, "kt-accept"), (self._flush_loop, "kt-flush"),
+                             (self._janitor, "kt-janitor")):
+            threading.Thread(target=target, name=name, daemon=True).start()
+        return self.port
+
+    def stop(self) -> None:
+        """Stop accepting, close every connection, stop the executor."""
+        if self.stopped.is_set():
+            return
+        self.stopped.set()
+        if self._listener is not None:
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                self._listener.close()
+        for conn in list(self._conns):
+            if conn.wire is not None:
+                conn.wire.close(1001, "pod stopping")
+        with self._dirty_cv:
+            self._dirty_cv.notify_all()
+        self.executor.shutdown()
+
+    def _janitor(self) -> None:
+        """Expire old results; stop the pod after ``inactivity_ttl`` idle seconds."""
+        period = 30.0 if self.inactivity_ttl is None else min(30.0, self.inactivity_ttl / 4)
+        while not self.stopped.wait(max(period, 0.05)):
+            self.executor.expire()
+            if self.inactivity_ttl is None:
+                continue
+            idle = time.monotonic() - self.executor.last_activity
+            if idle > self.inactivity_ttl and not self._conns and not self.executor.busy():
+                log.warning("no activity for %.0fs: pod %s stops", idle, self.name)
+                self.stop()
+
+    # --------------------------------------------------------------- accept
+    def _accept_loop(self) -> None:
+        assert self._listener is not None
+        while not self.stopped.is_set():
+            try:
+                sock, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve_socket, args=(sock,), name="kt-conn",
+                             daemon=True).start()
+
+    def _serve_socket(self, sock: socket.socket) -> None:
+        try:
+            proto, request = wire.read_request(sock)
+        except OSError:
+            sock.close()
+            return
+        if request is None:
+            sock.close()
+            return
+        path = request.path.split("?", 1)[0]
+        if path == "/healthz":
+            return wire.respond(sock, proto, 200, "ok\n")
+        if path == "/ready":
+            return wire.respond(sock, proto, 200, "ready\n")
+        if path == "/metrics":
+            return wire.respond(sock, proto, 200, self._metrics(),
+                                {"Content-Type": "text/plain; version=0.0.4"})
+        if path != protocol.BRIDGE_PATH:
+            return wire.respond(sock, proto, 404, f"no such endpoint: {path}\n")
+        presented = protocol.bearer(request.headers.get(protocol.TOKEN_HEADER))
+        if not protocol.check_token(self.token, presented):
+            log.warning("refused a connection with a %s token",
+                        "missing" if presented is None else "wrong")
+            return wire.respond(sock, proto, 401, "missing or wrong token\n")
+        self._serve_bridge(sock, proto, request)
+
+    def _serve_bridge(self, sock: socket.socket, proto: Any, request: Any) -> None:
+        headers = request.headers
+        probe = headers.get(protocol.SHM_PROBE_HEADER)
+        probe_payload = shm.probe_check(probe) if probe else None
+        conn = _Conn(headers.get(protocol.CLIENT_ID_HEADER, ""), probe_payload is not None)
+        ws = wire.server_accept(
+            sock, proto, request,
+            on_message=lambda parts: self._on_message(conn, parts),
+            on_close=lambda exc: None,
+            ping_interval=None,  # the client pings; the pod answers
+            ping_timeout=None,
+            name=f"{self.name}<-{conn.client_id[:8]}",
+        )
+        if ws is None:
+            return
+        conn.wire = ws
+        self._conns.add(conn)
+        self.executor.last_activity = time.monotonic()
+        welcome = {
+            "pod": self.name,
+            "pid": os.getpid(),
+            "boot_id": self.boot_id,
+            "protocol": protocol.PROTOCOL_VERSION,
+            "proof": protocol.token_proof(self.token, headers.get(protocol.NONCE_HEADER, "")),
+            "shm": probe_payload,
+            "versions": self._versions,
+        }
+        conn.send(protocol.encode_frame(FrameType.WELCOME, 0, protocol.dump_json(welcome)))
+        try:
+            ws.run()
+        finally:
+            self._conns.discard(conn)
+            conn.shm_writer.cleanup()
+            for rec in list(self.executor.records.values()):
+                if rec.owner is conn:
+                    rec.owner = None
+            self.executor.last_activity = time.monotonic()
+
+    def _metrics(self) -> str:
+        ex = self.executor
+        running = sum(1 for r in list(ex.records.values()) if r.state != "done")
+        labels = f'{{pod="{self.name}"}}'
+        rows = [
+            ("kt_calls_total", "counter", ex.calls_total),
+            ("kt_calls_failed_total", "counter", ex.calls_failed),
+            ("kt_calls_in_flight", "gauge", running),
+            ("kt_connections", "gauge", len(self._conns)),
+            ("kt_uptime_seconds", "gauge", round(time.time() - self.started, 3)),
+        ]
+        return "".join(f"# TYPE {n} {t}\n{n}{labels} {v}\n" for n, t, v in rows)
+
+    # --------------------------------------------------------------- frames
+    def _on_message(self, conn: _Conn, parts: list[bytes]) -> None:
+        try:
+            frame = protocol.decode_frame(parts)
+        except protocol.ProtocolError as exc:
+            log.error("malformed frame from %s: %s", conn.client_id, exc)
+            assert conn.wire is not None
+            conn.wire.close(1002, str(exc)[:120])
+            return
+        ftype = frame.type
+        if ftype == FrameType.CALL:
+            existing = self.executor.records.get(frame.call_id)
+            if existing is not None:  # a resend after a reconnect: just re-subscribe
+                self._subscribe(conn, existing, 0)
+                return
+            buffers = protocol.claim_buffers(frame.buffers, shm.claim)
+            record = CallRecord(frame.call_id, conn)
+            self.executor.submit(record, frame.body, buffers,
+                                 main_thread=bool(frame.flags & protocol.FLAG_MAIN_THREAD))
+        elif ftype == FrameType.CANCEL:
+            self.executor.cancel(frame.call_id)
+        elif ftype == FrameType.ACK:
+            self.executor.acknowledge([int(i) for i in frame.json()["ids"]])
+        elif ftype == FrameType.COLLECT:
+            for key, last_seq in frame.json()["calls"].items():
+                rec = self.executor.records.get(int(key))
+                if rec is None:
+                    conn.send(protocol.encode_frame(FrameType.UNKNOWN, int(key),
+                                                    protocol.dump_json({})))
+                else:
+                    self._subscribe(conn, rec, int(last_seq))
+        else:
+            log.error("a client does not send %s frames; closing", ftype.name)
+            assert conn.wire is not None
+            conn.wire.close(1002, f"unexpected {ftype.name}")
+
+    def _subscribe(self, conn: _Conn, rec: CallRecord, last_seq: int) -> None:
+        with rec.lock:
+            rec.owner = conn
+            rec.sent_seq = last_seq
+            rec.result_sent = False
+            done = rec.state == "done"
+        if done:
+            self._finished(rec)
+        else:
+            self._send_events(rec)
+
+    # --------------------------------------------------------------- output
+    def _notify(self, record: CallRecord) -> None:
+        """A call printed something: the flusher sends it (coalesced)."""
+        with self._dirty_cv:
+            if record not in self._dirty:
+                self._dirty.add(record)
+                self._dirty_cv.notify()
+
+    def _flush_loop(self) -> None:
+        while not self.stopped.is_set():
+            with self._dirty_cv:
+                while not self._dirty and not self.stopped.is_set():
+                    self._dirty_cv.wait()
+                batch, self._dirty = self._dirty, set()
+            for record in batch:
+                self._send_events(record)
+
+    def _send_events(self, record: CallRecord) -> None:
+        conn = record.owner
+        if conn is None or conn.closed:
+            return
+        with conn.order:
+            with record.lock:
+                events = record.take_unsent()
+            if events:
+                conn.send(protocol.encode_frame(FrameType.EVENTS, record.call_id,
+                                                protocol.dump_json({"events": events})))
+
+    def _finished(self, record: CallRecord) -> None:
+        """On the call's own thread: send what it printed last, then its result."""
+        conn = record.owner
+        if conn is None or conn.closed or record.result is None:
+            return
+        body, buffers = record.result
+        names: list[str | None] = []
+        if conn.use_shm and any(b.nbytes >= shm.SHM_THRESHOLD for b in buffers):
+            names = conn.shm_writer.place(buffers)
+        with conn.order:
+            with record.lock:
+                if record.result_sent or record.owner is not conn:
+                    return
+                record.result_sent = True
+                events = record.take_unsent()
+            if events:
+                conn.send(protocol.encode_frame(FrameType.EVENTS, record.call_id,
+                                                protocol.dump_json({"events": events})))
+            conn.send(protocol.encode_frame(FrameType.RESULT, record.call_id, body, buffers,
+                                            shm_names=names))

@@ -1,0 +1,152 @@
+"""The bulk-data fast path: out-of-band buffers through shared-memory files.
+
+When client and pod share a host (the local backend), a large buffer is written to a
+file in ``/dev/shm`` by the sender (one kernel copy) and mapped by the receiver, which
+unlinks it at once and hands the mapping to ``pickle.loads`` (no copy): a numpy array
+that arrives this way is backed by the mapping and is writable.
+
+Both ends must agree that this works: the client writes a probe file with a random
+payload before connecting and names it in the upgrade; the pod reads it back and says
+in WELCOME whether it matched. Containers with separate ``/dev/shm`` simply fall back
+to inline buffers.
+
+Files are mode 0600 and named ``kt-<pid>-<random>``; a receiver only opens names of
+that shape, so a peer cannot point it at another file.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import re
+import secrets
+from pathlib import Path
+
+__all__ = [
+    "SHM_DIR",
+    "ShmWriter",
+    "claim",
+    "map_claimed",
+    "open_buffer",
+    "probe_check",
+    "probe_create",
+    "shm_available",
+]
+
+SHM_DIR = Path("/dev/shm")
+_NAME = re.compile(r"^kt-\d+-[0-9a-f]{16,64}$")
+#: Buffers at least this large go through shared memory when it is available.
+SHM_THRESHOLD = 256 * 1024
+
+
+def shm_available() -> bool:
+    """Whether this host has a writable ``/dev/shm``."""
+    return SHM_DIR.is_dir() and os.access(SHM_DIR, os.W_OK)
+
+
+def _new_name() -> str:
+    return f"kt-{os.getpid()}-{secrets.token_hex(12)}"
+
+
+class ShmWriter:
+    """Writes buffers to shared-memory files and remembers which are not yet claimed.
+
+    The receiver unlinks a file as soon as it opens it; :meth:`cleanup` removes those
+    the receiver never opened (the connection dropped first).
+    """
+
+    def __init__(self, threshold: int = SHM_THRESHOLD) -> None:
+        self.threshold = threshold
+        self._pending: list[str] = []
+
+    def place(self, buffers: list[memoryview]) -> list[str | None]:
+        """Write each buffer at or above the threshold to a new file; return the names."""
+        names: list[str | None] = []
+        for buf in buffers:
+            if buf.nbytes < self.threshold:
+                names.append(None)
+                continue
+            name = _new_name()
+            path = SHM_DIR / name
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                view = buf.cast("B") if buf.format != "B" else buf
+                written = 0
+                while written < view.nbytes:
+                    written += os.write(fd, view[written:])
+            except BaseException:
+                os.close(fd)
+                path.unlink(missing_ok=True)
+                raise
+            os.close(fd)
+            self._pending.append(name)
+            names.append(name)
+        if len(self._pending) > 256:
+            self._pending = [n for n in self._pending if (SHM_DIR / n).exists()]
+        return names
+
+    def cleanup(self) -> None:
+        """Remove files written by this writer that no receiver claimed."""
+        for name in self._pending:
+            (SHM_DIR / name).unlink(missing_ok=True)
+        self._pending.clear()
+
+
+def claim(name: str) -> int:
+    """Open a shared-memory file written by the peer and unlink it; returns the fd.
+
+    Claiming is cheap and done as soon as a frame arrives, so that a sender cleaning up
+    after a dropped connection cannot remove a buffer the receiver already holds.
+
+    Raises:
+        ValueError: When the name is not one this protocol produces.
+        FileNotFoundError: When the file is gone (the sender cleaned up).
+    """
+    if not _NAME.match(name):
+        raise ValueError(f"refusing shared-memory name {name!r}")
+    path = SHM_DIR / name
+    fd = os.open(path, os.O_RDWR)
+    os.unlink(path)
+    return fd
+
+
+def map_claimed(fd: int, size: int) -> memoryview:
+    """Map a claimed buffer (writable, no copy) and close its fd."""
+    try:
+        if size == 0:
+            return memoryview(bytearray())
+        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+        mm = mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    finally:
+        os.close(fd)
+    return memoryview(mm)
+
+
+def open_buffer(name: str, size: int) -> memoryview:
+    """Claim and map in one step."""
+    return map_claimed(claim(name), size)
+
+
+def probe_create() -> tuple[str, str]:
+    """Write a probe file; returns (name, secret payload) for the upgrade request."""
+    name = _new_name()
+    payload = secrets.token_hex(16)
+    fd = os.open(SHM_DIR / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, payload.encode())
+    finally:
+        os.close(fd)
+    return name, payload
+
+
+def probe_check(name: str) -> str | None:
+    """Read (and remove) a probe file named by the client; None when it is not here."""
+    if not _NAME.match(name):
+        return None
+    path = SHM_DIR / name
+    try:
+        data = path.read_bytes()[:64]
+        path.unlink(missing_ok=True)
+    except OSError:
+        return None
+    return data.decode(errors="replace")

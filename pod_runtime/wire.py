@@ -1,0 +1,353 @@
+"""A websocket connection driven by threads, on top of websockets' Sans-I/O protocol.
+
+Why not ``websockets.asyncio``: a call crossing an event loop pays for thread handoffs
+on both sides (caller thread -> loop -> socket, socket -> loop -> worker thread), and on
+two cores those handoffs cost more than the websocket itself (measured: a no-op call
+2.5-3x a bare websockets echo). Here any thread sends directly under a lock, and one
+reader thread per connection parses frames and hands each message to a callback,
+which is the minimum: one handoff per direction.
+
+The same class serves both ends: :func:`client_handshake` and :func:`server_handshake`
+produce a :class:`WireConnection` from a connected socket.
+
+A message is a list of websocket fragments; :mod:`pod_runtime.protocol` aligns its
+frames so that each out-of-band buffer is its own fragment and is received as its own
+``bytes`` (no concatenation on either side).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from websockets.client import ClientProtocol
+from websockets.datastructures import Headers
+from websockets.exceptions import InvalidStatus, ProtocolError
+from websockets.frames import Opcode
+from websockets.http11 import Request, Response
+from websockets.protocol import Protocol, State
+from websockets.server import ServerProtocol
+from websockets.uri import parse_uri
+
+__all__ = [
+    "ConnectionClosedError",
+    "HandshakeRejected",
+    "WireConnection",
+    "client_handshake",
+    "read_request",
+    "server_accept",
+]
+
+log = logging.getLogger("kubetorch.wire")
+_CHUNK = 1 << 20
+
+
+class ConnectionClosedError(ConnectionError):
+    """The websocket is closed; nothing more can be sent on it."""
+
+
+class HandshakeRejected(ConnectionError):
+    """The server answered the upgrade with an HTTP error (``status``, ``body``)."""
+
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(f"HTTP {status}: {body.strip()}")
+        self.status = status
+        self.body = body
+
+
+Fragments = Sequence[bytes | bytearray | memoryview]
+
+
+class WireConnection:
+    """One open websocket over a socket.
+
+    Args:
+        sock: The connected socket (blocking).
+        protocol: The Sans-I/O protocol object, in state OPEN.
+        on_message: Called on the reader thread with each message's fragments.
+        on_close: Called once on the reader thread when the connection ends.
+        ping_interval: Seconds between keepalive pings (None: never ping).
+        ping_timeout: Seconds without any data from the peer before giving up.
+        name: For logs.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        protocol: Protocol,
+        *,
+        on_message: Callable[[list[bytes]], None],
+        on_close: Callable[[BaseException | None], None],
+        ping_interval: float | None = 20.0,
+        ping_timeout: float | None = 60.0,
+        pending: Sequence[Any] = (),
+        name: str = "",
+    ) -> None:
+        self.sock = sock
+        self.protocol = protocol
+        self.on_message = on_message
+        self.on_close = on_close
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.name = name
+        self.closed = False
+        self.lock = threading.Lock()  # guards the protocol object and socket writes
+        self._pending = list(pending)
+        self._parts: list[bytes] = []
+        self._last_seen = time.monotonic()
+        self._thread = threading.Thread(target=self._reader, name=f"kt-wire-{name}",
+                                        daemon=True)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def start(self) -> None:
+        """Start the reader thread (and the keepalive, when configured)."""
+        self._start_keepalive()
+        self._thread.start()
+
+    def run(self) -> None:
+        """Run the reader loop on the calling thread until the connection ends."""
+        self._start_keepalive()
+        self._reader()
+
+    def _start_keepalive(self) -> None:
+        if self.ping_interval:
+            threading.Thread(target=self._keepalive, name=f"kt-ping-{self.name}",
+                             daemon=True).start()
+
+    # ------------------------------------------------------------------ send
+    def send(self, fragments: Fragments) -> None:
+        """Send one message made of ``fragments`` (thread-safe).
+
+        Raises:
+            ConnectionClosedError: When the connection is closed.
+        """
+        with self.lock:
+            if self.closed or self.protocol.state is not State.OPEN:
+                raise ConnectionClosedError(f"connection {self.name} is closed")
+            last = len(fragments) - 1
+            for i, part in enumerate(fragments):
+                if i == 0:
+                    self.protocol.send_binary(part, fin=last == 0)
+                else:
+                    self.protocol.send_continuation(part, fin=i == last)
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        data = self.protocol.data_to_send()
+        try:
+            for chunk in data:
+                if chunk:
+                    self.sock.sendall(chunk)
+                else:  # SEND_EOF
+                    with contextlib.suppress(OSError):
+                        self.sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            self.closed = True
+            raise ConnectionClosedError(f"connection {self.name} broke: {exc}") from exc
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Start the closing handshake; the reader thread finishes it."""
+        with self.lock:
+            if self.protocol.state is State.OPEN:
+                self.protocol.send_close(code, reason)
+                with contextlib.suppress(ConnectionClosedError):
+                    self._flush_locked()
+            self.closed = True
+        # Unblock the reader even if the peer never answers the close.
+        threading.Timer(2.0, self.abort).start()
+
+    def abort(self) -> None:
+        """Drop the connection at once (no closing handshake)."""
+        self.closed = True
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+    # ------------------------------------------------------------------ read
+    def _reader(self) -> None:
+        error: BaseException | None = None
+        try:
+            if self._pending:
+                events, self._pending = self._pending, []
+                self._dispatch(events)
+            while self.protocol.state is not State.CLOSED:
+                try:
+                    data = self.sock.recv(_CHUNK)
+                except OSError as exc:
+                    error = exc
+                    break
+                if not data:
+                    with self.lock:
+                        self.protocol.receive_eof()
+                        with contextlib.suppress(ConnectionClosedError):
+                            self._flush_locked()
+                    break
+                self._feed(data)
+        except BaseException as exc:  # noqa: BLE001 - reported through on_close
+            error = exc
+        finally:
+            self.closed = True
+            with contextlib.suppress(OSError):
+                self.sock.close()
+            if error is None and self.protocol.close_exc is not None:
+                code = self.protocol.close_code
+                if code not in (1000, 1001):
+                    error = self.protocol.close_exc
+            self.on_close(error)
+
+    def _feed(self, data: bytes) -> None:
+        self._last_seen = time.monotonic()
+        with self.lock:
+            self.protocol.receive_data(data)
+            events = self.protocol.events_received()
+            with contextlib.suppress(ConnectionClosedError):
+                self._flush_locked()  # pongs and close replies
+        self._dispatch(events)
+        if self.protocol.parser_exc is not None:
+            raise self.protocol.parser_exc
+
+    def _dispatch(self, events: list[Any]) -> None:
+        for frame in events:
+            op = frame.opcode
+            if op is Opcode.BINARY or op is Opcode.CONT:
+                self._parts.append(frame.data)
+                if frame.fin:
+                    parts, self._parts = self._parts, []
+                    self.on_message(parts)
+            elif op is Opcode.TEXT:
+                self.close(1003, "binary frames only")
+
+    def _keepalive(self) -> None:
+        assert self.ping_interval is not None
+        while not self.closed:
+            time.sleep(self.ping_interval)
+            if self.closed:
+                return
+            silent = time.monotonic() - self._last_seen
+            if self.ping_timeout is not None and silent > self.ping_timeout:
+                log.warning("no data from %s for %.0fs: dropping the connection",
+                            self.name, silent)
+                self.abort()
+                return
+            with self.lock:
+                if self.protocol.state is State.OPEN:
+                    self.protocol.send_ping(b"")
+                    with contextlib.suppress(ConnectionClosedError):
+                        self._flush_locked()
+
+
+# --------------------------------------------------------------- handshakes
+def client_handshake(
+    url: str,
+    headers: dict[str, str],
+    *,
+    timeout: float,
+    **kwargs: Any,
+) -> WireConnection:
+    """Connect to ``url`` (``ws://host:port/path``) and upgrade to a websocket.
+
+    ``kwargs`` go to :class:`WireConnection` (``on_message``, ``on_close``, ...).
+
+    Raises:
+        HandshakeRejected: The server answered with an HTTP error (401: bad token).
+        OSError: The TCP connection failed.
+        TimeoutError: No answer within ``timeout``.
+    """
+    uri = parse_uri(url)
+    sock = socket.create_connection((uri.host, uri.port), timeout=timeout)
+    try:
+        proto = ClientProtocol(uri, max_size=None)
+        request = proto.connect()
+        for key, value in headers.items():
+            request.headers[key] = value
+        request.headers["User-Agent"] = "kubetorch-jupyter"
+        proto.send_request(request)
+        for chunk in proto.data_to_send():
+            sock.sendall(chunk)
+        while proto.state is State.CONNECTING:
+            data = sock.recv(65536)
+            if not data:
+                proto.receive_eof()
+                break
+            proto.receive_data(data)
+        events = proto.events_received()
+        response = next((e for e in events if isinstance(e, Response)), None)
+        frames = [e for e in events if not isinstance(e, Response)]
+        if proto.state is not State.OPEN:
+            exc = proto.handshake_exc
+            if isinstance(exc, InvalidStatus):
+                body = exc.response.body.decode(errors="replace") if exc.response.body else ""
+                raise HandshakeRejected(exc.response.status_code, body)
+            raise ConnectionError(f"websocket handshake with {url} failed: {exc}")
+        assert response is not None
+        sock.settimeout(None)
+        # Frames that arrived in the same read as the response are handled first.
+        return WireConnection(sock, proto, pending=frames, **kwargs)
+    except BaseException:
+        sock.close()
+        raise
+
+
+def read_request(sock: socket.socket, timeout: float = 10.0) -> tuple[ServerProtocol,
+                                                                       Request | None]:
+    """Read an HTTP request from a freshly accepted socket (for the server)."""
+    sock.settimeout(timeout)
+    proto = ServerProtocol(max_size=None)
+    request = None
+    while request is None:
+        data = sock.recv(65536)
+        if not data:
+            proto.receive_eof()
+            break
+        proto.receive_data(data)
+        for event in proto.events_received():
+            if isinstance(event, Request):
+                request = event
+        if proto.parser_exc is not None:
+            break
+    return proto, request
+
+
+def respond(sock: socket.socket, proto: ServerProtocol, status: int, text: str,
+            headers: dict[str, str] | None = None) -> None:
+    """Answer a plain HTTP request (or refuse an upgrade) and close the socket."""
+    response = proto.reject(status, text)
+    for key, value in (headers or {}).items():
+        response.headers[key] = value
+    proto.send_response(response)
+    with contextlib.suppress(OSError):
+        for chunk in proto.data_to_send():
+            if chunk:
+                sock.sendall(chunk)
+        sock.close()
+
+
+def server_accept(sock: socket.socket, proto: ServerProtocol, request: Request,
+                  **kwargs: Any) -> WireConnection | None:
+    """Complete the upgrade of an authenticated request; None if it was not a websocket."""
+    response = proto.accept(request)
+    proto.send_response(response)
+    for chunk in proto.data_to_send():
+        sock.sendall(chunk)
+    if response.status_code != 101:
+        sock.close()
+        return None
+    sock.settimeout(None)
+    return WireConnection(sock, proto, **kwargs)
+
+
+def header(request: Request, name: str) -> str | None:
+    """A request header, or None."""
+    headers: Headers = request.headers
+    return headers.get(name)
+
+
+def is_protocol_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a websocket protocol violation by the peer."""
+    return isinstance(exc, ProtocolError)
