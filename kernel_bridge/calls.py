@@ -222,7 +222,7 @@ class CallHandle:
         original = None
         if err.get("exc") is not None:
             try:
-                original = protocol.loads(err["exc"])
+                original = protocol.loads(err["exc"])  # (type, args, attributes)
             except Exception:  # noqa: BLE001 - the type is not importable here
                 original = None
         if err.get("category") == "SerializationError":

@@ -131,7 +131,7 @@ _as_remote_cache: dict[type, type | None] = {}
 
 
 def as_remote(
-    original: BaseException | None,
+    original: tuple[type, tuple[Any, ...], dict[str, Any]] | None,
     remote_type: str,
     message: str,
     traceback_text: str,
@@ -139,17 +139,19 @@ def as_remote(
 ) -> BaseException:
     """Build the exception to raise locally for a remote failure.
 
-    When ``original`` (the unpickled remote exception) is available, the result is an
-    instance of a subclass of both its type and :class:`RemoteError`, carrying its
-    ``args`` and attributes; otherwise a plain :class:`RemoteError`.
+    ``original`` is the remote exception's (type, args, attributes) when its type could
+    be unpickled here. Then the result is an instance of a subclass of both that type
+    and :class:`RemoteError`, with those args and attributes, so ``except ValueError``
+    and ``err.code`` work as they would locally. Otherwise it is a plain RemoteError.
     """
-    if original is not None and not isinstance(original, RemoteError):
-        cls = _remote_subclass(type(original))
+    if original is not None:
+        typ, args, state = original
+        cls = _remote_subclass(typ) if isinstance(typ, type) else None
         if cls is not None:
             try:
-                exc = cls.__new__(cls, *original.args)
-                exc.args = original.args
-                exc.__dict__.update(getattr(original, "__dict__", {}))
+                exc = cls.__new__(cls, *args)
+                exc.args = tuple(args)
+                exc.__dict__.update(state)
                 exc._set_remote(remote_type, message, traceback_text, pod)  # type: ignore[attr-defined]
                 exc.add_note(_note(traceback_text, pod))
                 return exc
@@ -168,6 +170,8 @@ def _note(traceback_text: str, pod: str | None) -> str:
 def _remote_subclass(typ: type) -> type | None:
     if typ in _as_remote_cache:
         return _as_remote_cache[typ]
+    if not issubclass(typ, BaseException):
+        return None
     if issubclass(typ, RemoteError):
         return typ
     try:

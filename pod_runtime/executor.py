@@ -334,10 +334,16 @@ def _pack_error(exc: BaseException, pod: str | None, kind: str | None = None
     exc.__traceback__ = _user_frames(exc.__traceback__)
     tb_text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     typ = type(exc)
-    try:
-        blob: bytes | None = protocol.dumps(exc)[0] if _plain(exc) else None
-    except Exception:  # noqa: BLE001 - an exception carrying an unpicklable attribute
-        blob = None
+    blob: bytes | None = None
+    # The type, args and attributes, not the instance: exceptions whose __init__ takes
+    # other arguments than their args (very common) do not survive pickle otherwise.
+    for state in (getattr(exc, "__dict__", {}), {}):
+        try:
+            if _plain(exc):
+                blob = protocol.dumps((typ, exc.args, dict(state)), min_oob=1 << 62)[0]
+            break
+        except Exception:  # noqa: BLE001 - an attribute that cannot be pickled
+            continue
     chained = exc.__cause__ is not None or (
         exc.__context__ is not None and not exc.__suppress_context__)
     frames = None if chained else [

@@ -1,0 +1,209 @@
+"""Failures that lose nothing: dropped connections, dead pods, other processes."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import RawPod, start_raw_pod, timeout
+from tcp_proxy import TcpProxy
+
+import kubetorch_jupyter as kt
+from kernel_bridge import PodConnection
+from kubetorch_jupyter._serialize import dump_callable
+from pod_runtime import protocol
+
+
+def _fn_call(fn: object, *args: object) -> tuple[bytes, list[memoryview]]:
+    digest, blob = dump_callable(fn)
+    return protocol.dumps({"kind": "fn", "fn_id": digest, "fn_blob": blob, "args": args,
+                           "kwargs": {}})
+
+
+def wait_for_file_then_finish(gate: str, done: str, runs: str) -> int:
+    import pathlib
+    import time
+
+    with open(runs, "a") as f:
+        f.write("run\n")
+    print("started", flush=True)
+    while not pathlib.Path(gate).exists():
+        time.sleep(0.01)
+    pathlib.Path(done).write_text("finished")
+    return 42
+
+
+@pytest.fixture()
+def proxied(tmp_path: Path) -> Iterator[tuple[RawPod, TcpProxy]]:
+    pod = start_raw_pod(tmp_path)
+    proxy = TcpProxy(pod.port)
+    yield pod, proxy
+    proxy.close()
+    pod.stop()
+
+
+def test_result_finished_while_disconnected_is_collected(
+    proxied: tuple[RawPod, TcpProxy], tmp_path: Path
+) -> None:
+    pod, proxy = proxied
+    conn = PodConnection(proxy.url, pod.token, name="proxied", reconnect_timeout=timeout(60))
+    gate, done, runs = tmp_path / "gate", tmp_path / "done", tmp_path / "runs"
+    body, buffers = _fn_call(wait_for_file_then_finish, str(gate), str(done), str(runs))
+    handle = conn.call(body, buffers, sink=lambda e: None)
+    first = next(handle.stream(timeout=timeout(30)))
+    assert first["text"].startswith("started")
+
+    proxy.cut()  # the connection drops; the client starts reconnecting (and is refused)
+    gate.touch()  # meanwhile the call finishes on the pod
+    for _ in range(int(timeout(300))):
+        if done.exists():
+            break
+        import time
+
+        time.sleep(0.1)
+    assert done.read_text() == "finished"
+    assert not handle.done()  # the result could not reach us yet
+
+    proxy.restore()
+    assert handle.result(timeout(60)) == 42
+    assert runs.read_text() == "run\n"  # collected, not run again
+    assert proxy.accepted >= 2
+    conn.close()
+
+
+def test_call_sent_while_disconnected_runs_once_after_reconnect(
+    proxied: tuple[RawPod, TcpProxy], tmp_path: Path
+) -> None:
+    pod, proxy = proxied
+    conn = PodConnection(proxy.url, pod.token, name="proxied", reconnect_timeout=timeout(60))
+    proxy.cut()
+    runs = tmp_path / "runs"
+    gate = tmp_path / "gate"
+    gate.touch()
+    body, buffers = _fn_call(wait_for_file_then_finish, str(gate), str(tmp_path / "d"),
+                             str(runs))
+    handle = conn.call(body, buffers, sink=lambda e: None)
+    proxy.restore()
+    assert handle.result(timeout(60)) == 42
+    assert runs.read_text() == "run\n"
+    conn.close()
+
+
+def test_connection_lost_for_good_fails_calls_clearly(
+    proxied: tuple[RawPod, TcpProxy], tmp_path: Path
+) -> None:
+    pod, proxy = proxied
+    conn = PodConnection(proxy.url, pod.token, name="proxied", reconnect_timeout=0.5)
+    gate = tmp_path / "gate"
+    body, buffers = _fn_call(wait_for_file_then_finish, str(gate), str(tmp_path / "d"),
+                             str(tmp_path / "r"))
+    handle = conn.call(body, buffers, sink=lambda e: None)
+    next(handle.stream(timeout=timeout(30)))
+    proxy.cut()
+    with pytest.raises(kt.PodUnreachableError, match="could not reconnect within 0.5s"):
+        handle.result(timeout(30))
+    gate.touch()
+    conn.close()
+
+
+def test_pod_killed_mid_call_raises_pod_died() -> None:
+    compute = kt.Compute(name="doomed")
+    try:
+        def sleepy() -> None:
+            import time
+
+            print("sleeping", flush=True)
+            time.sleep(300)
+
+        handle = kt.fn(sleepy).to(compute).submit()
+        next(handle.stream(timeout=timeout(30)))
+        old_pid = compute.pod.pid
+        os.kill(old_pid or 0, signal.SIGKILL)
+        with pytest.raises(kt.PodDiedError) as info:
+            handle.result(timeout(30))
+        assert info.value.exit_status == -signal.SIGKILL
+        assert "killed by signal 9" in str(info.value)
+        assert info.value.pod == "doomed"
+
+        # The next use starts a fresh pod, and says so.
+        with pytest.warns(RuntimeWarning, match="starting a new one"):
+            new_pid = kt.fn(os.getpid).to(compute)()
+        assert new_pid not in (old_pid, os.getpid())
+    finally:
+        compute.teardown()
+
+
+def test_pod_restarted_under_the_same_address_fails_calls_in_flight(tmp_path: Path) -> None:
+    pod = start_raw_pod(tmp_path)
+    conn = PodConnection(pod.url, pod.token, name="restarting", reconnect_timeout=timeout(60))
+    body, buffers = _fn_call(wait_for_file_then_finish, str(tmp_path / "never"),
+                             str(tmp_path / "d"), str(tmp_path / "r"))
+    handle = conn.call(body, buffers, sink=lambda e: None)
+    next(handle.stream(timeout=timeout(30)))
+    pod.stop()
+    replacement = start_raw_pod(tmp_path, "--port", str(pod.port), token=pod.token)
+    try:
+        with pytest.raises(kt.PodDiedError, match="restarted"):
+            handle.result(timeout(60))
+    finally:
+        conn.close()
+        replacement.stop()
+
+
+def test_second_process_finds_the_named_pod_warm(tmp_path: Path) -> None:
+    compute = kt.Compute(name="shared")
+    try:
+        def remember(value: int) -> int:
+            import builtins
+            import os
+
+            builtins.kt_test_value = value  # type: ignore[attr-defined]
+            return os.getpid()
+
+        pid = kt.fn(remember).to(compute)(1234)
+        script = textwrap.dedent("""
+            import builtins, os, pickle, sys
+            import kubetorch_jupyter as kt
+            compute = kt.Compute.from_name("shared")
+            def recall():
+                import builtins, os
+                return os.getpid(), getattr(builtins, "kt_test_value", None)
+            sys.stdout.buffer.write(pickle.dumps(kt.fn(recall).to(compute)()))
+        """)
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                             timeout=timeout(60), env=os.environ.copy(), check=True)
+        assert pickle.loads(out.stdout) == (pid, 1234)
+    finally:
+        compute.teardown()
+
+
+def test_unknown_compute_name_is_a_clear_error() -> None:
+    with pytest.raises(kt.ComputeNotFoundError, match="no compute named 'nope'"):
+        kt.Compute.from_name("nope")
+
+
+def test_bad_settings_say_what_to_write() -> None:
+    with pytest.raises(kt.ConfigError, match="did you mean '8Gi'"):
+        kt.Compute(memory="8Gb")
+    with pytest.raises(kt.ConfigError, match="compute name 'My Pod'.*'my-pod'"):
+        kt.Compute(name="My Pod")
+    with pytest.raises(kt.ConfigError, match="gpus must be a whole number"):
+        kt.Compute(gpus=-1)
+    with pytest.raises(kt.ConfigError, match="cpus"):
+        kt.Compute(cpus="two")
+    with pytest.raises(kt.ConfigError, match="30m"):
+        kt.Compute(inactivity_ttl="soon")
+
+
+def test_more_gpus_than_exist_says_how_many_there_are(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")  # no nvidia-smi here either way
+    compute = kt.Compute(name="greedy", gpus=1)
+    with pytest.raises(kt.ResourceUnavailableError, match="this machine has 0 GPUs"):
+        compute.up()
