@@ -68,7 +68,7 @@ def _upgrade_then_send(pod: RawPod, auth: str | None, payload: bytes) -> bytes:
                 data = sock.recv(65536)
             except (ConnectionResetError, TimeoutError):
                 break
-            if not data or b"\r\n\r\n" in b"".join(chunks + [data]):
+            if not data or b"\r\n\r\n" in b"".join([*chunks, data]):
                 chunks.append(data)
                 break
             chunks.append(data)

@@ -14,7 +14,8 @@ from pod_runtime.protocol import FrameType, ProtocolError
 def test_frame_round_trip_with_inline_and_shm_buffers() -> None:
     a = memoryview(b"a" * 10)
     b = memoryview(bytearray(b"b" * 5))
-    parts = protocol.encode_frame(FrameType.CALL, 7, b"body", [a, b], shm_names=[None, "kt-1-" + "0" * 16],
+    parts = protocol.encode_frame(FrameType.CALL, 7, b"body", [a, b],
+                                  shm_names=[None, "kt-1-" + "0" * 16],
                                   flags=protocol.FLAG_MAIN_THREAD)
     assert len(parts) == 2  # header+body, then the one inline buffer as its own fragment
     assert parts[1] is a  # not copied

@@ -107,7 +107,7 @@ def test_connection_lost_for_good_fails_calls_clearly(
     handle = conn.call(body, buffers, sink=lambda e: None)
     next(handle.stream(timeout=timeout(30)))
     proxy.cut()
-    with pytest.raises(kt.PodUnreachableError, match="could not reconnect within 0.5s"):
+    with pytest.raises(kt.PodUnreachableError, match=r"could not reconnect within 0\.5s"):
         handle.result(timeout(30))
     gate.touch()
     conn.close()
@@ -190,9 +190,9 @@ def test_unknown_compute_name_is_a_clear_error() -> None:
 
 
 def test_bad_settings_say_what_to_write() -> None:
-    with pytest.raises(kt.ConfigError, match="did you mean '8Gi'"):
+    with pytest.raises(kt.ConfigError, match=r"did you mean '8Gi'"):
         kt.Compute(memory="8Gb")
-    with pytest.raises(kt.ConfigError, match="compute name 'My Pod'.*'my-pod'"):
+    with pytest.raises(kt.ConfigError, match=r"compute name 'My Pod'.*'my-pod'"):
         kt.Compute(name="My Pod")
     with pytest.raises(kt.ConfigError, match="gpus must be a whole number"):
         kt.Compute(gpus=-1)

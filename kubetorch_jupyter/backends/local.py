@@ -1,0 +1,396 @@
+"""The local backend: a pod is a ``python -m pod_runtime`` process on this machine.
+
+Each pod listens on an ephemeral loopback port with a random token and is recorded in
+``<state_dir>/pods/<name>.json`` (mode 0600, in a 0700 directory), so a restarted kernel,
+another notebook or ``kt list`` finds it warm. Pods run in their own session and outlive
+the process that started them; their stdout and stderr go to ``<state_dir>/logs/<name>.log``.
+
+Resources:
+
+- **gpus**: handed out with ``CUDA_VISIBLE_DEVICES`` (see :mod:`.gpus`); a pod with
+  ``gpus=0`` gets ``CUDA_VISIBLE_DEVICES=""`` so it cannot touch a GPU another pod holds.
+  A ``CUDA_VISIBLE_DEVICES`` in the client's own environment limits which GPUs kt hands
+  out; the pod's value is always its allocation, whatever ``env`` says.
+- **cpus**: when fewer than the cores this process may use, the pod is pinned to the
+  first ``ceil(cpus)`` of them and ``OMP/MKL/OPENBLAS_NUM_THREADS`` are set (unless the
+  compute's env sets them).
+- **memory**: recorded, not enforced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import itertools
+import json
+import logging
+import math
+import os
+import re
+import secrets
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psutil
+
+from .. import config
+from .._resources import format_bytes
+from ..exceptions import ComputeNotFoundError, ConfigError, PodStartError
+from . import gpus as _gpus
+from . import venvs
+from ._process import make_private_dir, read_line, source_root, wait_gone
+from ._process import tail as read_tail
+from .base import Backend, PodInfo, PodStatus
+
+if TYPE_CHECKING:
+    from ..compute import Compute
+
+__all__ = ["LocalBackend"]
+
+logger = logging.getLogger(__name__)
+
+#: Popen objects of the pods this process started, by pid, for their exit status.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+#: Seconds a pod gets to exit after SIGTERM before SIGKILL.
+TERM_GRACE = 5.0
+#: Lines of the log a PodStartError carries.
+LOG_TAIL_LINES = 40
+
+
+def _spec_hash(spec: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _spec_diff(old: dict[str, Any], new: dict[str, Any]) -> str:
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if a == b:
+            continue
+        if key == "env":
+            keys = sorted(k for k in set(a or {}) | set(b or {})
+                          if (a or {}).get(k) != (b or {}).get(k))
+            changes.append(f"env {', '.join(keys)}")
+        elif key == "memory":
+            changes.append(f"memory {format_bytes(a)} -> {format_bytes(b)}")
+        elif key == "image":
+            changes.append("image")
+        else:
+            changes.append(f"{key} {a} -> {b}")
+    return "; ".join(changes)
+
+
+class LocalBackend(Backend):
+    """Pods as processes on this machine.
+
+    Args:
+        state_dir: Where pods are recorded (default: ``config.get("state_dir")``, read
+            on every call).
+        discover_gpus: Returns this machine's GPUs (tests pass a fake).
+    """
+
+    name = "local"
+
+    def __init__(self, state_dir: str | Path | None = None, *,
+                 discover_gpus: _gpus.Discover = _gpus.discover_gpus) -> None:
+        self._state_dir = state_dir
+        self._discover = discover_gpus
+
+    # ---- state ------------------------------------------------------------------------
+
+    @property
+    def state_dir(self) -> Path:
+        """The state directory (created mode 0700 when missing)."""
+        return make_private_dir(Path(self._state_dir or config.get("state_dir")))
+
+    def _pods(self) -> Path:
+        return make_private_dir(self.state_dir / "pods")
+
+    def log_path(self, name: str) -> Path:
+        """The file the pod called ``name`` writes its stdout and stderr to."""
+        return self.state_dir / "logs" / f"{_check_name(name)}.log"
+
+    @contextlib.contextmanager
+    def _locked(self, name: str, *, wait: bool = True) -> Iterator[bool]:
+        """Hold the pod's lock (find-or-start, stop); without ``wait``, yield False if busy."""
+        with open(self._pods() / f"{name}.lock", "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+
+    def _read(self, name: str) -> PodInfo | None:
+        try:
+            return PodInfo.from_json(json.loads((self._pods() / f"{name}.json").read_text()))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, TypeError):
+            logger.warning("ignoring the unreadable record of pod %r", name)
+            return None
+
+    def _write(self, info: PodInfo) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self._pods(), prefix=f".{info.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:  # mkstemp: mode 0600
+            json.dump(info.to_json(), f, indent=1)
+        os.replace(tmp, self._pods() / f"{info.name}.json")
+
+    def _prune(self, info: PodInfo) -> None:
+        """Forget a dead pod's record, unless another process is (re)starting it now."""
+        with self._locked(info.name, wait=False) as locked:
+            current = self._read(info.name) if locked else None
+            if current is not None and current.pid == info.pid and not self._alive(current):
+                self._forget(current)
+
+    def _forget(self, info: PodInfo) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self._pods() / f"{info.name}.json").unlink()
+        _gpus.release(self.state_dir, info.name)
+
+    def _alive(self, info: PodInfo) -> bool:
+        if info.pid is None:
+            return False
+        child = _CHILDREN.get(info.pid)
+        if child is not None:
+            return child.poll() is None
+        try:
+            proc = psutil.Process(info.pid)
+            if proc.status() == psutil.STATUS_ZOMBIE or proc.create_time() > info.started_at + 1:
+                return False
+            argv = proc.cmdline()
+        except psutil.Error:
+            return False
+        named = any(a == "--name" and b == info.name for a, b in itertools.pairwise(argv))
+        return named and any("pod_runtime" in a for a in argv)
+
+    # ---- Backend ------------------------------------------------------------------------
+
+    def up(self, compute: Compute, *, progress: bool = True) -> PodInfo:
+        """Return the warm pod for ``compute``; start it, or restart it if its spec changed.
+
+        Raises:
+            ResourceUnavailableError: When it asks for more GPUs than are free.
+            ImageBuildError: When building its image's environment fails.
+            PodStartError: When the pod exits or stays silent past ``start_timeout``.
+        """
+        name = _check_name(compute.name)
+        image = compute.image
+        spec = {"cpus": compute.cpus, "memory": compute.memory, "gpus": int(compute.gpus),
+                "image": image.content_hash(), "env": {**image.env, **compute.env},
+                "inactivity_ttl": compute.inactivity_ttl}
+        spec_hash = _spec_hash(spec)
+        show = bool(progress and config.get("progress"))
+        with self._locked(name):
+            old = self._read(name)
+            if old is not None and self._alive(old):
+                if old.spec_hash == spec_hash:
+                    return old
+                logger.warning("restarting compute %r: its spec changed (%s)",
+                               name, _spec_diff(old.spec, spec))
+                self._stop(old)
+            elif old is not None:
+                self._forget(old)
+            python = venvs.image_python(image, state_dir=self.state_dir, progress=show)
+            return self._start(compute, python, spec, spec_hash, progress=show)
+
+    def get(self, name: str) -> PodInfo:
+        """The running pod called ``name`` (a record whose process died is removed).
+
+        Raises:
+            ComputeNotFoundError: When there is none.
+        """
+        info = self._read(_check_name(name))
+        if info is not None and self._alive(info):
+            return info
+        if info is not None:
+            self._prune(info)
+        raise ComputeNotFoundError(name, [p.name for p in self.list()])
+
+    def list(self) -> list[PodInfo]:
+        """Every running pod, by name; records of dead pods are removed."""
+        out = []
+        for path in sorted(self._pods().glob("*.json")):
+            info = self._read(path.stem)
+            if info is None:
+                continue
+            if self._alive(info):
+                out.append(info)
+            else:
+                self._prune(info)
+        return out
+
+    def down(self, name: str) -> None:
+        """Stop the pod (SIGTERM, SIGKILL after 5 s), free its GPUs and forget it.
+
+        Raises:
+            ComputeNotFoundError: When no pod of that name is recorded.
+        """
+        with self._locked(_check_name(name)):
+            info = self._read(name)
+            if info is None:
+                raise ComputeNotFoundError(name, [p.name for p in self.list()])
+            self._stop(info)
+
+    def status(self, info: PodInfo) -> PodStatus:
+        """Whether the pod is alive, and if not its exit status when known.
+
+        The exit status (negative: killed by that signal) is known for pods this process
+        started; for others it is None.
+        """
+        if self._alive(info):
+            return PodStatus(alive=True)
+        child = _CHILDREN.get(info.pid) if info.pid is not None else None
+        return PodStatus(alive=False, exit_status=child.returncode if child else None)
+
+    def logs(self, name: str, tail: int = 200) -> str:
+        """The last ``tail`` lines of the pod's log (kept after it exits).
+
+        Raises:
+            ComputeNotFoundError: When the pod never wrote a log.
+        """
+        path = self.log_path(name)
+        if not path.exists():
+            raise ComputeNotFoundError(name, [p.name for p in self.list()])
+        return read_tail(path, tail)
+
+    # ---- processes ------------------------------------------------------------------------
+
+    def _stop(self, info: PodInfo) -> None:
+        pid = info.pid
+        ours = pid is not None and self._alive(info)
+        if pid is not None and ours:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            if not wait_gone(pid, TERM_GRACE, _CHILDREN.get(pid)):
+                logger.warning("pod %r did not exit %gs after SIGTERM; killing it",
+                               info.name, TERM_GRACE)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                wait_gone(pid, TERM_GRACE, _CHILDREN.get(pid))
+            # what the pod's code started lives on in its session: end it too
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+        if pid is not None and (ours or not psutil.pid_exists(pid)):  # not a reused pid's
+            for leftover in Path("/dev/shm").glob(f"kt-{pid}-*"):
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
+        self._forget(info)
+
+    def _pod_env(self, compute: Compute, indices: Sequence[int], token: str,
+                 threads: int | None) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(compute.image.env)
+        env.update(compute.env)
+        root = source_root()
+        if root:
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        if threads is not None:
+            for var in _THREAD_VARS:
+                if var not in compute.env and var not in compute.image.env:
+                    env[var] = str(threads)
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, indices))
+        if indices:
+            env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # NVML's order, which indices follow
+        env["KT_POD_TOKEN"] = token
+        env["KT_POD_NAME"] = compute.name
+        return env
+
+    def _start(self, compute: Compute, python: str, spec: dict[str, Any], spec_hash: str,
+               *, progress: bool) -> PodInfo:
+        name, state = compute.name, self.state_dir
+        cores = sorted(os.sched_getaffinity(0))
+        want = math.ceil(compute.cpus) if compute.cpus else len(cores)
+        pin = cores[:want] if want < len(cores) else None
+        indices = _gpus.allocate(state, name, int(compute.gpus), discover=self._discover)
+        proc = None
+        try:
+            token = secrets.token_urlsafe(32)
+            env = self._pod_env(compute, indices, token, len(pin) if pin else None)
+            log_path = make_private_dir(state / "logs") / f"{name}.log"
+            read_fd, write_fd = os.pipe()
+            argv = [python, "-m", "pod_runtime", "--host", "127.0.0.1", "--port", "0",
+                    "--name", name, "--ready-fd", str(write_fd)]
+            if compute.inactivity_ttl:
+                argv += ["--inactivity-ttl", str(compute.inactivity_ttl)]
+            try:
+                with open(log_path, "ab") as log:
+                    log.write(f"=== kt: starting pod {name!r} at {time.ctime()} "
+                              f"({python}) ===\n".encode())
+                    log.flush()
+                    offset = log.tell()
+                    proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
+                                            stdout=log, stderr=subprocess.STDOUT,
+                                            pass_fds=(write_fd,), start_new_session=True)
+            except OSError as exc:
+                os.close(read_fd)
+                raise PodStartError(f"could not run {python!r} for pod {name!r}: {exc}",
+                                    pod=name) from exc
+            finally:
+                os.close(write_fd)
+            _CHILDREN[proc.pid] = proc
+            if pin:
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(proc.pid, pin)
+            try:
+                ready = self._wait_ready(read_fd, proc, name, progress=progress,
+                                         log_path=log_path, offset=offset)
+            finally:
+                os.close(read_fd)
+            started_at = time.time()  # after the pod (whichever pid reported) was created
+            pid = int(ready.get("pid") or proc.pid)
+            info = PodInfo(name=name, url=f"ws://127.0.0.1:{int(ready['port'])}", token=token,
+                           backend=self.name, pid=pid, started_at=started_at, gpus=indices,
+                           spec=spec, spec_hash=spec_hash, log_path=str(log_path))
+            if indices:
+                _gpus.assign(state, name, pid)
+            self._write(info)
+            return info
+        except BaseException:
+            if proc is not None and proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            _gpus.release(state, name)
+            raise
+
+    def _wait_ready(self, fd: int, proc: subprocess.Popen[bytes], name: str, *,
+                    progress: bool, log_path: Path, offset: int) -> dict[str, Any]:
+        """Read the pod's ready line from ``fd``; PodStartError when it exits or is silent."""
+        timeout = float(config.get("start_timeout"))
+        try:
+            data = read_line(fd, timeout=timeout, progress=progress,
+                             desc=f"starting pod {name!r}")
+        except TimeoutError:
+            raise PodStartError(
+                f"pod {name!r} did not become ready within {timeout:g}s (KT_START_TIMEOUT)",
+                pod=name, log_tail=read_tail(log_path, LOG_TAIL_LINES, offset)) from None
+        with contextlib.suppress(ValueError):
+            line = json.loads(data.split(b"\n", 1)[0])
+            if isinstance(line, dict) and isinstance(line.get("port"), int):
+                return line
+        try:
+            code = proc.wait(timeout=2)
+            why = f"exited with status {code}" if code >= 0 else f"was killed by signal {-code}"
+            with contextlib.suppress(ValueError):
+                why = why if code >= 0 else f"was killed by {signal.Signals(-code).name}"
+        except subprocess.TimeoutExpired:
+            why = "closed its ready pipe without reporting its port"
+        raise PodStartError(f"pod {name!r} {why} before it was ready", pod=name,
+                            log_tail=read_tail(log_path, LOG_TAIL_LINES, offset))
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigError(f"compute name {name!r} is not valid: use letters, digits, '.', "
+                          "'_' and '-', starting with a letter or digit, at most 63 characters")
+    return name

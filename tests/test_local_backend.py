@@ -1,0 +1,243 @@
+"""The local backend against real ``python -m pod_runtime`` processes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from kubetorch_jupyter.backends import get_backend, gpus, local
+from kubetorch_jupyter.backends.local import LocalBackend
+from kubetorch_jupyter.exceptions import (
+    ComputeNotFoundError,
+    ConfigError,
+    PodStartError,
+    ResourceUnavailableError,
+)
+from kubetorch_jupyter.image import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def compute(name="dev", *, cpus=None, memory=None, gpus=0, image=None, env=None, ttl=None):
+    return SimpleNamespace(name=name, cpus=cpus, memory=memory, gpus=gpus,
+                           image=image or Image(), env=env or {}, inactivity_ttl=ttl)
+
+
+def environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode().partition("=")[::2] for item in raw if item)
+
+
+def get_text(info, path: str) -> str:
+    url = info.url.replace("ws://", "http://") + path
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=5) as resp:
+        return resp.read().decode()
+
+
+def fake_gpus(count: int):
+    return lambda: [gpus.GPU(i, f"GPU-fake-{i}", "Fake GPU", 2**34) for i in range(count)]
+
+
+@pytest.fixture
+def state(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("KT_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("KT_PROGRESS", "0")
+    for var in ("KT_PYTHON", "KT_START_TIMEOUT", gpus.FAKE_ENV, "CUDA_VISIBLE_DEVICES"):
+        monkeypatch.delenv(var, raising=False)
+    started = set(local._CHILDREN)
+    yield tmp_path / "state"
+    for pid, proc in list(local._CHILDREN.items()):  # nothing outlives its test
+        if pid not in started and proc.poll() is None:
+            os.killpg(pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture
+def backend(state):
+    backend = LocalBackend()
+    yield backend
+    for info in backend.list():
+        backend.down(info.name)
+
+
+def run_python(code: str, **kwargs) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=60, **kwargs)
+
+
+def test_start_warm_find_from_another_process_and_down(backend, state):
+    info = backend.up(compute(env={"MY_VAR": "x"}))
+    record = state / "pods" / "dev.json"
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    assert stat.S_IMODE((state / "pods").stat().st_mode) == 0o700
+    assert stat.S_IMODE(record.stat().st_mode) == 0o600
+    assert json.loads(record.read_text())["pid"] == info.pid
+    assert info.url.startswith("ws://127.0.0.1:") and len(info.token) >= 40
+    assert get_text(info, "/healthz").strip() == "ok"
+    assert get_text(info, "/ready").strip() == "ready"
+
+    env = environ(info.pid)
+    assert env["MY_VAR"] == "x" and env["KT_POD_NAME"] == "dev"
+    assert env["CUDA_VISIBLE_DEVICES"] == ""
+    assert info.token not in Path(f"/proc/{info.pid}/cmdline").read_text()
+
+    again = backend.up(compute(env={"MY_VAR": "x"}))
+    assert (again.pid, again.token) == (info.pid, info.token)
+
+    out = run_python("from kubetorch_jupyter.backends.local import LocalBackend as B\n"
+                     "b = B(); i = b.get('dev'); print(i.pid, i.token, b.status(i).alive)",
+                     cwd="/", check=True)
+    assert out.stdout.split() == [str(info.pid), info.token, "True"]
+
+    backend.down("dev")
+    assert not record.exists()
+    assert backend.status(info) == local.PodStatus(alive=False, exit_status=0)
+    assert "listening" in backend.logs("dev")  # the log outlives the pod
+    with pytest.raises(ComputeNotFoundError):
+        backend.get("dev")
+
+
+def test_dead_pod_and_foreign_pid_records_are_pruned(backend, state):
+    info = backend.up(compute())
+    os.kill(info.pid, signal.SIGKILL)
+    local._CHILDREN[info.pid].wait(timeout=30)
+    assert backend.status(info) == local.PodStatus(alive=False, exit_status=-signal.SIGKILL)
+    assert backend.list() == []
+    assert not (state / "pods" / "dev.json").exists()
+
+    # a record whose pid now belongs to some other process (pid reuse) is not a pod
+    impostor = local.PodInfo(name="old", url="ws://127.0.0.1:1", token="t", backend="local",
+                             pid=os.getpid(), started_at=time.time())
+    backend._write(impostor)
+    with pytest.raises(ComputeNotFoundError, match="no compute named 'old'"):
+        backend.get("old")
+    assert not (state / "pods" / "old.json").exists()
+
+
+def test_unknown_and_invalid_names(backend):
+    with pytest.raises(ComputeNotFoundError, match=r"no compute named 'nope' \(running: none\)"):
+        backend.get("nope")
+    with pytest.raises(ComputeNotFoundError) as err:
+        backend.down("nope")
+    assert err.value.name == "nope" and err.value.available == []
+    with pytest.raises(ComputeNotFoundError):
+        backend.logs("nope")
+    with pytest.raises(ConfigError, match="is not valid"):
+        backend.get("../etc")
+
+
+def test_spec_change_restarts(backend, caplog):
+    first = backend.up(compute(env={"A": "1"}))
+    with caplog.at_level(logging.WARNING, logger="kubetorch_jupyter.backends.local"):
+        second = backend.up(compute(env={"A": "2"}, cpus=1, ttl=600.0))
+    assert second.pid != first.pid
+    assert ("restarting compute 'dev': its spec changed "
+            "(cpus None -> 1; env A; inactivity_ttl None -> 600.0)") in caplog.text
+    argv = Path(f"/proc/{second.pid}/cmdline").read_bytes().split(b"\0")
+    assert argv[argv.index(b"--inactivity-ttl") + 1] == b"600.0"
+    assert not backend.status(first).alive
+    assert environ(second.pid)["A"] == "2"
+    assert [p.pid for p in backend.list()] == [second.pid]
+
+
+def test_more_gpus_than_this_machine_has(backend, state):
+    if gpus.discover_gpus():
+        pytest.skip("this machine has GPUs")
+    with pytest.raises(ResourceUnavailableError, match="asked for 1 GPU; this machine has 0 GPUs"):
+        backend.up(compute(gpus=1))
+    assert backend.list() == []
+
+
+def test_gpus_and_cpus_reach_the_pod(state):
+    backend = LocalBackend(discover_gpus=fake_gpus(2))
+    try:
+        a = backend.up(compute("a", gpus=1, cpus=1))
+        assert a.gpus == [0]
+        env = environ(a.pid)
+        assert env["CUDA_VISIBLE_DEVICES"] == "0" and env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+        if len(os.sched_getaffinity(0)) > 1:
+            assert os.sched_getaffinity(a.pid) == {min(os.sched_getaffinity(0))}
+            assert env["OMP_NUM_THREADS"] == "1"
+        with pytest.raises(ResourceUnavailableError,
+                           match=r"asked for 2 GPUs; this machine has 2 \(1 free: pod 'a' holds"):
+            backend.up(compute("b", gpus=2))
+        backend.down("a")
+        b = backend.up(compute("b", gpus=2))
+        assert environ(b.pid)["CUDA_VISIBLE_DEVICES"] == "0,1"
+        assert gpus.holders(state) == {0: "b", 1: "b"}
+    finally:
+        for info in backend.list():
+            backend.down(info.name)
+    assert gpus.holders(state) == {}
+
+
+def test_pod_that_exits_at_start(backend, state, tmp_path, monkeypatch):
+    python = tmp_path / "broken-python"
+    python.write_text("#!/bin/sh\necho 'ModuleNotFoundError: no module named torch' >&2\nexit 3\n")
+    python.chmod(0o755)
+    monkeypatch.setenv("KT_PYTHON", str(python))
+    with pytest.raises(PodStartError) as err:
+        backend.up(compute())
+    assert err.value.pod == "dev"
+    assert "exited with status 3 before it was ready" in str(err.value)
+    assert "no module named torch" in err.value.log_tail
+    assert not (state / "pods" / "dev.json").exists()
+
+
+def test_pod_that_never_gets_ready(backend, state, tmp_path, monkeypatch):
+    python = tmp_path / "silent-python"
+    python.write_text("#!/bin/sh\necho 'thinking...'\nexec sleep 60\n")
+    python.chmod(0o755)
+    monkeypatch.setenv("KT_PYTHON", str(python))
+    monkeypatch.setenv("KT_START_TIMEOUT", "0.5")
+    with pytest.raises(PodStartError, match=r"did not become ready within 0.5s") as err:
+        backend.up(compute())
+    assert "thinking..." in err.value.log_tail
+    assert all(p.poll() is not None for p in local._CHILDREN.values())  # it was killed
+
+
+def test_image_with_build_steps_runs_in_its_environment(backend, state, monkeypatch):
+    monkeypatch.setenv("KT_PROGRESS", "1")  # the build's and the start's bars, on stderr
+    image = Image().run_bash("true").set_env_vars({"IMG": "1"})
+    info = backend.up(compute(image=image), progress=True)
+    exe = Path(f"/proc/{info.pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+    assert exe.startswith(str(state / "envs"))
+    assert get_text(info, "/healthz").strip() == "ok"
+    assert environ(info.pid)["IMG"] == "1"
+
+
+def test_two_processes_asking_at_once_get_one_pod(backend, state):
+    code = ("from types import SimpleNamespace as N\n"
+            "from kubetorch_jupyter.image import Image\n"
+            "from kubetorch_jupyter.backends.local import LocalBackend\n"
+            "c = N(name='shared', cpus=None, memory=None, gpus=0, image=Image(), env={},"
+            " inactivity_ttl=None)\n"
+            "print(LocalBackend().up(c).pid)\n")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    pids = {proc.communicate(timeout=60)[0].strip() for proc in procs}
+    assert len(pids) == 1
+    assert [str(p.pid) for p in backend.list()] == list(pids)
+
+
+def test_get_backend():
+    assert get_backend("local") is get_backend("local")
+    assert isinstance(get_backend("local"), LocalBackend)
+    with pytest.raises(ConfigError, match="not available yet"):
+        get_backend("kubernetes")
+    with pytest.raises(ConfigError, match="valid backends: local, kubernetes"):
+        get_backend("slurm")
