@@ -9,6 +9,7 @@ pod (``kt.Image().pip_install``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import sys
@@ -29,6 +30,7 @@ __all__ = ["dump_call", "dump_callable"]
 _lock = threading.RLock()
 
 
+@functools.cache
 def _installed_roots() -> tuple[str, ...]:
     paths = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
     paths.update(p for p in sys.path if p.endswith(("site-packages", "dist-packages")))
@@ -42,8 +44,12 @@ def _user_module(module: ModuleType | None) -> bool:
     path = getattr(module, "__file__", None)
     if not path:
         return False
-    real = os.path.realpath(path)
-    return not real.startswith(_installed_roots())
+    return _user_path(path)
+
+
+@functools.lru_cache(maxsize=4096)
+def _user_path(path: str) -> bool:
+    return not os.path.realpath(path).startswith(_installed_roots())
 
 
 @contextmanager

@@ -85,7 +85,7 @@ SETTINGS: dict[str, Setting] = {
                 "Move large buffers through shared memory when client and pod share a host."),
         Setting("progress", "KT_PROGRESS", lambda: True, _bool,
                 "Show progress bars for pod start, image builds and sync."),
-        Setting("default_image_python", "KT_PYTHON", lambda: "", str,
+        Setting("python", "KT_PYTHON", lambda: "", str,
                 "Python interpreter for local pods (default: the client's own)."),
     ]
 }

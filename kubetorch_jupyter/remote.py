@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping
+from types import CodeType
 from typing import Any, Generic, TypeVar
 
 from kernel_bridge import CallHandle, RemoteError
@@ -86,6 +87,7 @@ class RemoteFn(Generic[T]):
     def __init__(self, func: Callable[..., T], compute: Compute) -> None:
         self.func = func
         self.compute = compute
+        self._cached: tuple[tuple[Any, ...], tuple[str, bytes]] | None = None
         self.__name__ = getattr(func, "__name__", "fn")
         self.__qualname__ = getattr(func, "__qualname__", self.__name__)
         self.__doc__ = func.__doc__
@@ -97,9 +99,27 @@ class RemoteFn(Generic[T]):
         """Start a call and return at once; ``handle.result()`` waits for it."""
         return self._send(args, kwargs, force_blob=False)
 
+    def _blob(self) -> tuple[str, bytes]:
+        """The pickled function, re-made when what it captures has changed.
+
+        The function is pickled again when its code, a global it names, a closure cell
+        or its defaults is rebound (re-running a notebook cell, ``lr = 0.01``), checked
+        by identity on every call (a few microseconds, not a pickle). A global that is
+        mutated in place (``config["lr"] = 0.01``) is not noticed: rebind it, or pass it
+        as an argument.
+        """
+        refs = _captured(self.func)
+        cached = self._cached
+        if (refs is not None and cached is not None and len(refs) == len(cached[0])
+                and all(a is b for a, b in zip(refs, cached[0], strict=True))):
+            return cached[1]
+        blob = dump_callable(self.func)
+        self._cached = (refs, blob) if refs is not None else None
+        return blob
+
     def _send(self, args: tuple[Any, ...], kwargs: dict[str, Any], *, force_blob: bool
               ) -> CallHandle:
-        digest, data = dump_callable(self.func)  # each call: globals may have changed
+        digest, data = self._blob()
         if force_blob:
             self.compute.connection().known.discard(digest)
         msg = {"kind": "fn", "fn_id": digest, "args": args, "kwargs": kwargs}
@@ -117,6 +137,37 @@ class RemoteFn(Generic[T]):
     def teardown(self) -> None:
         """Stop the compute this function runs on."""
         self.compute.teardown()
+
+
+_MISSING = object()
+
+
+@functools.lru_cache(maxsize=1024)
+def _global_names(code: CodeType) -> tuple[str, ...]:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, CodeType):
+            names.update(_global_names(const))
+    return tuple(sorted(names))
+
+
+def _captured(func: Any) -> tuple[Any, ...] | None:
+    """What a plain function captures, for an identity check; None for other callables."""
+    code = getattr(func, "__code__", None)
+    if not isinstance(code, CodeType) or not hasattr(func, "__globals__"):
+        return None
+    glob = func.__globals__
+    cells = tuple(c.cell_contents if _filled(c) else _MISSING for c in func.__closure__ or ())
+    return (code, func.__defaults__, func.__kwdefaults__, *cells,
+            *(glob.get(name, _MISSING) for name in _global_names(code)))
+
+
+def _filled(cell: Any) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018
+    except ValueError:
+        return False
+    return True
 
 
 def fn(func: Callable[..., T]) -> Fn[T]:

@@ -75,7 +75,7 @@ def image_python(image: Image, *, state_dir: str | Path | None = None,
                  progress: bool | None = None) -> str:
     """The Python interpreter that runs pods of ``image``, building its environment if needed.
 
-    An image without build steps runs on ``config.get("default_image_python")`` or,
+    An image without build steps runs on ``config.get("python")`` or,
     when that is unset, the client's own interpreter. Environments are always built
     from the client's interpreter (they inherit its packages), whatever that setting says.
 
@@ -91,7 +91,7 @@ def image_python(image: Image, *, state_dir: str | Path | None = None,
         ImageBuildError: When a step fails; nothing of the failed build is left behind.
     """
     if not image.needs_build:
-        return str(config.get("default_image_python") or sys.executable)
+        return str(config.get("python") or sys.executable)
     target = env_dir(image, state_dir)
     python = target / "bin" / "python"
     if python.exists():

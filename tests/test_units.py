@@ -1,0 +1,84 @@
+"""Small pure pieces: resource parsing, images, configuration, error rendering."""
+
+from __future__ import annotations
+
+import pytest
+
+import kubetorch_jupyter as kt
+from kernel_bridge.errors import RemoteError, as_remote
+from kubetorch_jupyter import config
+from kubetorch_jupyter._resources import format_bytes, parse_cpus, parse_duration, parse_memory
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("512Mi", 512 * 2**20), ("16Gi", 16 * 2**30), ("1G", 10**9), ("1.5Gi", int(1.5 * 2**30)),
+    (1024, 1024), ("2048", 2048), (None, None),
+])
+def test_memory_quantities(text: object, expected: int | None) -> None:
+    assert parse_memory(text) == expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("text", "hint"), [
+    ("8Gb", "8Gi"), ("512MB", "512Mi"), ("4g", "4Gi"), ("lots", "16Gi"), ("-1", "16Gi"),
+])
+def test_memory_mistakes_suggest_the_right_spelling(text: str, hint: str) -> None:
+    with pytest.raises(kt.ConfigError, match=hint):
+        parse_memory(text)
+
+
+def test_cpus_and_durations() -> None:
+    assert parse_cpus("500m") == 0.5
+    assert parse_cpus(2) == 2.0
+    with pytest.raises(kt.ConfigError):
+        parse_cpus(0)
+    assert parse_duration("1h30m") == 5400
+    assert parse_duration("45s") == 45
+    assert parse_duration(600) == 600
+    assert parse_duration("90") == 90
+    with pytest.raises(kt.ConfigError, match="30m"):
+        parse_duration("1 hour")
+    assert format_bytes(16 * 2**30) == "16Gi"
+
+
+def test_images_compose_and_hash_by_content() -> None:
+    base = kt.Image().pip_install(["numpy"])
+    a = base.pip_install("torch==2.13.0").set_env_vars({"HF_HOME": "/cache"})
+    b = base.pip_install("torch==2.13.0").set_env_vars({"HF_HOME": "/other"})
+    assert a.content_hash() == b.content_hash()  # env vars do not change the environment
+    assert a.content_hash() != base.content_hash()
+    assert a.env == {"HF_HOME": "/cache"}
+    assert a.needs_build and not kt.Image().set_env_vars({"A": "1"}).needs_build
+    assert "pip_install(['numpy'])" in repr(base)
+    with pytest.raises(kt.ConfigError):
+        kt.Image().pip_install([])
+    with pytest.raises(kt.ConfigError):
+        kt.Image().set_env_vars({"A=B": "1"})
+
+
+def test_config_reads_the_environment_lazily(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KT_START_TIMEOUT", "5")
+    assert config.get("start_timeout") == 5.0
+    monkeypatch.setenv("KT_START_TIMEOUT", "soon")
+    with pytest.raises(kt.ConfigError, match="KT_START_TIMEOUT"):
+        config.get("start_timeout")
+    monkeypatch.setenv("KT_SHM", "off")
+    assert config.get("shm") is False
+    assert any(env == "KT_BACKEND" for env, _, _ in config.describe())
+
+
+def test_remote_errors_become_the_original_type_when_possible() -> None:
+    err = as_remote((KeyError, ("k",), {}), "KeyError", "'k'", "Traceback...\nKeyError", "p")
+    assert isinstance(err, KeyError) and isinstance(err, RemoteError)
+    assert err.args == ("k",) and err.pod == "p"
+    assert "Traceback" in "\n".join(err._render_traceback_())
+
+    class Strict(Exception):
+        def __init__(self, a: int, b: int) -> None:
+            super().__init__(a)
+            self.b = b
+
+    err = as_remote((Strict, (1,), {"b": 2}), "Strict", "1", "tb", None)
+    assert isinstance(err, Strict) and err.b == 2
+
+    plain = as_remote(None, "mod.Unknown", "msg", "tb", "p")
+    assert type(plain) is RemoteError and plain.remote_type == "mod.Unknown"
