@@ -16,10 +16,13 @@ that shape, so a peer cannot point it at another file.
 
 from __future__ import annotations
 
+import atexit
 import mmap
 import os
 import re
 import secrets
+import threading
+import time
 from pathlib import Path
 
 __all__ = [
@@ -37,6 +40,10 @@ SHM_DIR = Path("/dev/shm")
 _NAME = re.compile(r"^kt-\d+-[0-9a-f]{16,64}$")
 #: Buffers at least this large go through shared memory when it is available.
 SHM_THRESHOLD = 256 * 1024
+#: Buffers at least this large get a pre-allocated spare file for the next send.
+SPARE_MIN = 8 * 1024 * 1024
+#: Seconds an unused spare file is kept.
+SPARE_IDLE = 30.0
 
 
 def shm_available() -> bool:
@@ -46,6 +53,90 @@ def shm_available() -> bool:
 
 def _new_name() -> str:
     return f"kt-{os.getpid()}-{secrets.token_hex(12)}"
+
+
+class _Spares:
+    """Pre-allocated shared-memory files, so that a large send is a plain copy.
+
+    Most of the cost of writing 256 MiB to a new tmpfs file is the kernel allocating and
+    zeroing its pages, not the copy. After a large send, a background thread prepares a
+    spare file of that size; the next send of that size or smaller copies into it (then
+    shrinks it to fit). At most one spare per size class is kept, and spares not used
+    for :data:`SPARE_IDLE` seconds are removed, so the memory held idle is bounded.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._files: list[tuple[str, int, float]] = []  # name, size, created
+        self._pending: set[int] = set()
+        atexit.register(self.clear)
+
+    def take(self, size: int) -> tuple[str, int] | None:
+        """A spare of at least ``size`` bytes, opened: (name, fd); None when there is none."""
+        with self._lock:
+            fits = [f for f in self._files if f[1] >= size]
+            if not fits:
+                return None
+            best = min(fits, key=lambda f: f[1])
+            self._files.remove(best)
+        name = best[0]
+        try:
+            fd = os.open(SHM_DIR / name, os.O_RDWR)
+        except OSError:
+            return None
+        if best[1] != size:
+            os.ftruncate(fd, size)
+        return name, fd
+
+    def prepare(self, size: int) -> None:
+        """Make a spare of ``size`` bytes in the background (once per size class)."""
+        size_class = size.bit_length()
+        with self._lock:
+            if size_class in self._pending or any(
+                f[1].bit_length() == size_class for f in self._files
+            ):
+                return
+            self._pending.add(size_class)
+        threading.Thread(target=self._make, args=(size, size_class), name="kt-shm-spare",
+                         daemon=True).start()
+
+    def _make(self, size: int, size_class: int) -> None:
+        name = _new_name()
+        try:
+            fd = os.open(SHM_DIR / name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, size)
+            finally:
+                os.close(fd)
+        except OSError:  # /dev/shm full: no spare, sends take the slow path
+            (SHM_DIR / name).unlink(missing_ok=True)
+            with self._lock:
+                self._pending.discard(size_class)
+            return
+        with self._lock:
+            self._pending.discard(size_class)
+            self._files.append((name, size, time.monotonic()))
+        timer = threading.Timer(SPARE_IDLE, self._expire, args=(name,))
+        timer.daemon = True
+        timer.start()
+
+    def _expire(self, name: str) -> None:
+        with self._lock:
+            before = len(self._files)
+            self._files = [f for f in self._files if f[0] != name]
+            gone = len(self._files) != before
+        if gone:
+            (SHM_DIR / name).unlink(missing_ok=True)
+
+    def clear(self) -> None:
+        """Remove every spare (at exit)."""
+        with self._lock:
+            files, self._files = self._files, []
+        for name, _, _ in files:
+            (SHM_DIR / name).unlink(missing_ok=True)
+
+
+_spares = _Spares()
 
 
 class ShmWriter:
@@ -60,27 +151,32 @@ class ShmWriter:
         self._pending: list[str] = []
 
     def place(self, buffers: list[memoryview]) -> list[str | None]:
-        """Write each buffer at or above the threshold to a new file; return the names."""
+        """Write each buffer at or above the threshold to a shared file; return the names."""
         names: list[str | None] = []
         for buf in buffers:
             if buf.nbytes < self.threshold:
                 names.append(None)
                 continue
-            name = _new_name()
-            path = SHM_DIR / name
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            view = buf.cast("B") if buf.format != "B" else buf
+            spare = _spares.take(view.nbytes) if view.nbytes >= SPARE_MIN else None
+            if spare is not None:
+                name, fd = spare
+            else:
+                name = _new_name()
+                fd = os.open(SHM_DIR / name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
             try:
-                view = buf.cast("B") if buf.format != "B" else buf
                 written = 0
                 while written < view.nbytes:
-                    written += os.write(fd, view[written:])
+                    written += os.pwrite(fd, view[written:], written)
             except BaseException:
                 os.close(fd)
-                path.unlink(missing_ok=True)
+                (SHM_DIR / name).unlink(missing_ok=True)
                 raise
             os.close(fd)
             self._pending.append(name)
             names.append(name)
+            if view.nbytes >= SPARE_MIN:
+                _spares.prepare(view.nbytes)  # for the next send of this size
         if len(self._pending) > 256:
             self._pending = [n for n in self._pending if (SHM_DIR / n).exists()]
         return names
