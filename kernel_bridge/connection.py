@@ -209,10 +209,16 @@ class PodConnection:
                 return
             self._on_message(parts)
 
+        holder: list[wire.WireConnection] = []
+
+        def on_close(exc: BaseException | None) -> None:
+            if holder:
+                self._on_close(holder[0], exc)
+
         try:
             ws = wire.client_handshake(
                 self.url, headers, timeout=self.connect_timeout,
-                on_message=on_message, on_close=lambda exc: self._on_close(ws, exc),
+                on_message=on_message, on_close=on_close,
                 ping_interval=self.ping_interval, ping_timeout=self.ping_timeout,
                 name=self.name,
             )
@@ -230,6 +236,7 @@ class PodConnection:
         finally:
             if probe is not None:
                 (shm.SHM_DIR / probe[0]).unlink(missing_ok=True)
+        holder.append(ws)
         ws.start()
         if not greeted.wait(self.connect_timeout):
             ws.abort()

@@ -83,6 +83,7 @@ class Compute:
         self.inactivity_ttl = parse_duration(inactivity_ttl)
         self.backend_name = backend or config.get("backend")
         self._info: PodInfo | None = None
+        self._from_name = False
 
     def __repr__(self) -> str:
         parts = [f"name={self.name!r}"]
@@ -128,7 +129,7 @@ class Compute:
 
     def up(self, *, progress: bool | None = None) -> Compute:
         """Make sure a warm pod runs for this compute (start one if needed)."""
-        if (getattr(self, "_from_name", False) and self._info is not None
+        if (self._from_name and self._info is not None
                 and self.backend.status(self._info).alive):
             return self
         show = config.get("progress") if progress is None else progress

@@ -54,8 +54,11 @@ def main(argv: list[str] | None = None) -> int:
         server.executor.stop_main_loop()
 
     signal.signal(signal.SIGTERM, on_term)
-    threading.Thread(target=lambda: (server.stopped.wait(), on_term(0, None)),
-                     name="kt-watch", daemon=True).start()
+    def watch() -> None:
+        server.stopped.wait()  # the inactivity TTL stopped the server
+        on_term(0, None)
+
+    threading.Thread(target=watch, name="kt-watch", daemon=True).start()
     server.executor.run_main_loop(stop)
     server.stop()
     sys.stdout.flush()
