@@ -1,10 +1,11 @@
 """What crosses to a pod and how: by value or by reference, and clear pickling errors.
 
-Functions and classes of ``__main__`` (a script, a notebook) go by value. So, until
-code sync ships the project's files to the pod, do those of the user's own modules (any
-module not installed in site-packages or the standard library): the pod could not
-import them by name. Installed packages go by reference and must be installed on the
-pod (``kt.Image().pip_install``).
+Functions and classes of ``__main__`` (a script, a notebook) go by value. Those of the
+user's own modules (any module not installed in site-packages or the standard library)
+go by reference when code sync put their file on the pods (:func:`.sync.synced_module`:
+the pod imports them from its synced tree, and a reload there updates them), by value
+otherwise (a file left out by .gitignore/.ktignore, or outside the project). Installed
+packages go by reference and must be installed on the pod (``kt.Image().pip_install``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import cloudpickle
 from kernel_bridge import SerializationError
 from pod_runtime import protocol
 
+from .sync import synced_module
+
 __all__ = ["dump_call", "dump_callable"]
 
 _lock = threading.RLock()
@@ -38,13 +41,17 @@ def _installed_roots() -> tuple[str, ...]:
 
 
 def _user_module(module: ModuleType | None) -> bool:
-    """A module of the user's own code: not __main__, not installed, not built in."""
+    """A module of the user's own code the pod cannot import: it goes by value.
+
+    Not __main__ (cloudpickle sends it by value anyway), not installed, not built in,
+    and not synced to the pods (those are imported there by reference).
+    """
     if module is None or module.__name__ == "__main__":
         return False
     path = getattr(module, "__file__", None)
     if not path:
         return False
-    return _user_path(path)
+    return _user_path(path) and not synced_module(module)
 
 
 @functools.lru_cache(maxsize=4096)

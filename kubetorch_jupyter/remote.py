@@ -20,6 +20,7 @@ from typing import Any, Generic, TypeVar
 
 from kernel_bridge import CallHandle, RemoteError
 
+from . import sync as _sync
 from ._display import event_sink
 from ._serialize import dump_call, dump_callable
 from .compute import Compute
@@ -33,12 +34,17 @@ _NOT_CACHED = "kt-not-cached:"
 
 def _invoke(compute: Compute, msg: dict[str, Any], label: str, blob_key: str,
             blob: tuple[str, bytes] | None) -> CallHandle:
-    """Send a call; includes the function/class blob when the pod may not have it."""
+    """Send a call; includes the function/class blob when the pod may not have it.
+
+    The caller syncs the project first (:func:`.sync.ensure`), before pickling, so that
+    the project's modules go by reference and the pod runs the code as it is now.
+    """
     conn = compute.connection()
     if blob is not None:
         digest, data = blob
         msg[blob_key] = None if digest in conn.known else data
-    body, buffers = dump_call(msg, label)
+    with _sync.shipping_to(compute):
+        body, buffers = dump_call(msg, label)
     handle = conn.call(body, buffers, label=label, sink=event_sink)
     if blob is not None and msg[blob_key] is not None:
         digest = blob[0]
@@ -70,10 +76,11 @@ class Fn(Generic[T]):
         functools.update_wrapper(self, func)  # type: ignore[arg-type]
 
     def to(self, compute: Compute) -> RemoteFn[T]:
-        """Deploy to ``compute`` (starting or finding its warm pod)."""
+        """Deploy to ``compute`` (starting or finding its warm pod, syncing the project)."""
         if not isinstance(compute, Compute):
             raise ConfigError(f".to() needs a kt.Compute, got {type(compute).__name__}")
         compute.connection()
+        _sync.ensure(compute)
         return RemoteFn(self.func, compute)
 
     def __call__(self, *args: Any, **kwargs: Any) -> T:
@@ -119,7 +126,9 @@ class RemoteFn(Generic[T]):
 
     def _send(self, args: tuple[Any, ...], kwargs: dict[str, Any], *, force_blob: bool
               ) -> CallHandle:
-        digest, data = self._blob()
+        _sync.ensure(self.compute)  # before pickling; cheap when nothing changed
+        with _sync.shipping_to(self.compute):  # synced modules by reference
+            digest, data = self._blob()
         if force_blob:
             self.compute.connection().known.discard(digest)
         msg = {"kind": "fn", "fn_id": digest, "args": args, "kwargs": kwargs}
@@ -202,7 +211,9 @@ class Cls:
         if not isinstance(compute, Compute):
             raise ConfigError(f".to() needs a kt.Compute, got {type(compute).__name__}")
         instance = name or self.klass.__name__
-        blob = dump_callable(self.klass)
+        _sync.ensure(compute)
+        with _sync.shipping_to(compute):
+            blob = dump_callable(self.klass)
         msg = {"kind": "init", "cls_id": blob[0], "instance": instance, "args": tuple(args),
                "kwargs": dict(init_args or {})}
         label = f"{self.klass.__qualname__}()"
@@ -233,6 +244,7 @@ class RemoteMethod:
 
     def submit(self, *args: Any, **kwargs: Any) -> CallHandle:
         """Start the call and return at once."""
+        _sync.ensure(self.owner.compute)
         msg = {"kind": "method", "instance": self.owner.instance, "method": self.method,
                "args": args, "kwargs": kwargs}
         label = f"{self.owner.klass.__qualname__}.{self.method}()"
@@ -265,6 +277,7 @@ class RemoteInstance:
 
     def getattr(self, name: str) -> Any:
         """Read an attribute of the remote instance (``counter.getattr("n")``)."""
+        _sync.ensure(self.compute)
         msg = {"kind": "method", "instance": self.instance, "method": name, "get_attr": True}
         return _invoke(self.compute, msg, f"{self.klass.__qualname__}.{name}", "",
                        None).result()

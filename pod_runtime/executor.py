@@ -404,3 +404,5 @@ def _run_method(ex: Executor, msg: dict[str, Any], record: CallRecord) -> Any:
     if msg.get("get_attr"):
         return attr
     return attr(*msg.get("args", ()), **msg.get("kwargs", {}))
+
+from . import sync as _sync  # noqa: E402, F401 - registers the "sync" call kind

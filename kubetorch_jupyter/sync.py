@@ -1,0 +1,507 @@
+"""Code sync: the project's files reach every pod of a compute, and edits reload there.
+
+::
+
+    from kubetorch_jupyter.sync import sync
+
+    report = sync(compute)  # also done before every kt.fn / kt.cls call; %kt sync
+    print(report)  # kt sync: proj -> pod 'dev': 1 file written, 1 blob (38 B) sent;
+                   # reloaded mypkg.model, mypkg.train [6 ms]
+
+The project root is the nearest directory upward from the working directory holding
+``.git``, ``pyproject.toml`` or ``setup.py`` (the working directory when there is none).
+What travels is decided by ``.gitignore`` and ``.ktignore`` (see :mod:`._ignore`);
+``.git``, virtual environments and ``__pycache__`` never do, and a file over
+:data:`MAX_FILE_SIZE` is refused with a message suggesting ``.ktignore``.
+
+Each sync sends a manifest (path -> SHA-256, size, mode), as a delta against what the
+pod acknowledged last time when it can. The pod asks for the blobs it lacks; they
+travel packed, out of band (shared memory between local processes). The pod writes the
+files, removes deleted ones and reloads the changed modules and their importers
+(:mod:`pod_runtime.reload`). A check on an unchanged tree costs microseconds with
+change notification, a ``stat`` per file without.
+
+Once synced, a module of the project is pickled by reference (imported on the pod from
+the synced tree) instead of by value, inside :func:`shipping_to` for that compute; see
+:func:`synced_module`.
+
+Errors::
+
+    KtError
+    └── SyncError                  the project could not be synced
+        ├── SyncLimitError         a file (or the tree) is over a size or count limit
+        └── ReloadError            an edit failed to import on the pod; old code serves
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import secrets
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+from kernel_bridge import KtError, PodConnection
+
+from . import _transfer, config
+from ._manifest import Scan, Scanner
+from ._project import (
+    find_project,
+    find_project_root,
+    import_paths,
+    module_base,
+    project_id,
+    real,
+    relative,
+)
+
+if TYPE_CHECKING:
+    from .compute import Compute
+
+__all__ = [
+    "MAX_FILE_SIZE",
+    "PodSync",
+    "ReloadError",
+    "SyncError",
+    "SyncLimitError",
+    "SyncReport",
+    "ensure",
+    "find_project_root",
+    "shipping_to",
+    "sync",
+    "synced_module",
+]
+
+#: Largest file that travels; larger ones must be listed in .ktignore.
+MAX_FILE_SIZE = 50 * 1024 * 1024
+#: Most files a project may hold (more suggests the wrong root, like a home directory).
+MAX_FILES = 20_000
+#: Most bytes a project may hold.
+MAX_TOTAL = 2 * 1024**3
+#: The same limits for a working directory with no project marker (a notebook in ~).
+LOOSE_MAX_FILES = 5_000
+LOOSE_MAX_TOTAL = 256 * 1024 * 1024
+#: New blobs up to this size ride along with the manifest delta (one round trip).
+EAGER_BYTES = 1024 * 1024
+
+
+def _size(n: int) -> str:
+    """Bytes for people: 38 B, 2 KiB, 50 MiB."""
+    if n < 1024:
+        return f"{n} B"
+    size = n / 1024
+    for unit in ("KiB", "MiB"):
+        if size < 1024:
+            return f"{size:.1f} {unit}".replace(".0 ", " ")
+        size /= 1024
+    return f"{size:.1f} GiB".replace(".0 ", " ")
+
+
+class SyncError(KtError):
+    """The project could not be synced to a pod."""
+
+
+class SyncLimitError(SyncError):
+    """Files over :data:`MAX_FILE_SIZE`, or a tree over the file or byte limit.
+
+    Attributes:
+        root: The project root.
+        files: (project path, size) of the offending files (empty for a tree limit).
+        reason: What is over which limit, in a few words.
+    """
+
+    def __init__(self, message: str, *, root: Path, files: list[tuple[str, int]],
+                 reason: str) -> None:
+        super().__init__(message)
+        self.root = root
+        self.files = files
+        self.reason = reason
+
+
+class ReloadError(SyncError):
+    """An edit failed to import on the pod; the previous code keeps serving there.
+
+    Attributes:
+        path: The local file where it failed.
+        line: The line, when known.
+        module: The module whose reload failed.
+        remote_type: The exception's type name on the pod (``SyntaxError``...).
+        remote_traceback: The traceback, with pod paths mapped to local ones.
+        pod: The pod.
+    """
+
+    def __init__(self, message: str, *, path: Path | None, line: int | None, module: str,
+                 remote_type: str, remote_traceback: str, pod: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.line = line
+        self.module = module
+        self.remote_type = remote_type
+        self.remote_traceback = remote_traceback
+        self.pod = pod
+
+    def _render_traceback_(self) -> list[str]:
+        """IPython: the message says it all; sync's own frames would only distract."""
+        return [f"{type(self).__name__}: {self}"]
+
+
+@dataclass
+class PodSync:
+    """What one sync did on one pod.
+
+    Attributes:
+        pod: The pod's name.
+        up_to_date: Nothing had changed since its last sync: no call was made.
+        changed: Files written on the pod (added or modified).
+        deleted: Files removed on the pod.
+        blobs_sent: Blobs (file contents) sent; others the pod already had.
+        bytes_sent: Their size.
+        reloaded: Modules re-executed on the pod, in order.
+        tree: Where the tree lives on the pod.
+    """
+
+    pod: str
+    up_to_date: bool = False
+    changed: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    blobs_sent: int = 0
+    bytes_sent: int = 0
+    reloaded: list[str] = field(default_factory=list)
+    tree: str = ""
+
+
+@dataclass
+class SyncReport:
+    """What :func:`sync` did: the project, and each pod's part.
+
+    Attributes:
+        root: The project root.
+        files: Files in the project's manifest.
+        bytes: Their total size.
+        pods: One :class:`PodSync` per pod of the compute.
+        hashed: Files read and hashed locally this time (the rest came from the cache).
+        seconds: Wall time of the whole sync.
+    """
+
+    root: Path
+    files: int
+    bytes: int
+    pods: list[PodSync]
+    hashed: int = 0
+    seconds: float = 0.0
+
+    @property
+    def up_to_date(self) -> bool:
+        """Whether every pod already had this tree."""
+        return all(p.up_to_date for p in self.pods)
+
+    @property
+    def changed(self) -> list[str]:
+        """Files written on any pod."""
+        return sorted({c for p in self.pods for c in p.changed})
+
+    @property
+    def deleted(self) -> list[str]:
+        """Files removed on any pod."""
+        return sorted({d for p in self.pods for d in p.deleted})
+
+    @property
+    def blobs_sent(self) -> int:
+        """Blobs sent, summed over the pods."""
+        return sum(p.blobs_sent for p in self.pods)
+
+    @property
+    def bytes_sent(self) -> int:
+        """Bytes of blobs sent, summed over the pods."""
+        return sum(p.bytes_sent for p in self.pods)
+
+    @property
+    def reloaded(self) -> list[str]:
+        """Modules reloaded on any pod."""
+        seen: dict[str, None] = {}
+        for p in self.pods:
+            seen.update(dict.fromkeys(p.reloaded))
+        return list(seen)
+
+    def __str__(self) -> str:
+        where = (f"pod '{self.pods[0].pod}'" if len(self.pods) == 1
+                 else f"{len(self.pods)} pods")
+        took = f"[{self.seconds * 1e3:.0f} ms]"
+        if self.up_to_date:
+            return f"kt sync: {self.root.name} up to date on {where} ({self.files} files) {took}"
+        parts = [f"{len(self.changed)} file{'s' * (len(self.changed) != 1)} written"]
+        if self.deleted:
+            parts.append(f"{len(self.deleted)} deleted")
+        parts.append(f"{self.blobs_sent} blob{'s' * (self.blobs_sent != 1)} "
+                     f"({_size(self.bytes_sent)}) sent")
+        text = f"kt sync: {self.root.name} -> {where}: {', '.join(parts)}"
+        if self.reloaded:
+            text += f"; reloaded {', '.join(self.reloaded)}"
+        return f"{text} {took}"
+
+
+# ---------------------------------------------------------------- per pod
+#: The pods being pickled for (set by :func:`shipping_to`), for :func:`synced_module`.
+_shipping: ContextVar[tuple[_transfer.PodState, ...]] = ContextVar("kt_shipping", default=())
+
+
+@contextmanager
+def shipping_to(compute: Compute) -> Iterator[None]:
+    """Pickle for ``compute`` inside this block: its synced modules go by reference.
+
+    Outside such a block (or for a compute never synced) every module of the user's
+    own goes by value, which works on any pod.
+    """
+    states = _transfer.states(_connections(compute))
+    token = _shipping.set(tuple(s for s in states if s is not None)
+                          if all(s is not None for s in states) else ())
+    try:
+        yield
+    finally:
+        _shipping.reset(token)
+
+
+def synced_module(module: ModuleType) -> bool:
+    """Whether ``module`` is importable from the synced tree on the pods pickled for.
+
+    True inside :func:`shipping_to` when, on every pod of that compute, the module's
+    file is part of the synced tree and the directory it was imported from is on the
+    pod's ``sys.path``.
+    """
+    states = _shipping.get()
+    path = getattr(module, "__file__", None)
+    if not states or not isinstance(path, str) or module.__name__ == "__main__":
+        return False
+    path = real(os.path.abspath(path))
+    base = module_base(module.__name__, path)
+    if base is None:
+        return False
+    for state in states:
+        rel = relative(state.root, path)
+        if (rel is None or rel == "" or state.files is None or rel not in state.files
+                or relative(state.root, base) not in state.paths):
+            return False
+    return True
+
+
+def _sync_pod(conn: PodConnection, job: _transfer.Job) -> PodSync:
+    """Bring one pod up to date: delta or full manifest, blobs it lacks, its reload."""
+    state = _transfer.state_of(conn)
+    with state.lock:
+        files = job.scan.files
+        boot = conn.welcome.get("boot_id")
+        same = (state.boot_id == boot and state.project == job.project
+                and state.files is not None)
+        if (same and state.manifest_id == job.manifest_id and state.paths == job.paths
+                and state.cwd == job.cwd):
+            if state.error is not None:
+                raise state.error
+            return PodSync(conn.name, up_to_date=True, tree=state.tree)
+        result = PodSync(conn.name)
+        msg: dict[str, Any] = {"kind": "sync", "op": "apply", "project": job.project,
+                               "manifest_id": job.manifest_id, "paths": list(job.paths),
+                               "cwd": job.cwd, "root": str(job.root)}
+        if same and state.files is not None:
+            old = state.files
+            changed = {k: v for k, v in files.items() if old.get(k) != v}
+            msg.update(base=state.manifest_id, changed=changed,
+                       deleted=[k for k in old if k not in files])
+            new = {v[0]: (v[0], rel, v[1]) for rel, v in changed.items()
+                   if v[0] not in state.shas}
+            if new and sum(item[2] for item in new.values()) <= EAGER_BYTES:
+                index, data = _transfer.pack(job.root, list(new.values()))
+                msg["blobs"] = {"index": index, "data": pickle.PickleBuffer(data)}
+                result.blobs_sent += len(new)
+                result.bytes_sent += len(data)
+        else:
+            msg["files"] = files
+        for _ in range(8):
+            reply = _transfer.call(conn, msg)
+            msg.pop("blobs", None)
+            if reply["status"] == "rebase":
+                for key in ("base", "changed", "deleted"):
+                    msg.pop(key, None)
+                msg["files"] = files
+            elif reply["status"] == "need":
+                if reply.get("bad"):
+                    raise _transfer.Changed
+                count, nbytes = _transfer.upload(conn, job, reply["missing"])
+                result.blobs_sent += count
+                result.bytes_sent += nbytes
+            else:
+                break
+        else:
+            raise SyncError(f"pod {conn.name!r} kept asking for blobs it was sent; "
+                            "is another client syncing a different tree to it?")
+        state.boot_id, state.project, state.files = boot, job.project, files
+        state.shas = {e[0] for e in files.values()}
+        state.manifest_id, state.paths, state.cwd = job.manifest_id, job.paths, job.cwd
+        state.root, state.tree = str(job.root), reply["tree"]
+        result.changed, result.deleted = reply["written"], reply["deleted"]
+        result.reloaded, result.tree = reply["reloaded"], reply["tree"]
+        if reply["reloaded"] or reply["removed"]:
+            conn.known.clear()  # the pod dropped its cached functions
+        err = reply.get("error")
+        state.error = _reload_error(err, job.root, reply["tree"], conn.name) if err else None
+        if state.error is not None:
+            raise state.error
+        return result
+
+
+def _reload_error(err: dict[str, Any], root: Path, tree: str, pod: str) -> ReloadError:
+    rel, line = err.get("path"), err.get("line")
+    local = root / rel if rel else None
+    where = f"{rel}, line {line}" if rel and line else (rel or err.get("module") or "?")
+    tb = str(err.get("traceback") or "").replace(tree.rstrip("/") + "/", f"{root}{os.sep}")
+    message = (f"{where}: {err['type']}: {err['message']}\n{tb.rstrip()}\n"
+               f"The previous code of {err.get('module') or 'the project'} keeps serving on "
+               f"pod '{pod}'; fix the file and call again.")
+    return ReloadError(message, path=local, line=line, module=err.get("module") or "",
+                       remote_type=err["type"], remote_traceback=tb, pod=pod)
+
+
+# ------------------------------------------------------------------ entry
+def _connections(compute: Compute) -> list[PodConnection]:
+    """Every pod connection of the compute (one today; replicas later)."""
+    many = getattr(compute, "connections", None)
+    return list(many()) if callable(many) else [compute.connection()]
+
+
+#: One scanner per project root, for the life of the process (each watches its tree).
+_scanners: dict[str, Scanner] = {}
+_scanners_lock = threading.Lock()
+
+
+def _scanner(root: Path, max_files: int) -> Scanner:
+    with _scanners_lock:
+        scanner = _scanners.get(str(root))
+        if scanner is None:
+            scanner = _scanners[str(root)] = Scanner(
+                root, max_file_size=MAX_FILE_SIZE, max_files=max_files)
+        return scanner
+
+
+def _check_limits(root: Path, scan: Scan, max_files: int, max_total: int) -> None:
+    if scan.too_large:
+        shown = "\n".join(f"  {rel} ({_size(size)})" for rel, size in scan.too_large[:10])
+        more = f"\n  ... and {len(scan.too_large) - 10} more" if len(scan.too_large) > 10 else ""
+        first = scan.too_large[0][0]
+        name = first.rsplit("/", 1)[-1]
+        example = f"'{first}'" + (f" or '*.{name.rsplit('.', 1)[1]}'" if "." in name[1:] else "")
+        raise SyncLimitError(
+            f"{len(scan.too_large)} file(s) of {root} are over the "
+            f"{_size(MAX_FILE_SIZE)} limit of code sync:\n{shown}{more}\n"
+            f"List them in {root / '.ktignore'} (gitignore syntax, e.g. {example}) to leave "
+            "them out; large data belongs where the pod can read it directly (a volume, "
+            "object storage).", root=root, files=list(scan.too_large),
+            reason=f"{len(scan.too_large)} file(s) are over {_size(MAX_FILE_SIZE)}")
+    if scan.truncated or scan.total > max_total:
+        what = (f"more than {max_files:,} files" if scan.truncated
+                else f"{_size(scan.total)} of files")
+        raise SyncLimitError(
+            f"the project at {root} has {what} to sync: is that the right root? kt syncs "
+            "the nearest directory upward from the working directory with .git, "
+            "pyproject.toml or setup.py, else the working directory itself. Work from your "
+            f"project's directory, or list what to leave out in {root / '.ktignore'} "
+            "(a single '*' line syncs nothing).", root=root, files=[],
+            reason=f"it has {what}")
+
+
+#: Project root -> (the last manifest, its id). An id names one manifest version between a
+#: client and a pod (a delta says which one it applies to); a fresh random id per
+#: changed manifest needs no hashing of the whole manifest.
+_ids: dict[str, tuple[dict[str, Any], str]] = {}
+
+
+def sync(compute: Compute, *, progress: bool | None = None) -> SyncReport:
+    """Bring every pod of ``compute`` up to date with the project, and reload edits.
+
+    Cheap when nothing changed (no call is made). ``kt.fn(...).to()`` and every remote
+    call do it too (see :func:`ensure`); call it yourself (or ``%kt sync``) to push on
+    demand.
+
+    Args:
+        compute: The compute whose pods receive the project.
+        progress: Show a progress bar for a large transfer (default: the ``progress``
+            setting, ``KT_PROGRESS``).
+
+    Returns:
+        What was sent, written, deleted and reloaded, per pod.
+
+    Raises:
+        SyncLimitError: A file is over :data:`MAX_FILE_SIZE`, or the tree is too large.
+        ReloadError: An edit failed to import on a pod (its old code keeps serving); raised
+            again on every sync until the tree changes.
+    """
+    root, marked = find_project()
+    _declined.pop(root, None)
+    return _sync(compute, root, marked, progress)
+
+
+def ensure(compute: Compute) -> SyncReport | None:
+    """The sync done before every remote call: :func:`sync`, or None when declined.
+
+    A working directory that is no project (no marker above it, e.g. a notebook in the
+    home directory) and is over the limits is not synced: one warning says why, and the
+    user's modules go by value as they would without sync. A real project over the
+    limits raises :class:`SyncLimitError` like :func:`sync`.
+    """
+    root, marked = find_project()
+    if root in _declined:
+        return None
+    try:
+        return _sync(compute, root, marked, None)
+    except SyncLimitError as exc:
+        if marked:
+            raise
+        _declined[root] = str(exc)
+        warnings.warn(
+            f"not syncing {root} to pods: it is no project (no .git, pyproject.toml or "
+            f"setup.py) and {exc.reason}. Your modules are sent by value instead. To "
+            "sync, work from a project directory, or add a marker or a .ktignore there "
+            "and run `%kt sync` (kubetorch_jupyter.sync.sync).",
+            RuntimeWarning, stacklevel=3)
+        return None
+
+
+#: Roots whose implicit sync was declined (no project, over the limits): the reason.
+_declined: dict[Path, str] = {}
+
+
+def _sync(compute: Compute, root: Path, marked: bool, progress: bool | None) -> SyncReport:
+    t0 = time.perf_counter()
+    max_files, max_total = (MAX_FILES, MAX_TOTAL) if marked else (LOOSE_MAX_FILES,
+                                                                  LOOSE_MAX_TOTAL)
+    show = config.get("progress") if progress is None else progress
+    scanner = _scanner(root, max_files)
+    for attempt in range(3):
+        scan = scanner.scan()
+        _check_limits(root, scan, max_files, max_total)
+        cached = _ids.get(str(root))
+        if cached is None or (cached[0] is not scan.files and cached[0] != scan.files):
+            cached = _ids[str(root)] = (scan.files, secrets.token_hex(16))
+        paths, cwd = import_paths(str(root))
+        job = _transfer.Job(root, project_id(root), scan, cached[1], paths, cwd, bool(show))
+        try:
+            conns = _connections(compute)
+            if len(conns) == 1:
+                pods = [_sync_pod(conns[0], job)]
+            else:
+                with ThreadPoolExecutor(max_workers=min(8, len(conns))) as pool:
+                    pods = list(pool.map(_sync_pod, conns, [job] * len(conns)))
+            break
+        except _transfer.Changed:
+            if attempt == 2:
+                raise SyncError(f"files of {root} kept changing while they were sent; "
+                                "sync again once they settle") from None
+    return SyncReport(root, len(scan.files), scan.total, pods, scan.hashed,
+                      time.perf_counter() - t0)
