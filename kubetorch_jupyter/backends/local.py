@@ -317,6 +317,9 @@ class LocalBackend(Backend):
             token = secrets.token_urlsafe(32)
             env = self._pod_env(compute, indices, token, len(pin) if pin else None)
             log_path = make_private_dir(state / "logs") / f"{name}.log"
+            # The pod's own working directory: it must not see (and import from) the
+            # user's tree except through code sync, exactly as a pod in a cluster.
+            workdir = make_private_dir(state / "work" / name)
             read_fd, write_fd = os.pipe()
             argv = [python, "-m", "pod_runtime", "--host", "127.0.0.1", "--port", "0",
                     "--name", name, "--ready-fd", str(write_fd)]
@@ -329,7 +332,7 @@ class LocalBackend(Backend):
                     log.flush()
                     offset = log.tell()
                     proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
-                                            stdout=log, stderr=subprocess.STDOUT,
+                                            stdout=log, stderr=subprocess.STDOUT, cwd=workdir,
                                             pass_fds=(write_fd,), start_new_session=True)
             except OSError as exc:
                 os.close(read_fd)
