@@ -85,6 +85,8 @@ SETTINGS: dict[str, Setting] = {
                 "Move large buffers through shared memory when client and pod share a host."),
         Setting("progress", "KT_PROGRESS", lambda: True, _bool,
                 "Show progress bars for pod start, image builds and sync."),
+        Setting("sync", "KT_SYNC", lambda: True, _bool,
+                "Sync the project's files to pods before each call (%kt sync works either way)."),
         Setting("python", "KT_PYTHON", lambda: "", str,
                 "Python interpreter for local pods (default: the client's own)."),
     ]

@@ -453,8 +453,11 @@ def ensure(compute: Compute) -> SyncReport | None:
     A working directory that is no project (no marker above it, e.g. a notebook in the
     home directory) and is over the limits is not synced: one warning says why, and the
     user's modules go by value as they would without sync. A real project over the
-    limits raises :class:`SyncLimitError` like :func:`sync`.
+    limits raises :class:`SyncLimitError` like :func:`sync`. ``KT_SYNC=0`` turns the
+    implicit sync off (``%kt sync`` / :func:`sync` still work).
     """
+    if not config.get("sync"):
+        return None
     root, marked = find_project()
     if root in _declined:
         return None

@@ -452,3 +452,10 @@ def test_src_layout_and_a_notebook_in_a_subdirectory(
     file, cwd = remote()
     assert Path(file) == tree / "src/mypkg/core.py"  # found through the tree's src/
     assert Path(cwd) == tree / "notebooks"  # relative paths work as they do locally
+
+
+def test_implicit_sync_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kubetorch_jupyter import sync as kt_sync
+
+    monkeypatch.setenv("KT_SYNC", "0")
+    assert kt_sync.ensure(object()) is None  # type: ignore[arg-type]  # never touches it
