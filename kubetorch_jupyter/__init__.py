@@ -8,8 +8,13 @@
     remote_train = kt.fn(train).to(compute)
     remote_train(10, lr=0.5)
 
+In a notebook, ``%load_ext kubetorch_jupyter`` adds the ``%%kt`` cell magic (run a
+cell on a warm pod), ``%kt`` and ``%autokt`` (see :mod:`kubetorch_jupyter.magics`).
+
 The public API is exactly what ``__all__`` lists.
 """
+
+from typing import Any
 
 from kernel_bridge import CallHandle
 
@@ -25,14 +30,34 @@ from .exceptions import (
     PodDiedError,
     PodStartError,
     PodUnreachableError,
+    ReloadError,
     RemoteError,
     ResourceUnavailableError,
     SerializationError,
+    SyncError,
+    SyncLimitError,
+    VersionMismatchError,
+    VersionMismatchWarning,
 )
 from .image import Image
 from .remote import Cls, Fn, RemoteFn, RemoteInstance, RemoteMethod, cls, fn
 
 __version__ = "0.1.0"
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext kubetorch_jupyter``: register ``%%kt``, ``%kt`` and ``%autokt``."""
+    from .magics import load_ipython_extension as load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """``%unload_ext kubetorch_jupyter``: remove the magics again."""
+    from .magics import unload_ipython_extension as unload
+
+    unload(ipython)
+
 
 __all__ = [
     "AuthenticationError",
@@ -50,12 +75,17 @@ __all__ = [
     "PodDiedError",
     "PodStartError",
     "PodUnreachableError",
+    "ReloadError",
     "RemoteError",
     "RemoteFn",
     "RemoteInstance",
     "RemoteMethod",
     "ResourceUnavailableError",
     "SerializationError",
+    "SyncError",
+    "SyncLimitError",
+    "VersionMismatchError",
+    "VersionMismatchWarning",
     "__version__",
     "cls",
     "fn",

@@ -11,10 +11,19 @@ Hierarchy (the bridge's part is in :mod:`kernel_bridge.errors`)::
     ├── BridgeError                 (AuthenticationError, PodUnreachableError,
     │                                PodDiedError, CallLostError)
     ├── SerializationError
+    │   └── VersionMismatchError    this Python and the pod's cannot exchange pickles
+    ├── SyncError                   the project could not be synced to a pod
+    │   ├── SyncLimitError          a file or the tree is over the limits
+    │   └── ReloadError             an edit failed to import on the pod (file, line)
     └── RemoteError                 the code on the pod raised
+
+    VersionMismatchWarning (a RuntimeWarning): a package differs in a way that may break
+    unpickling
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from kernel_bridge.errors import (
     AuthenticationError,
@@ -38,9 +47,14 @@ __all__ = [
     "PodDiedError",
     "PodStartError",
     "PodUnreachableError",
+    "ReloadError",
     "RemoteError",
     "ResourceUnavailableError",
     "SerializationError",
+    "SyncError",
+    "SyncLimitError",
+    "VersionMismatchError",
+    "VersionMismatchWarning",
 ]
 
 
@@ -92,3 +106,67 @@ class PodStartError(KtError):
                          if log_tail else message)
         self.pod = pod
         self.log_tail = log_tail
+
+
+class SyncError(KtError):
+    """The project could not be synced to a pod."""
+
+
+class SyncLimitError(SyncError):
+    """Files over the size limit (50 MB), or a tree over the file or byte limit.
+
+    Attributes:
+        root: The project root.
+        files: (project path, size) of the offending files (empty for a tree limit).
+        reason: What is over which limit, in a few words.
+    """
+
+    def __init__(self, message: str, *, root: Path, files: list[tuple[str, int]],
+                 reason: str) -> None:
+        super().__init__(message)
+        self.root = root
+        self.files = files
+        self.reason = reason
+
+
+class ReloadError(SyncError):
+    """An edit failed to import on the pod; the previous code keeps serving there.
+
+    Attributes:
+        path: The local file where it failed.
+        line: The line, when known.
+        module: The module whose reload failed.
+        remote_type: The exception's type name on the pod (``SyntaxError``...).
+        remote_traceback: The traceback, with pod paths mapped to local ones.
+        pod: The pod.
+    """
+
+    def __init__(self, message: str, *, path: Path | None, line: int | None, module: str,
+                 remote_type: str, remote_traceback: str, pod: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.line = line
+        self.module = module
+        self.remote_type = remote_type
+        self.remote_traceback = remote_traceback
+        self.pod = pod
+
+
+class VersionMismatchError(SerializationError):
+    """This Python and the pod's cannot exchange pickled code (different minor versions).
+
+    Attributes:
+        package: ``"python"`` or the package name.
+        local: The version here.
+        remote: The version on the pod.
+    """
+
+    def __init__(self, message: str, *, package: str, local: str, remote: str) -> None:
+        super().__init__(message, target=package)
+        self.package = package
+        self.local = local
+        self.remote = remote
+
+
+class VersionMismatchWarning(RuntimeWarning):
+    """A package differs between here and the pod in a way that may break unpickling."""

@@ -20,6 +20,7 @@ from typing import Any, Generic, TypeVar
 
 from kernel_bridge import CallHandle, RemoteError
 
+from . import _versions
 from . import sync as _sync
 from ._display import event_sink
 from ._serialize import dump_call, dump_callable
@@ -40,6 +41,7 @@ def _invoke(compute: Compute, msg: dict[str, Any], label: str, blob_key: str,
     the project's modules go by reference and the pod runs the code as it is now.
     """
     conn = compute.connection()
+    _versions.check(conn)  # once per pod process: can the two sides exchange pickles?
     if blob is not None:
         digest, data = blob
         msg[blob_key] = None if digest in conn.known else data

@@ -50,7 +50,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from kernel_bridge import KtError, PodConnection
+from kernel_bridge import PodConnection
 
 from . import _transfer, config
 from ._manifest import Scan, Scanner
@@ -63,6 +63,7 @@ from ._project import (
     real,
     relative,
 )
+from .exceptions import ReloadError, SyncError, SyncLimitError
 
 if TYPE_CHECKING:
     from .compute import Compute
@@ -105,49 +106,6 @@ def _size(n: int) -> str:
         size /= 1024
     return f"{size:.1f} GiB".replace(".0 ", " ")
 
-
-class SyncError(KtError):
-    """The project could not be synced to a pod."""
-
-
-class SyncLimitError(SyncError):
-    """Files over :data:`MAX_FILE_SIZE`, or a tree over the file or byte limit.
-
-    Attributes:
-        root: The project root.
-        files: (project path, size) of the offending files (empty for a tree limit).
-        reason: What is over which limit, in a few words.
-    """
-
-    def __init__(self, message: str, *, root: Path, files: list[tuple[str, int]],
-                 reason: str) -> None:
-        super().__init__(message)
-        self.root = root
-        self.files = files
-        self.reason = reason
-
-
-class ReloadError(SyncError):
-    """An edit failed to import on the pod; the previous code keeps serving there.
-
-    Attributes:
-        path: The local file where it failed.
-        line: The line, when known.
-        module: The module whose reload failed.
-        remote_type: The exception's type name on the pod (``SyntaxError``...).
-        remote_traceback: The traceback, with pod paths mapped to local ones.
-        pod: The pod.
-    """
-
-    def __init__(self, message: str, *, path: Path | None, line: int | None, module: str,
-                 remote_type: str, remote_traceback: str, pod: str) -> None:
-        super().__init__(message)
-        self.path = path
-        self.line = line
-        self.module = module
-        self.remote_type = remote_type
-        self.remote_traceback = remote_traceback
-        self.pod = pod
 
     def _render_traceback_(self) -> list[str]:
         """IPython: the message says it all; sync's own frames would only distract."""

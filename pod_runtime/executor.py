@@ -405,4 +405,5 @@ def _run_method(ex: Executor, msg: dict[str, Any], record: CallRecord) -> Any:
         return attr
     return attr(*msg.get("args", ()), **msg.get("kwargs", {}))
 
+from . import cells as _cells  # noqa: E402, F401 - registers the notebook cell call kinds
 from . import sync as _sync  # noqa: E402, F401 - registers the "sync" call kind

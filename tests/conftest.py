@@ -1,25 +1,13 @@
-"""Shared fixtures: isolated state, real pod processes, a timeout scale for slow machines."""
+"""Shared fixtures: isolated state, real pod processes (helpers in kt_testing)."""
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
-import subprocess
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-
-#: Multiply every wait in the tests by this on slow machines (KT_TEST_TIMEOUT_FACTOR).
-TIMEOUT_FACTOR = float(os.environ.get("KT_TEST_TIMEOUT_FACTOR", "1"))
-
-
-def timeout(seconds: float) -> float:
-    """A wait scaled for this machine."""
-    return seconds * TIMEOUT_FACTOR
+from kt_testing import RawPod, start_raw_pod
 
 
 @pytest.fixture(autouse=True)
@@ -32,49 +20,6 @@ def _isolated_state(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     if "KT_STATE_DIR" not in os.environ or not os.environ.get("KT_TEST_SHARED_STATE"):
         monkeypatch.setenv("KT_STATE_DIR", str(tmp_path_factory.mktemp("state")))
     monkeypatch.setenv("KT_PROGRESS", "0")
-
-
-@dataclass
-class RawPod:
-    """A pod runtime process started directly (no backend)."""
-
-    proc: subprocess.Popen[bytes]
-    port: int
-    token: str
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout(10))
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def start_raw_pod(tmp: Path, *args: str, token: str | None = None) -> RawPod:
-    """Start ``python -m pod_runtime`` on an ephemeral loopback port and wait until ready."""
-    token = token or secrets.token_urlsafe(32)
-    read_fd, write_fd = os.pipe()
-    log = tmp / f"pod-{secrets.token_hex(4)}.log"
-    env = dict(os.environ, KT_POD_TOKEN=token)
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pod_runtime", "--ready-fd", str(write_fd), *args],
-            env=env, pass_fds=[write_fd], stdout=out, stderr=subprocess.STDOUT,
-        )
-    os.close(write_fd)
-    with os.fdopen(read_fd) as ready:
-        line = ready.readline()
-    if not line:
-        proc.wait(timeout(10))
-        raise RuntimeError(f"pod did not start: {log.read_text()}")
-    return RawPod(proc, json.loads(line)["port"], token, log)
 
 
 @pytest.fixture(scope="module")

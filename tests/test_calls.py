@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import timeout
+from kt_testing import timeout
 
 import kubetorch_jupyter as kt
 

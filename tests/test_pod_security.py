@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import RawPod, timeout
+from kt_testing import RawPod, timeout
 
 import kubetorch_jupyter as kt
 from kernel_bridge import PodConnection

@@ -14,6 +14,7 @@ DOCUMENTED = {
     "KtError", "ConfigError", "ComputeNotFoundError", "ResourceUnavailableError",
     "ImageBuildError", "PodStartError", "BridgeError", "AuthenticationError",
     "PodUnreachableError", "PodDiedError", "CallLostError", "SerializationError", "RemoteError",
+    "SyncError", "SyncLimitError", "ReloadError", "VersionMismatchError", "VersionMismatchWarning",
     "__version__",
 }
 
@@ -37,7 +38,7 @@ def test_public_objects_have_docstrings() -> None:
 def test_every_error_is_a_kt_error() -> None:
     for name in kt.__all__:
         obj = getattr(kt, name)
-        if inspect.isclass(obj) and issubclass(obj, Exception):
+        if inspect.isclass(obj) and issubclass(obj, Exception) and not issubclass(obj, Warning):
             assert issubclass(obj, kt.KtError), name
 
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import RawPod, start_raw_pod, timeout
+from kt_testing import RawPod, start_raw_pod, timeout
 from tcp_proxy import TcpProxy
 
 import kubetorch_jupyter as kt

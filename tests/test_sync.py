@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import timeout
+from kt_testing import timeout
 
 import kubetorch_jupyter as kt
 from kubetorch_jupyter import _transfer

@@ -1,0 +1,277 @@
+"""The client side of notebook cells: run a cell on a pod, detach it, attach to it later.
+
+These are what the ``%%kt`` / ``%kt`` magics call (see :mod:`.magics`); they work
+without IPython too. A cell runs on the pod's main thread, so interrupting the kernel
+interrupts the cell there (a real SIGINT); the pod and its namespace survive.
+
+A **detached** run is a separate call on the pod that no connection is subscribed to:
+the pod keeps everything it prints and its result until a client attaches (from any
+kernel, with the run id ``NAME:HEX``) and collects the result, or for 24 hours. The
+result is given once: the attach that receives it acknowledges it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import linecache
+import re
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from kernel_bridge import CallHandle, CallLostError, EventSink, PodConnection, RemoteError
+from kernel_bridge.calls import CANCEL_GRACE
+from pod_runtime import protocol
+
+from . import _versions, config
+from . import sync as _sync
+from ._display import event_sink
+from ._serialize import dump_call
+from .compute import Compute
+from .exceptions import ConfigError, SerializationError
+
+__all__ = ["RunId", "attach", "cancel_run", "cell_filename", "list_runs", "run_cell",
+           "start_detached", "vars_call"]
+
+_RUN_ID = re.compile(r"^(?P<name>[a-z]([-a-z0-9]*[a-z0-9])?):(?P<id>[0-9a-f]{1,16})$")
+
+
+class RunId(str):
+    """A detached run's id: ``<compute name>:<call id in hex>``, e.g. ``llm:3f9a0c2e1b7d4a55``."""
+
+    __slots__ = ()
+
+    @classmethod
+    def make(cls, name: str, call_id: int) -> RunId:
+        """The id of call ``call_id`` on compute ``name``."""
+        return cls(f"{name}:{call_id:016x}")
+
+    @classmethod
+    def parse(cls, text: str) -> tuple[str, int]:
+        """(compute name, call id) of a run id.
+
+        Raises:
+            ConfigError: When ``text`` is not a run id.
+        """
+        m = _RUN_ID.match(text.strip())
+        if m is None:
+            raise ConfigError(f"{text!r} is not a run id; a run id looks like "
+                              "'llm:3f9a0c2e1b7d4a55' (%%kt --detach prints it, %kt runs "
+                              "lists them)")
+        return m.group("name"), int(m.group("id"), 16)
+
+
+def cell_filename(source: str, count: int | None, first_line: int = 1) -> str:
+    """The file name a cell is compiled under: names the cell, unique per source."""
+    digest = hashlib.sha1(f"{first_line}\0{source}".encode(), usedforsecurity=False)
+    where = f"In[{count}]" if count is not None else "cell"
+    return f"<kt {where} {digest.hexdigest()[:6]}>"
+
+
+def register_source(filename: str, source: str, first_line: int = 1) -> None:
+    """Put the cell in this process's ``linecache`` too (tracebacks format here as well)."""
+    text = "\n" * (first_line - 1) + source
+    linecache.cache[filename] = (len(text), None, text.splitlines(True), filename)
+
+
+def _connect(compute: Compute) -> PodConnection:
+    """Connect, check versions, and sync the project so the cell sees the code as it is."""
+    conn = compute.connection()
+    _versions.check(conn)
+    _sync.ensure(compute)
+    return conn
+
+
+def _dump(compute: Compute, msg: dict[str, Any], label: str
+          ) -> tuple[bytes, list[memoryview]]:
+    """Pickle a cell message; its pushed variables travel like call arguments."""
+    try:
+        with _sync.shipping_to(compute):  # objects of synced modules go by reference
+            return dump_call({**msg, "kwargs": msg.get("push") or {}}, label)
+    except SerializationError as exc:
+        what = exc.target.replace("argument", "variable", 1)
+        raise SerializationError(
+            f"cannot push {what} to the pod: it does not pickle ({exc.__cause__}). Locks, "
+            "open files, sockets and live clients cannot cross; create such objects on the "
+            "pod", target=what) from exc
+
+
+def _label(source: str, prefix: str) -> str:
+    first = next((ln.strip() for ln in source.splitlines() if ln.strip()), "")
+    return f"{prefix} {first[:60]}".rstrip()
+
+
+def run_cell(
+    compute: Compute,
+    source: str,
+    *,
+    filename: str | None = None,
+    first_line: int = 1,
+    push: dict[str, Any] | None = None,
+    pull: Iterable[str] = (),
+    timeout: float | None = None,
+    sink: EventSink = event_sink,
+) -> dict[str, Any]:
+    """Run ``source`` on ``compute``'s pod as a notebook cell; return the pulled variables.
+
+    Output, display data and the cell's result go to ``sink`` on this thread while the
+    cell runs. Ctrl-C (a kernel interrupt) interrupts the cell on the pod and raises a
+    ``KeyboardInterrupt`` carrying the remote traceback (where the cell stopped).
+
+    Raises:
+        RemoteError: The cell raised (also an instance of the original type).
+        TimeoutError: ``timeout`` seconds passed; the cell was interrupted on the pod.
+    """
+    filename = filename or cell_filename(source, None, first_line)
+    register_source(filename, source, first_line)
+    label = _label(source, "%%kt")
+    msg = {"kind": "cell", "source": source, "filename": filename, "first_line": first_line,
+           "push": push or {}, "pull": list(pull), "label": label}
+    conn = _connect(compute)
+    body, buffers = _dump(compute, msg, label)
+    handle = conn.call(body, buffers, flags=protocol.FLAG_MAIN_THREAD, label=label, sink=sink)
+    try:
+        value = handle.result(timeout)
+    except TimeoutError as exc:
+        if isinstance(exc, RemoteError):
+            raise
+        handle.cancel()
+        _finish_quietly(handle)
+        raise TimeoutError(
+            f"the cell ran longer than its timeout ({timeout:g}s) and was interrupted on pod "
+            f"{conn.name!r}; the pod and its variables are intact") from None
+    except KeyboardInterrupt:
+        remote = _remote_interrupt(handle)
+        if remote is not None:
+            raise remote from None
+        raise
+    return (value or {}).get("pulled") or {}
+
+
+def _finish_quietly(handle: CallHandle) -> None:
+    """Wait (briefly) for an interrupted call to stop, showing its last output."""
+    with contextlib.suppress(KeyboardInterrupt, TimeoutError, RemoteError):
+        handle.result(CANCEL_GRACE)
+
+
+def _remote_interrupt(handle: CallHandle) -> BaseException | None:
+    """The pod's KeyboardInterrupt (with its traceback), if the pod has answered."""
+    if not handle.done():
+        return None
+    try:
+        handle.result(0)
+    except KeyboardInterrupt as exc:
+        return exc if isinstance(exc, RemoteError) else None
+    except BaseException:  # noqa: BLE001 - the cell ended otherwise; the caller re-raises
+        return None
+    return None
+
+
+def start_detached(
+    compute: Compute,
+    source: str,
+    *,
+    filename: str | None = None,
+    first_line: int = 1,
+    push: dict[str, Any] | None = None,
+) -> RunId:
+    """Start ``source`` on the pod as a detached run and return its id at once."""
+    filename = filename or cell_filename(source, None, first_line)
+    register_source(filename, source, first_line)
+    label = _label(source, "%%kt --detach")
+    msg = {"kind": "cell", "source": source, "filename": filename, "first_line": first_line,
+           "push": push or {}, "pull": [], "label": label, "detach": True}
+    conn = _connect(compute)
+    body, buffers = _dump(compute, msg, label)
+    started = conn.call(body, buffers, label=label, sink=event_sink).result()
+    return RunId.make(compute.name, int(started["run"]))
+
+
+def _private_connection(compute: Compute) -> PodConnection:
+    """A connection of our own: closing it unsubscribes from the calls it followed."""
+    info = compute.pod
+    backend = compute.backend
+
+    def status() -> tuple[bool, int | None]:
+        st = backend.status(info)
+        return st.alive, st.exit_status
+
+    return PodConnection(info.url, info.token, name=info.name, status=status,
+                         connect_timeout=config.get("connect_timeout"),
+                         reconnect_timeout=config.get("reconnect_timeout"),
+                         use_shm=config.get("shm"))
+
+
+class Detached(Exception):
+    """Following a run stopped (Ctrl-C); the run goes on. ``run_id`` names it."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"stopped following run {run_id}; it keeps running on the pod. "
+                         f"%kt attach {run_id} follows it again, %kt cancel {run_id} stops it")
+        self.run_id = run_id
+
+
+def attach(run_id: str, *, sink: EventSink = event_sink,
+           on_start: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Follow a detached run from here: replay what it printed, stream the rest, get its result.
+
+    Returns the run's value (``{"pulled": ...}``).
+
+    Raises:
+        ComputeNotFoundError: The run's pod is not running (the run is lost with it).
+        CallLostError: The pod holds no such run (collected already, expired, restarted).
+        Detached: Ctrl-C while following; the run continues on the pod.
+        RemoteError: The run raised.
+    """
+    name, call_id = RunId.parse(run_id)
+    compute = Compute.from_name(name)
+    conn = _private_connection(compute)
+    try:
+        _versions.check(conn)
+        handle = conn.attach(call_id, label=f"run {run_id}", sink=sink)
+        if on_start is not None:
+            on_start()
+        try:
+            for event in handle.stream():
+                sink(event)
+        except KeyboardInterrupt:
+            if not handle.done():
+                raise Detached(run_id) from None
+        try:
+            return handle.result() or {}
+        except CallLostError:
+            raise CallLostError(
+                f"pod {name!r} holds no run {run_id}: its result was collected already (a "
+                "run's result is given to the first attach that receives it), it finished "
+                "more than 24 hours ago, or the pod restarted", pod=name) from None
+    finally:
+        conn.close()
+
+
+def cancel_run(run_id: str) -> None:
+    """Interrupt a detached run on its pod (KeyboardInterrupt there; the pod survives)."""
+    name, call_id = RunId.parse(run_id)
+    Compute.from_name(name).connection().cancel(call_id)
+
+
+def list_runs(compute: Compute) -> list[dict[str, Any]]:
+    """The detached runs ``compute``'s pod holds (running, or finished and not collected)."""
+    conn = _connect(compute)
+    body, buffers = protocol.dumps({"kind": "cell_runs"})
+    runs: list[dict[str, Any]] = conn.call(body, buffers, label="%kt runs").result()
+    for run in runs:
+        run["id"] = RunId.make(compute.name, int(run["run"]))
+    return runs
+
+
+def vars_call(compute: Compute, *, push: dict[str, Any] | None = None,
+              pull: Iterable[str] = ()) -> dict[str, Any]:
+    """Set (``push``) and read (``pull``) variables of the pod's cell namespace.
+
+    Runs beside cells, not after them: it works while a (detached) cell is running.
+    """
+    conn = _connect(compute)
+    msg = {"kind": "cell_vars", "push": push or {}, "pull": list(pull)}
+    body, buffers = _dump(compute, msg, "%kt push/pull")
+    value = conn.call(body, buffers, label="%kt push/pull").result()
+    return (value or {}).get("pulled") or {}

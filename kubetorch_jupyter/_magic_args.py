@@ -1,0 +1,85 @@
+"""The magics' argument parsers: shared argument groups, the ``%kt`` subcommands.
+
+Flags are parsed by argparse (IPython's ``MagicArgumentParser``, whose errors are one-line
+``UsageError``s); the groups here are shared by ``%%kt``, ``%autokt`` and ``%kt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import keyword
+import re
+from collections.abc import Callable
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic_arguments import MagicArgumentParser, argument, argument_group
+
+__all__ = ["RESOURCE_ARGS", "TARGET_ARGS", "add_group", "group", "line_parser", "variable_names"]
+
+TARGET_ARGS = [
+    argument("--name", metavar="NAME",
+             help="the compute to use, by name: created if needed, reused when warm"),
+    argument("--compute", metavar="VAR", help="a kt.Compute variable of the notebook"),
+]
+RESOURCE_ARGS = [
+    argument("--gpus", type=int, metavar="N", help="GPUs for the pod"),
+    argument("--cpus", metavar="C", help="CPU cores: 2, 0.5 or 500m"),
+    argument("--memory", metavar="M", help="memory: 16Gi, 512Mi"),
+    argument("--image", metavar="VAR", help="a kt.Image variable: what the pod installs"),
+]
+
+
+def group(title: str, args: list[Any]) -> Callable[[Any], Any]:
+    """Apply a shared argument group (magic_arguments decorators) to a magic."""
+
+    def deco(func: Any) -> Any:
+        for arg in reversed(args):
+            func = arg(func)
+        return argument_group(title)(func)
+
+    return deco
+
+
+def add_group(parser: argparse.ArgumentParser, title: str, args: list[Any]) -> None:
+    """Add the same shared argument group to an argparse (sub)parser."""
+    section = parser.add_argument_group(title)
+    for arg in args:
+        arg.add_to_parser(parser, section)
+
+
+def line_parser() -> MagicArgumentParser:
+    parser = MagicArgumentParser(prog="kt", add_help=False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    use = sub.add_parser("use", help="set the notebook's current compute")
+    use.add_argument("target", metavar="NAME|VAR")
+    for cmd, what in (("status", "show a compute and its pod"),
+                      ("runs", "list a pod's detached runs"),
+                      ("sync", "send this directory's code to the pod")):
+        p = sub.add_parser(cmd, help=what)
+        p.add_argument("name", nargs="?", metavar="NAME")
+        p.add_argument("--compute", metavar="VAR")
+    sub.add_parser("list", help="list the running pods")
+    down = sub.add_parser("teardown", help="stop pods")
+    down.add_argument("names", nargs="*", metavar="NAME")
+    down.add_argument("--all", action="store_true")
+    logs = sub.add_parser("logs", help="print what a pod printed")
+    logs.add_argument("name", nargs="?", metavar="NAME")
+    logs.add_argument("-n", "--tail", type=int, default=100, metavar="LINES")
+    for cmd in ("push", "pull"):
+        p = sub.add_parser(cmd, help=f"{cmd} variables between the notebook and the pod")
+        p.add_argument("variables", nargs="+", metavar="VAR")
+        add_group(p, "compute", TARGET_ARGS)
+    for cmd in ("attach", "cancel"):
+        p = sub.add_parser(cmd, help=f"{cmd} a detached run")
+        p.add_argument("run_id", nargs="?", metavar="RUN_ID")
+    return parser
+
+
+def variable_names(text: str | None, flag: str) -> list[str]:
+    """Variable names from ``a,b`` (or ``a b``); argparse-style error for a bad one."""
+    names = [n for n in re.split(r"[,\s]+", text or "") if n]
+    for name in names:
+        if not name.isidentifier() or keyword.iskeyword(name):
+            raise UsageError(f"{flag}: {name!r} is not a variable name")
+    return names

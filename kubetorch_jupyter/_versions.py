@@ -1,0 +1,115 @@
+"""Before the first call to a pod: do this side and the pod agree on what pickles need?
+
+Functions and classes from a notebook cross as bytecode, which loads only on the same
+Python minor version: a different one is an error. Packages whose objects cross by
+pickle (cloudpickle itself, numpy, torch, pandas) are compared too; a difference that
+is known to break loading is a :class:`VersionMismatchWarning` naming both versions.
+
+The pod reports its versions in its WELCOME frame (``conn.welcome["versions"]``); the
+check runs once per pod process (its ``boot_id``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import threading
+import warnings
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+from .exceptions import VersionMismatchError, VersionMismatchWarning
+
+__all__ = ["Mismatch", "VersionMismatchError", "VersionMismatchWarning", "check", "compare",
+           "local_versions"]
+
+#: Package -> how many leading version components must agree for pickles to load.
+PACKAGES = {"cloudpickle": 2, "numpy": 1, "torch": 1, "pandas": 1}
+
+_checked: set[tuple[str, str]] = set()
+_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """One difference: ``fatal`` ones raise, the others warn."""
+
+    package: str
+    local: str | None
+    remote: str | None
+    fatal: bool
+    message: str
+
+
+def local_versions() -> dict[str, str]:
+    """The versions here, in the pod's format (python + installed packages)."""
+    out = {"python": ".".join(map(str, sys.version_info[:3]))}
+    for name in PACKAGES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[name] = metadata.version(name)
+    return out
+
+
+def _parts(version: str, n: int) -> tuple[str, ...]:
+    return tuple(version.split("+")[0].split(".")[:n])
+
+
+def compare(local: dict[str, str], remote: dict[str, str], *, pod: str = "pod",
+            imported: set[str] | frozenset[str] = frozenset()) -> list[Mismatch]:
+    """The differences between ``local`` and ``remote`` versions that matter for pickles.
+
+    Args:
+        local: Versions here (see :func:`local_versions`).
+        remote: Versions the pod reported.
+        pod: The pod's name, for messages.
+        imported: Packages imported here; one missing on the pod is reported only then.
+    """
+    out: list[Mismatch] = []
+    here, there = local.get("python"), remote.get("python")
+    if here and there and _parts(here, 2) != _parts(there, 2):
+        out.append(Mismatch("python", here, there, True, (
+            f"Python {here} here but {there} on pod {pod!r}: functions and classes defined "
+            f"in a notebook cross as bytecode, which only loads on the same Python minor "
+            f"version. Run the pod on Python {'.'.join(_parts(here, 2))} (KT_PYTHON for local "
+            "pods, the image's base on Kubernetes) or this kernel on the pod's")))
+    for name, depth in PACKAGES.items():
+        here, there = local.get(name), remote.get(name)
+        if here and there and _parts(here, depth) != _parts(there, depth):
+            out.append(Mismatch(name, here, there, False, (
+                f"{name} {here} here but {there} on pod {pod!r}: objects pickled by one may "
+                f"not load in the other. Install {name}=={here} on the pod "
+                f"(kt.Image().pip_install([\"{name}=={here}\"])) or match it here")))
+        elif here and not there and name in imported:
+            out.append(Mismatch(name, here, None, False, (
+                f"{name} {here} is imported here but not installed on pod {pod!r}: values of "
+                f"its types cannot cross to the pod. Install it there with "
+                f"kt.Image().pip_install([\"{name}=={here}\"])")))
+    return out
+
+
+def check(conn: Any) -> None:
+    """Compare versions with ``conn``'s pod once per pod process; warn or raise.
+
+    Raises:
+        VersionMismatchError: When the Python minor versions differ.
+    """
+    welcome = getattr(conn, "welcome", None) or {}
+    key = (str(getattr(conn, "url", "")), str(welcome.get("boot_id", "")))
+    with _lock:
+        if key in _checked:
+            return
+    remote = welcome.get("versions") or {}
+    imported = {name for name in PACKAGES if name in sys.modules}
+    problems = compare(local_versions(), remote, pod=getattr(conn, "name", "pod"),
+                       imported=imported)
+    for problem in problems:
+        if problem.fatal:
+            raise VersionMismatchError(problem.message, package=problem.package,
+                                       local=problem.local or "", remote=problem.remote or "")
+    with _lock:
+        if key in _checked:
+            return
+        _checked.add(key)
+    for problem in problems:
+        warnings.warn(problem.message, VersionMismatchWarning, stacklevel=3)
