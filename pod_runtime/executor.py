@@ -148,6 +148,8 @@ class Executor:
         self.functions: dict[str, Any] = {}
         self.instances: dict[str, Any] = {}
         self.namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
+        self.max_workers = max_workers
+        self._inline = 0
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="kt-call")
         self._main_jobs: queue.SimpleQueue[tuple[CallRecord, memoryview, list[Any]] | None] = (
             queue.SimpleQueue()
@@ -185,6 +187,29 @@ class Executor:
             self._main_jobs.put((record, body, buffers))
         else:
             self._pool.submit(self._run, record, body, buffers)
+
+    def reserve_inline(self) -> bool:
+        """Claim a slot to run a call on the connection's own thread (at most max_workers)."""
+        with self._lock:
+            if self._inline >= self.max_workers:
+                return False
+            self._inline += 1
+            return True
+
+    def release_inline(self) -> None:
+        """Give back a slot taken by :meth:`reserve_inline`."""
+        with self._lock:
+            self._inline -= 1
+
+    def run_inline(self, record: CallRecord, body: memoryview, buffers: list[Any]) -> None:
+        """Run a call on the calling thread, in a slot taken by :meth:`reserve_inline`."""
+        with self._lock:
+            self.records[record.call_id] = record
+        self.last_activity = time.monotonic()
+        try:
+            self._run(record, body, buffers)
+        finally:
+            self.release_inline()
 
     def run_main_loop(self, stop: threading.Event) -> None:
         """Run main-thread calls until ``stop`` is set (call from the main thread)."""

@@ -253,8 +253,15 @@ class PodServer:
                 return
             buffers = protocol.claim_buffers(frame.buffers, shm.claim)
             record = CallRecord(frame.call_id, conn)
-            self.executor.submit(record, frame.body, buffers,
-                                 main_thread=bool(frame.flags & protocol.FLAG_MAIN_THREAD))
+            main = bool(frame.flags & protocol.FLAG_MAIN_THREAD)
+            assert conn.wire is not None
+            if not main and self.executor.reserve_inline():
+                # Run it on this thread at once; if it takes long, a follower thread
+                # reads on meanwhile (see wire.run_aside).
+                conn.wire.run_aside(
+                    lambda: self.executor.run_inline(record, frame.body, buffers))
+                return
+            self.executor.submit(record, frame.body, buffers, main_thread=main)
         elif ftype == FrameType.CANCEL:
             self.executor.cancel(frame.call_id)
         elif ftype == FrameType.ACK:

@@ -17,6 +17,7 @@ frames so that each out-of-band buffer is its own fragment and is received as it
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import socket
@@ -45,6 +46,10 @@ __all__ = [
 
 log = logging.getLogger("kubetorch.wire")
 _CHUNK = 1 << 20
+#: Seconds an idle follower thread waits to be handed the reading before it exits.
+FOLLOWER_IDLE = 60.0
+#: Seconds work run by the reading thread may take before another thread reads on.
+ASIDE_GRACE = 0.002
 
 
 class ConnectionClosedError(ConnectionError):
@@ -97,22 +102,97 @@ class WireConnection:
         self.name = name
         self.closed = False
         self.lock = threading.Lock()  # guards the protocol object and socket writes
-        self._pending = list(pending)
+        self._events: collections.deque[Any] = collections.deque(pending)
         self._parts: list[bytes] = []
         self._last_seen = time.monotonic()
-        self._thread = threading.Thread(target=self._reader, name=f"kt-wire-{name}",
-                                        daemon=True)
+        # Leader/follower: one thread at a time (the leader) reads; when the work it
+        # runs for a message takes long (run_aside), the role passes to a follower.
+        self._baton = threading.Condition()
+        self._leader: int | None = None
+        self._idle_followers = 0
+        self._wanted = False  # a hand-off is waiting for a follower
+        self._aside: tuple[int, float] | None = None  # (leader, since) running work
+        self._ended = threading.Event()
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def start(self) -> None:
-        """Start the reader thread (and the keepalive, when configured)."""
+        """Start reading on a new thread (and the keepalive, when configured)."""
         self._start_keepalive()
-        self._thread.start()
+        threading.Thread(target=self.run_reader, name=f"kt-wire-{self.name}",
+                         daemon=True).start()
 
     def run(self) -> None:
-        """Run the reader loop on the calling thread until the connection ends."""
+        """Read on the calling thread until the connection ends (then return)."""
         self._start_keepalive()
-        self._reader()
+        self.run_reader()
+        self._ended.wait()
+
+    def run_reader(self) -> None:
+        """Lead the reading; if this thread hands off, it waits to lead again."""
+        with self._baton:
+            self._leader = threading.get_ident()
+        self._lead()
+        self._follow()
+
+    def run_aside(self, work: Callable[[], None]) -> None:
+        """From ``on_message``: run ``work`` on this (the reading) thread right away.
+
+        Most calls are short: running them here, with no thread wake-up on their path,
+        is what makes a small call cost little more than a websocket echo. If ``work``
+        is still running after :data:`ASIDE_GRACE` seconds, the watchdog hands the
+        reading to a follower thread, so a long call never holds up the frames behind
+        it (a cancel, another call); when ``work`` ends, this thread then stops reading.
+        """
+        me = threading.get_ident()
+        with self._baton:
+            if self._leader != me:
+                raise RuntimeError("run_aside() is for on_message, on the reading thread")
+            self._aside = (me, time.monotonic())
+        _watchdog.watch(self)
+        try:
+            work()
+        finally:
+            with self._baton:
+                if self._aside is not None and self._aside[0] == me:
+                    self._aside = None
+
+    def _hand_off_if_slow(self, now: float) -> bool:
+        """Watchdog: hand the reading on if the leader has been running work too long.
+
+        Returns whether this connection still needs watching.
+        """
+        with self._baton:
+            aside = self._aside
+            if aside is None or self._leader != aside[0]:
+                return False
+            if now - aside[1] < ASIDE_GRACE:
+                return True
+            self._aside = None
+            self._leader = None
+            self._wanted = True
+            if self._idle_followers:
+                self._baton.notify()
+                return False
+        threading.Thread(target=self._follow, name=f"kt-wire-{self.name}",
+                         daemon=True).start()
+        return False
+
+    def _follow(self) -> None:
+        """Wait to be handed the reading; read; repeat until the connection ends."""
+        while True:
+            with self._baton:
+                self._idle_followers += 1
+                try:
+                    while not self._wanted and not self._ended.is_set():
+                        if not self._baton.wait(FOLLOWER_IDLE) and not self._wanted:
+                            return  # idle too long: fewer threads
+                finally:
+                    self._idle_followers -= 1
+                if self._ended.is_set():
+                    return
+                self._wanted = False
+                self._leader = threading.get_ident()
+            self._lead()
 
     def _start_keepalive(self) -> None:
         if self.ping_interval:
@@ -170,13 +250,20 @@ class WireConnection:
             self.sock.close()
 
     # ------------------------------------------------------------------ read
-    def _reader(self) -> None:
+    def _leading(self) -> bool:
+        return self._leader == threading.get_ident()
+
+    def _lead(self) -> None:
+        """Read and dispatch while this thread is the leader; end the connection on EOF."""
         error: BaseException | None = None
         try:
-            if self._pending:
-                events, self._pending = self._pending, []
-                self._dispatch(events)
-            while self.protocol.state is not State.CLOSED:
+            while True:
+                while self._events:
+                    self._dispatch(self._events.popleft())
+                    if not self._leading():
+                        return  # handed off: a follower reads on
+                if self.protocol.state is State.CLOSED:
+                    break
                 try:
                     data = self.sock.recv(_CHUNK)
                 except OSError as exc:
@@ -191,37 +278,42 @@ class WireConnection:
                 self._feed(data)
         except BaseException as exc:  # noqa: BLE001 - reported through on_close
             error = exc
-        finally:
-            self.closed = True
-            with contextlib.suppress(OSError):
-                self.sock.close()
-            if error is None and self.protocol.close_exc is not None:
-                code = self.protocol.close_code
-                if code not in (1000, 1001):
-                    error = self.protocol.close_exc
+        self._end(error)
+
+    def _end(self, error: BaseException | None) -> None:
+        self.closed = True
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        if error is None and self.protocol.close_exc is not None:
+            code = self.protocol.close_code
+            if code not in (1000, 1001):
+                error = self.protocol.close_exc
+        try:
             self.on_close(error)
+        finally:
+            with self._baton:
+                self._ended.set()
+                self._baton.notify_all()
 
     def _feed(self, data: bytes) -> None:
         self._last_seen = time.monotonic()
         with self.lock:
             self.protocol.receive_data(data)
-            events = self.protocol.events_received()
+            self._events.extend(self.protocol.events_received())
             with contextlib.suppress(ConnectionClosedError):
                 self._flush_locked()  # pongs and close replies
-        self._dispatch(events)
         if self.protocol.parser_exc is not None:
             raise self.protocol.parser_exc
 
-    def _dispatch(self, events: list[Any]) -> None:
-        for frame in events:
-            op = frame.opcode
-            if op is Opcode.BINARY or op is Opcode.CONT:
-                self._parts.append(frame.data)
-                if frame.fin:
-                    parts, self._parts = self._parts, []
-                    self.on_message(parts)
-            elif op is Opcode.TEXT:
-                self.close(1003, "binary frames only")
+    def _dispatch(self, frame: Any) -> None:
+        op = frame.opcode
+        if op is Opcode.BINARY or op is Opcode.CONT:
+            self._parts.append(frame.data)
+            if frame.fin:
+                parts, self._parts = self._parts, []
+                self.on_message(parts)
+        elif op is Opcode.TEXT:
+            self.close(1003, "binary frames only")
 
     def _keepalive(self) -> None:
         assert self.ping_interval is not None
@@ -240,6 +332,54 @@ class WireConnection:
                     self.protocol.send_ping(b"")
                     with contextlib.suppress(ConnectionClosedError):
                         self._flush_locked()
+
+
+class _Watchdog:
+    """One thread that hands the reading on for connections whose leader runs long work.
+
+    It ticks every :data:`ASIDE_GRACE` seconds while some connection runs work aside,
+    and for a while after (so back-to-back calls need not wake it); otherwise it sleeps.
+    """
+
+    IDLE_TICKS = 500  # ~1 s of ticking with nothing to watch before it sleeps
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._watched: set[WireConnection] = set()
+        self._ticking = False
+        self._thread: threading.Thread | None = None
+
+    def watch(self, conn: WireConnection) -> None:
+        with self._cv:
+            self._watched.add(conn)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="kt-wire-watchdog",
+                                                daemon=True)
+                self._thread.start()
+            elif not self._ticking:
+                self._cv.notify()
+
+    def _run(self) -> None:
+        idle = 0
+        while True:
+            with self._cv:
+                if not self._watched and idle >= self.IDLE_TICKS:
+                    self._ticking = False
+                    self._cv.wait()
+                    idle = 0
+                self._ticking = True
+                self._cv.wait(ASIDE_GRACE)
+                watched = list(self._watched)
+            now = time.monotonic()
+            done = [conn for conn in watched if not conn._hand_off_if_slow(now)]
+            with self._cv:
+                for conn in done:  # unless new work started on it meanwhile
+                    if conn._aside is None:
+                        self._watched.discard(conn)
+                idle = 0 if self._watched else idle + 1
+
+
+_watchdog = _Watchdog()
 
 
 # --------------------------------------------------------------- handshakes
