@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from _table import Table
 
 MiB = 1024 * 1024
 
@@ -93,28 +94,6 @@ def _timed(fn: Callable[[], Any], n: int) -> list[float]:
         fn()
         out.append(time.perf_counter() - t0)
     return out
-
-
-class Table:
-    """Rows of (what, ours, baseline, ratio, target)."""
-
-    def __init__(self) -> None:
-        self.rows: list[tuple[str, str, str, str, str]] = []
-
-    def add(self, what: str, ours: str, baseline: str = "", ratio: str = "",
-            target: str = "") -> None:
-        self.rows.append((what, ours, baseline, ratio, target))
-        print(f"  {what}: {ours}  {baseline}  {ratio}", flush=True)
-
-    def show(self) -> None:
-        head = ("measure", "kubetorch-jupyter", "baseline (same run)", "ratio", "target")
-        widths = [max(len(r[i]) for r in [head, *self.rows]) for i in range(5)]
-        line = "  ".join(f"{{:<{w}}}" for w in widths)
-        print()
-        print(line.format(*head))
-        print(line.format(*("-" * w for w in widths)))
-        for row in self.rows:
-            print(line.format(*row))
 
 
 # ------------------------------------------------------------------- benches

@@ -34,30 +34,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from _table import Table
+
 MiB = 1024 * 1024
 TARGET = "def value():\n    return {n}\n{pad}"
-
-
-class Table:
-    """Rows of (what, ours, baseline, ratio, target)."""
-
-    def __init__(self) -> None:
-        self.rows: list[tuple[str, str, str, str, str]] = []
-
-    def add(self, what: str, ours: str, baseline: str = "", ratio: str = "",
-            target: str = "") -> None:
-        self.rows.append((what, ours, baseline, ratio, target))
-        print(f"  {what}: {ours}  {baseline}  {ratio}", flush=True)
-
-    def show(self) -> None:
-        head = ("measure", "kubetorch-jupyter", "baseline (same run)", "ratio", "target")
-        widths = [max(len(r[i]) for r in [head, *self.rows]) for i in range(5)]
-        line = "  ".join(f"{{:<{w}}}" for w in widths)
-        print()
-        print(line.format(*head))
-        print(line.format(*("-" * w for w in widths)))
-        for row in self.rows:
-            print(line.format(*row))
 
 
 def make_tree(root: Path, files: int, total: int) -> None:

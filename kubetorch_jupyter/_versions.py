@@ -11,13 +11,13 @@ check runs once per pod process (its ``boot_id``).
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import threading
 import warnings
 from dataclasses import dataclass
-from importlib import metadata
 from typing import Any
+
+from pod_runtime import protocol
 
 from .exceptions import VersionMismatchError, VersionMismatchWarning
 
@@ -44,11 +44,7 @@ class Mismatch:
 
 def local_versions() -> dict[str, str]:
     """The versions here, in the pod's format (python + installed packages)."""
-    out = {"python": ".".join(map(str, sys.version_info[:3]))}
-    for name in PACKAGES:
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            out[name] = metadata.version(name)
-    return out
+    return protocol.package_versions()
 
 
 def _parts(version: str, n: int) -> tuple[str, ...]:

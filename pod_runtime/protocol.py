@@ -38,6 +38,7 @@ The pod proves it holds the token too: WELCOME carries ``HMAC(token, client nonc
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
 import hmac
@@ -45,6 +46,7 @@ import io
 import json
 import pickle
 import struct
+import sys
 import types
 from collections import ChainMap
 from collections.abc import Callable, Sequence
@@ -315,6 +317,24 @@ def dump_json(obj: Any) -> bytes:
 def load_json(body: bytes | memoryview) -> Any:
     """Decode a control message body."""
     return json.loads(bytes(body))
+
+
+#: Packages whose versions both sides report: a mismatch can break unpickling.
+VERSIONED_PACKAGES = ("cloudpickle", "numpy", "torch", "pandas", "websockets")
+
+
+def package_versions() -> dict[str, str]:
+    """This interpreter's Python and :data:`VERSIONED_PACKAGES` versions (no imports).
+
+    The pod sends them in WELCOME; the client compares them with its own.
+    """
+    from importlib import metadata
+
+    out = {"python": ".".join(map(str, sys.version_info[:3]))}
+    for name in VERSIONED_PACKAGES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[name] = metadata.version(name)
+    return out
 
 
 def token_proof(token: str, nonce: str) -> str:

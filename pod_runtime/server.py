@@ -19,10 +19,8 @@ import logging
 import os
 import secrets
 import socket
-import sys
 import threading
 import time
-from importlib import metadata
 from typing import Any
 
 from . import protocol, shm, wire
@@ -32,18 +30,6 @@ from .protocol import FrameType
 __all__ = ["PodServer"]
 
 log = logging.getLogger("kubetorch.pod")
-
-_VERSIONED = ("cloudpickle", "numpy", "torch", "pandas", "websockets")
-
-
-def package_versions() -> dict[str, str]:
-    """Versions of the packages whose mismatch would break unpickling (no imports)."""
-    out = {"python": ".".join(map(str, sys.version_info[:3]))}
-    for name in _VERSIONED:
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            out[name] = metadata.version(name)
-    return out
-
 
 class _Conn:
     """One authenticated client connection."""
@@ -102,7 +88,7 @@ class PodServer:
         self._conns: set[_Conn] = set()
         self._dirty: set[CallRecord] = set()
         self._dirty_cv = threading.Condition()
-        self._versions = package_versions()
+        self._versions = protocol.package_versions()
 
     # ------------------------------------------------------------ lifecycle
     def start_in_thread(self) -> int:
