@@ -15,6 +15,7 @@ flight fail with :class:`PodDiedError`.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import secrets
 import threading
@@ -92,6 +93,9 @@ class PodConnection:
         self.known: set[str] = set()  # function/class ids the pod has cached
         self.dead: BridgeError | None = None
         self._calls: dict[int, CallHandle] = {}
+        # Call ids: a random prefix per connection (pods are shared by clients) and a
+        # counter; os.urandom per call was a syscall on the hot path.
+        self._ids = itertools.count((secrets.randbits(31) << 32) + 1)
         self._lock = threading.RLock()
         self._wire: wire.WireConnection | None = None
         self._writer = shm.ShmWriter()
@@ -124,7 +128,7 @@ class PodConnection:
         """Start a call (thread-safe, returns once it is sent); the body is a pickled request."""
         if self.dead is not None:
             raise self.dead
-        call_id = secrets.randbits(63)
+        call_id = next(self._ids)
         handle = CallHandle(self, call_id, (body, buffers, flags), label=label, sink=sink)
         with self._lock:
             self._calls[call_id] = handle

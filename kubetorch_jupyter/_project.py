@@ -13,6 +13,7 @@ import hashlib
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -47,11 +48,23 @@ def has_marker(root: Path) -> bool:
     return any(os.path.exists(root / m) for m in ROOT_MARKERS)
 
 
+#: Seconds a found root is trusted before the directories are looked at again. This
+#: runs before every remote call; a stat per directory per call (each one lets other
+#: threads take the GIL) cost more than the call itself on a busy machine.
+RECHECK = 1.0
+_checked: dict[str, float] = {}
+
+
 def _find(start: str | Path | None) -> tuple[Path, bool]:
     key = os.fspath(start) if start is not None else os.getcwd()
     cached = _roots.get(key)
-    if cached is not None and _still(cached[1]):
-        return cached[0]
+    if cached is not None:
+        now = time.monotonic()
+        if start is None and now - _checked.get(key, 0.0) < RECHECK:
+            return cached[0]  # the per-call lookup of the working directory's project
+        if _still(cached[1]):
+            _checked[key] = now
+            return cached[0]
     here = Path(os.path.realpath(key))
     found, seen = (here, False), []
     for directory in (here, *here.parents):
@@ -60,6 +73,7 @@ def _find(start: str | Path | None) -> tuple[Path, bool]:
             found = (directory, True)
             break
     _roots[key] = (found, [(str(d), _mtime(d)) for d in seen])
+    _checked[key] = time.monotonic()
     return found
 
 
