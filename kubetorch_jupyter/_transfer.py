@@ -21,6 +21,7 @@ from pod_runtime import protocol
 
 from ._display import event_sink
 from ._manifest import Scan
+from ._progress import progress_bar
 
 __all__ = ["PACK_SIZE", "PACK_WINDOW", "PROGRESS_MIN_BYTES", "Changed", "Job", "PodState",
            "call", "pack", "state_of", "states", "upload"]
@@ -122,13 +123,11 @@ def pack(root: Path, items: list[tuple[str, str, int]]) -> tuple[list[list[Any]]
 
 def upload(conn: PodConnection, job: Job, missing: list[str]) -> tuple[int, int]:
     """Send the blobs the pod lacks in packs, a few in flight; returns (count, bytes)."""
-    from tqdm.auto import tqdm
-
     size = {s: job.size(s) for s in missing}
     total = sum(size.values())
-    bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, leave=False,
-               desc=f"syncing {job.root.name} to {conn.name}",
-               disable=not job.show or total < PROGRESS_MIN_BYTES)
+    bar = progress_bar(enabled=job.show and total >= PROGRESS_MIN_BYTES, total=total,
+                       unit="B", unit_scale=True, unit_divisor=1024, leave=False,
+                       desc=f"syncing {job.root.name} to {conn.name}")
     groups: list[list[str]] = [[]]
     filled = 0
     for sha in missing:

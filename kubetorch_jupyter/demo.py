@@ -56,7 +56,7 @@ def main() -> int:
         back = kt.fn(np.negative).to(compute)(arr)
         dt = time.perf_counter() - t0
         assert np.array_equal(back, -arr)
-        print(f"64 MiB array there and back in {dt * 1e3:.0f} ms")
+        print(f"64 MiB array negated on the pod and returned in {dt * 1e3:.0f} ms")
 
         def fails() -> None:
             raise ValueError("remote errors keep their type")

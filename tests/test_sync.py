@@ -304,6 +304,7 @@ def test_first_sync_of_a_larger_tree_arrives_bit_exact(
         project: Path, compute: kt.Compute, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(_transfer, "PROGRESS_MIN_BYTES", 1)
+    monkeypatch.setattr("kubetorch_jupyter._progress._terminal", lambda: True)  # as in a shell
     rng = secrets.SystemRandom()
     for i in range(30):  # 12 MiB: more than one 8 MiB pack, through shared memory
         write(project, f"assets/{i % 3}/blob{i}.bin", rng.randbytes(400 * 1024 + i))

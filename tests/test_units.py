@@ -82,3 +82,15 @@ def test_remote_errors_become_the_original_type_when_possible() -> None:
 
     plain = as_remote(None, "mod.Unknown", "msg", "tb", "p")
     assert type(plain) is RemoteError and plain.remote_type == "mod.Unknown"
+
+
+def test_progress_bars_only_where_someone_can_see_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kubetorch_jupyter import _progress
+
+    monkeypatch.setattr(_progress, "_terminal", lambda: False)  # a pipe, a CI log
+    assert _progress.progress_bar(enabled=True, total=1).disable
+    monkeypatch.setattr(_progress, "_terminal", lambda: True)
+    bar = _progress.progress_bar(enabled=True, total=1)
+    assert not bar.disable
+    bar.close()
+    assert _progress.progress_bar(enabled=False, total=1).disable

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import psutil
 
+from .._progress import progress_bar
+
 __all__ = ["make_private_dir", "read_line", "source_root", "tail", "wait_gone"]
 
 
@@ -61,12 +63,10 @@ def read_line(fd: int, *, timeout: float, progress: bool = False, desc: str = ""
     Raises:
         TimeoutError: When neither came within ``timeout`` seconds.
     """
-    from tqdm.auto import tqdm
-
     deadline = time.monotonic() + timeout
     data = b""
-    bar = tqdm(total=None, desc=desc, bar_format="{desc} {elapsed}", disable=not progress,
-               leave=False)
+    bar = progress_bar(enabled=progress, total=None, desc=desc, bar_format="{desc} {elapsed}",
+                       leave=False)
     try:
         while b"\n" not in data:
             left = deadline - time.monotonic()

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TextIO
 
 from .. import config
+from .._progress import progress_bar
 from ..exceptions import ImageBuildError
 from ..image import Image
 from ._process import make_private_dir
@@ -152,8 +153,6 @@ def _status_of(line: str) -> str | None:
 
 def _run_steps(steps: list[tuple[str, tuple[str, ...]]], env_path: Path, log: TextIO, *,
                name: str, progress: bool) -> None:
-    from tqdm.auto import tqdm
-
     env = dict(os.environ)
     env.pop("PYTHONHOME", None)
     env.update(
@@ -164,8 +163,8 @@ def _run_steps(steps: list[tuple[str, tuple[str, ...]]], env_path: Path, log: Te
         PYTHONUNBUFFERED="1",
     )
     python = str(env_path / "bin" / "python")
-    bar = tqdm(total=len(steps), desc=f"building image {name}", unit="step",
-               disable=not progress, leave=False)
+    bar = progress_bar(enabled=progress, total=len(steps), desc=f"building image {name}",
+                       unit="step", leave=False)
     try:
         for number, (kind, payload) in enumerate(steps, 1):
             step = _describe(kind, payload)
