@@ -1,10 +1,10 @@
 """A call in flight: its events as they arrive, then its result.
 
-The bridge loop delivers items into a thread-safe queue; whoever waits for the call
-(the cell's own thread, or a coroutine on the caller's loop) drains it, writes stream
-output where that caller writes, and decodes the result there. So output lands in the
-cell that made the call, and unpickling (which may import modules) never blocks the
-bridge loop.
+The connection's reader thread delivers items into a thread-safe queue; whoever waits
+for the call (the cell's own thread, or a coroutine on the caller's loop) drains it,
+writes stream output where that caller writes, and decodes the result there. So output
+lands in the cell that made the call, and unpickling (which may import modules) never
+blocks the reader.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ __all__ = ["CallHandle", "EventSink", "print_event"]
 EventSink = Callable[[dict[str, Any]], None]
 #: After a local interrupt, how long to wait for the pod to report the interrupted call.
 CANCEL_GRACE = 10.0
+#: Guards the (rarely used) waker lists of every handle.
+_WAKERS_LOCK = threading.Lock()
 
 
 def print_event(event: dict[str, Any]) -> None:
@@ -70,9 +72,9 @@ class CallHandle:
         self.last_seq = 0
         self.cancelled = False
         self._items: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-        self._wakers: list[Callable[[], None]] = []
-        self._wakers_lock = threading.Lock()
-        self._finished = threading.Event()
+        # Light on purpose: one handle per call, on the path of every small call.
+        self._wakers: list[Callable[[], None]] = []  # guarded by _WAKERS_LOCK
+        self._finished = False
         self._outcome: tuple[bool, Any] | None = None
         #: Called on the bridge's reader thread when the pod's answer arrives.
         self.on_answer: list[Callable[[], None]] = []
@@ -81,18 +83,20 @@ class CallHandle:
         state = "done" if self.done() else "running"
         return f"<CallHandle {self.label} on {self.conn.name!r} {state}>"
 
-    # ------------------------------------------------------ from the bridge loop
+    # --------------------------------------------------- from the reader thread
     def _deliver(self, kind: str, payload: Any) -> None:
         if kind == "events":
             self.last_seq = max(self.last_seq, payload[-1]["seq"])
         elif kind in ("result", "error"):
             self.request = None
-            self._finished.set()
+            self._finished = True
             if kind == "result":
                 for callback in self.on_answer:
                     callback()
         self._items.put((kind, payload))
-        with self._wakers_lock:
+        if not self._wakers:
+            return
+        with _WAKERS_LOCK:
             wakers = list(self._wakers)
         for wake in wakers:
             wake()
@@ -100,7 +104,7 @@ class CallHandle:
     # -------------------------------------------------------------- consumer
     def done(self) -> bool:
         """Whether the pod has answered (the result may not be decoded yet)."""
-        return self._finished.is_set()
+        return self._finished
 
     def result(self, timeout: float | None = None) -> Any:
         """Wait for the call, streaming its events to the sink; return or raise its result.
@@ -166,7 +170,7 @@ class CallHandle:
         def wake() -> None:
             loop.call_soon_threadsafe(ready.set)
 
-        with self._wakers_lock:
+        with _WAKERS_LOCK:
             self._wakers.append(wake)
         try:
             while self._outcome is None:
@@ -182,7 +186,7 @@ class CallHandle:
             self.cancel()
             raise
         finally:
-            with self._wakers_lock, contextlib.suppress(ValueError):
+            with _WAKERS_LOCK, contextlib.suppress(ValueError):
                 self._wakers.remove(wake)
         ok, value = self._outcome
         if ok:
