@@ -141,6 +141,17 @@ class Scanner:
             self._watcher = None
         self._last = None
 
+    def quiet_since(self, scan: Scan) -> bool:
+        """Whether nothing can have changed since ``scan``: watched, no event pending.
+
+        The cheapest check there is (no syscall that gives up the GIL); False whenever
+        it cannot be sure, and then :meth:`scan` finds out.
+        """
+        with self._lock:
+            watcher, last = self._watcher, self._last
+            return (watcher is not None and not watcher.broken and last is not None
+                    and last.files is scan.files and watcher.quiet())
+
     def scan(self) -> Scan:
         """The manifest now: from events if watching, else by walking the tree."""
         with self._lock:

@@ -178,6 +178,10 @@ class Watcher:
             return False
         return count.value == 0
 
+    def quiet(self) -> bool:
+        """Whether no event is waiting (without draining anything)."""
+        return not self.broken and self._nothing_pending()
+
     def poll(self) -> set[str] | None:
         """Drain pending events: the directories they concern; None for "anything"."""
         if self.broken:

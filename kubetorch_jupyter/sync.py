@@ -41,6 +41,7 @@ import secrets
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -156,6 +157,8 @@ class SyncReport:
     pods: list[PodSync]
     hashed: int = 0
     seconds: float = 0.0
+    scan: Scan | None = field(default=None, repr=False, compare=False)
+    max_files: int = field(default=0, repr=False, compare=False)
 
     @property
     def up_to_date(self) -> bool:
@@ -419,8 +422,13 @@ def ensure(compute: Compute) -> SyncReport | None:
     root, marked = find_project()
     if root in _declined:
         return None
+    conns = _connections(compute)
+    memo = _quiet.get(compute)
+    if (memo is not None and memo.root == root and memo.pods == _pod_keys(conns)
+            and _scanner(root, memo.max_files).quiet_since(memo.scan)):
+        return memo.report  # nothing changed here, nor in which pods we talk to
     try:
-        return _sync(compute, root, marked, None)
+        report = _sync(compute, root, marked, None)
     except SyncLimitError as exc:
         if marked:
             raise
@@ -432,10 +440,32 @@ def ensure(compute: Compute) -> SyncReport | None:
             "and run `%kt sync` (kubetorch_jupyter.sync.sync).",
             RuntimeWarning, stacklevel=3)
         return None
+    if report.scan is not None:
+        _quiet[compute] = _Quiet(root, report.max_files, report.scan, _pod_keys(conns), report)
+    return report
 
 
 #: Roots whose implicit sync was declined (no project, over the limits): the reason.
 _declined: dict[Path, str] = {}
+
+
+@dataclass(frozen=True)
+class _Quiet:
+    """What the last implicit sync of a compute saw, to skip the next while nothing moves."""
+
+    root: Path
+    max_files: int
+    scan: Scan
+    pods: tuple[tuple[int, str | None], ...]
+    report: SyncReport
+
+
+_quiet: weakref.WeakKeyDictionary[Compute, _Quiet] = weakref.WeakKeyDictionary()
+
+
+def _pod_keys(conns: list[PodConnection]) -> tuple[tuple[int, str | None], ...]:
+    """Which pod processes we talk to: a new connection or a restarted pod differs."""
+    return tuple((id(c), c.welcome.get("boot_id")) for c in conns)
 
 
 def _sync(compute: Compute, root: Path, marked: bool, progress: bool | None) -> SyncReport:
@@ -465,4 +495,4 @@ def _sync(compute: Compute, root: Path, marked: bool, progress: bool | None) -> 
                 raise SyncError(f"files of {root} kept changing while they were sent; "
                                 "sync again once they settle") from None
     return SyncReport(root, len(scan.files), scan.total, pods, scan.hashed,
-                      time.perf_counter() - t0)
+                      time.perf_counter() - t0, scan=scan, max_files=max_files)
