@@ -36,6 +36,13 @@ __all__ = [
 class KtError(Exception):
     """Base class of every exception kubetorch-jupyter raises on purpose."""
 
+    def _render_traceback_(self) -> list[str]:
+        """IPython hook: our errors say what happened and what to do; no stack of our frames.
+
+        (Scripts still get the full traceback.)
+        """
+        return [f"{type(self).__name__}: {self}"]
+
 
 class BridgeError(KtError):
     """Talking to a pod went wrong. ``pod`` names it where known."""

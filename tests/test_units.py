@@ -94,3 +94,12 @@ def test_progress_bars_only_where_someone_can_see_them(monkeypatch: pytest.Monke
     assert not bar.disable
     bar.close()
     assert _progress.progress_bar(enabled=False, total=1).disable
+
+
+def test_notebooks_show_our_errors_without_our_stack() -> None:
+    err = kt.ResourceUnavailableError("asked for 1 GPU; this machine has 0 GPUs",
+                                      requested=1, available=0)
+    assert err._render_traceback_() == [
+        "ResourceUnavailableError: asked for 1 GPU; this machine has 0 GPUs"]
+    remote = as_remote(None, "ValueError", "bad", "Traceback...\nValueError: bad", "p")
+    assert "Traceback..." in remote._render_traceback_()[1]  # remote ones keep theirs
