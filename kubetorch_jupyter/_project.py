@@ -18,6 +18,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from ._watch import getcwd
+
 __all__ = [
     "ROOT_MARKERS",
     "find_project",
@@ -56,7 +58,7 @@ _checked: dict[str, float] = {}
 
 
 def _find(start: str | Path | None) -> tuple[Path, bool]:
-    key = os.fspath(start) if start is not None else os.getcwd()
+    key = os.fspath(start) if start is not None else getcwd()
     cached = _roots.get(key)
     if cached is not None:
         now = time.monotonic()
@@ -138,7 +140,7 @@ def import_paths(root: str) -> tuple[tuple[str, ...], str]:
     each loaded project module was imported from (an editable install's ``src/``).
     Cached until ``sys.path``, the cwd or the number of loaded modules changes.
     """
-    cwd = os.getcwd()
+    cwd = getcwd()
     key = (len(sys.modules), tuple(sys.path), cwd)
     cached = _paths_cache.get(root)
     cwd_rel = relative(root, real(cwd)) or "."

@@ -97,10 +97,26 @@ def _load_pylibc() -> ctypes.PyDLL | None:
                 lib = ctypes.PyDLL(ctypes.util.find_library("c") or "libc.so.6")
                 lib.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
                 lib.ioctl.restype = ctypes.c_int
+                lib.getcwd.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+                lib.getcwd.restype = ctypes.c_void_p
                 _pylibc = lib
             except (OSError, AttributeError):
                 return None
     return _pylibc
+
+
+_cwd_buffer = ctypes.create_string_buffer(4096)
+
+
+def getcwd() -> str:
+    """``os.getcwd()`` without giving up the GIL (it runs before every remote call)."""
+    pylibc = _load_pylibc()
+    if pylibc is None:
+        return os.getcwd()
+    with _libc_lock:
+        if not pylibc.getcwd(_cwd_buffer, len(_cwd_buffer)):
+            return os.getcwd()  # a path longer than the buffer, or a deleted cwd
+        return os.fsdecode(_cwd_buffer.value)
 
 
 def trusted_filesystem(path: str) -> bool:

@@ -34,19 +34,23 @@ _NOT_CACHED = "kt-not-cached:"
 
 
 def _invoke(compute: Compute, msg: dict[str, Any], label: str, blob_key: str,
-            blob: tuple[str, bytes] | None) -> CallHandle:
+            blob: tuple[str, bytes] | None, *, shipping: bool = False) -> CallHandle:
     """Send a call; includes the function/class blob when the pod may not have it.
 
     The caller syncs the project first (:func:`.sync.ensure`), before pickling, so that
     the project's modules go by reference and the pod runs the code as it is now.
+    ``shipping``: the caller already pickles inside ``sync.shipping_to(compute)``.
     """
     conn = compute.connection()
     _versions.check(conn)  # once per pod process: can the two sides exchange pickles?
     if blob is not None:
         digest, data = blob
         msg[blob_key] = None if digest in conn.known else data
-    with _sync.shipping_to(compute):
+    if shipping:
         body, buffers = dump_call(msg, label)
+    else:
+        with _sync.shipping_to(compute):
+            body, buffers = dump_call(msg, label)
     handle = conn.call(body, buffers, label=label, sink=event_sink)
     if blob is not None and msg[blob_key] is not None:
         digest = blob[0]
@@ -131,10 +135,11 @@ class RemoteFn(Generic[T]):
         _sync.ensure(self.compute)  # before pickling; cheap when nothing changed
         with _sync.shipping_to(self.compute):  # synced modules by reference
             digest, data = self._blob()
-        if force_blob:
-            self.compute.connection().known.discard(digest)
-        msg = {"kind": "fn", "fn_id": digest, "args": args, "kwargs": kwargs}
-        return _invoke(self.compute, msg, f"{self.__qualname__}()", "fn_blob", (digest, data))
+            if force_blob:
+                self.compute.connection().known.discard(digest)
+            msg = {"kind": "fn", "fn_id": digest, "args": args, "kwargs": kwargs}
+            return _invoke(self.compute, msg, f"{self.__qualname__}()", "fn_blob",
+                           (digest, data), shipping=True)
 
     def __call__(self, *args: Any, **kwargs: Any) -> T:
         """Run on the pod and return the result; output streams back while it runs."""
