@@ -20,7 +20,9 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import os
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -31,7 +33,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import InvalidStatus, ProtocolError
 from websockets.frames import Opcode
 from websockets.http11 import Request, Response
-from websockets.protocol import Protocol, State
+from websockets.protocol import Protocol, Side, State
 from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
@@ -50,6 +52,40 @@ _CHUNK = 1 << 20
 FOLLOWER_IDLE = 60.0
 #: Seconds work run by the reading thread may take before another thread reads on.
 ASIDE_GRACE = 0.002
+
+
+try:
+    from websockets.speedups import apply_mask as _apply_mask
+except ImportError:  # no C extension on this platform
+    from websockets.utils import apply_mask as _apply_mask
+
+_HEAD_SHORT = struct.Struct("!BB")
+_HEAD_MEDIUM = struct.Struct("!BBH")
+_HEAD_LONG = struct.Struct("!BBQ")
+
+
+class _Masks:
+    """Masking keys from the OS's strong source of entropy, fetched 1,024 at a time.
+
+    RFC 6455 wants each client frame masked with an unpredictable key; one os.urandom
+    call per frame was a syscall (and a GIL release) on the path of every call.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pool = b""
+        self._next = 0
+
+    def take(self) -> bytes:
+        with self._lock:
+            if self._next >= len(self._pool):
+                self._pool, self._next = os.urandom(4096), 0
+            key = self._pool[self._next:self._next + 4]
+            self._next += 4
+            return key
+
+
+_masks = _Masks()
 
 
 class ConnectionClosedError(ConnectionError):
@@ -113,6 +149,7 @@ class WireConnection:
         self._wanted = False  # a hand-off is waiting for a follower
         self._aside: tuple[int, float] | None = None  # (leader, since) running work
         self._ended = threading.Event()
+        self._masked = protocol.side is Side.CLIENT  # RFC 6455: clients mask their frames
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def start(self) -> None:
@@ -203,19 +240,50 @@ class WireConnection:
     def send(self, fragments: Fragments) -> None:
         """Send one message made of ``fragments`` (thread-safe).
 
+        Data frames are framed here rather than through the Sans-I/O protocol object:
+        its per-frame dataclass, checks and BytesIO were a visible share of a small
+        call, and a large fragment goes out without being copied into one buffer. Only
+        complete messages are sent this way, so the protocol's own state (it tracks
+        continuation only for messages it sends itself) is never out of step; control
+        frames (ping, pong, close) still go through it, under the same lock.
+
         Raises:
             ConnectionClosedError: When the connection is closed.
         """
+        masked = self._masked
+        chunks: list[bytes | bytearray | memoryview] = []
+        last = len(fragments) - 1
+        for i, part in enumerate(fragments):
+            view = part if isinstance(part, bytes) else memoryview(part).cast("B")
+            length = len(view)
+            head1 = (0x80 if i == last else 0) | (0x2 if i == 0 else 0x0)
+            head2 = 0x80 if masked else 0
+            if length < 126:
+                header = _HEAD_SHORT.pack(head1, head2 | length)
+            elif length < 65536:
+                header = _HEAD_MEDIUM.pack(head1, head2 | 126, length)
+            else:
+                header = _HEAD_LONG.pack(head1, head2 | 127, length)
+            if masked:
+                key = _masks.take()
+                chunks.append(header + key)
+                chunks.append(_apply_mask(view, key))
+            else:
+                chunks.append(header)
+                chunks.append(view)
         with self.lock:
             if self.closed or self.protocol.state is not State.OPEN:
                 raise ConnectionClosedError(f"connection {self.name} is closed")
-            last = len(fragments) - 1
-            for i, part in enumerate(fragments):
-                if i == 0:
-                    self.protocol.send_binary(part, fin=last == 0)
+            self._flush_locked()  # anything the protocol queued (a pong) goes first
+            try:
+                if sum(len(c) for c in chunks) <= 65536:
+                    self.sock.sendall(b"".join(chunks))  # one segment for a small message
                 else:
-                    self.protocol.send_continuation(part, fin=i == last)
-            self._flush_locked()
+                    for chunk in chunks:
+                        self.sock.sendall(chunk)
+            except OSError as exc:
+                self.closed = True
+                raise ConnectionClosedError(f"connection {self.name} broke: {exc}") from exc
 
     def _flush_locked(self) -> None:
         data = self.protocol.data_to_send()
