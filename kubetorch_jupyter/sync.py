@@ -64,6 +64,7 @@ from ._project import (
     real,
     relative,
 )
+from ._watch import getcwd
 from .exceptions import ReloadError, SyncError, SyncLimitError
 
 if TYPE_CHECKING:
@@ -419,14 +420,14 @@ def ensure(compute: Compute) -> SyncReport | None:
     """
     if not config.get("sync"):
         return None
+    memo = _quiet.get(compute)
+    conns = _connections(compute)
+    if (memo is not None and memo.cwd == getcwd() and memo.pods == _pod_keys(conns)
+            and memo.scanner.quiet_since(memo.scan)):
+        return memo.report  # nothing changed here, nor in which pods we talk to
     root, marked = find_project()
     if root in _declined:
         return None
-    conns = _connections(compute)
-    memo = _quiet.get(compute)
-    if (memo is not None and memo.root == root and memo.pods == _pod_keys(conns)
-            and _scanner(root, memo.max_files).quiet_since(memo.scan)):
-        return memo.report  # nothing changed here, nor in which pods we talk to
     try:
         report = _sync(compute, root, marked, None)
     except SyncLimitError as exc:
@@ -441,7 +442,8 @@ def ensure(compute: Compute) -> SyncReport | None:
             RuntimeWarning, stacklevel=3)
         return None
     if report.scan is not None:
-        _quiet[compute] = _Quiet(root, report.max_files, report.scan, _pod_keys(conns), report)
+        _quiet[compute] = _Quiet(getcwd(), _scanner(root, report.max_files), report.scan,
+                                 _pod_keys(conns), report)
     return report
 
 
@@ -453,8 +455,8 @@ _declined: dict[Path, str] = {}
 class _Quiet:
     """What the last implicit sync of a compute saw, to skip the next while nothing moves."""
 
-    root: Path
-    max_files: int
+    cwd: str  # the project root is found from the working directory
+    scanner: Scanner
     scan: Scan
     pods: tuple[tuple[int, str | None], ...]
     report: SyncReport
