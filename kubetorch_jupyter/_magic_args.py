@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import keyword
 import re
+import shlex
 from collections.abc import Callable
 from typing import Any
 
@@ -76,9 +77,19 @@ def line_parser() -> MagicArgumentParser:
     return parser
 
 
+def strip_comment(line: str) -> str:
+    """A magic's argument line without a trailing ``# comment`` (quotes respected)."""
+    if "#" not in line:
+        return line
+    try:
+        return shlex.join(shlex.split(line, comments=True))
+    except ValueError:  # unbalanced quotes: let the parser report them
+        return line
+
+
 def variable_names(text: str | None, flag: str) -> list[str]:
     """Variable names from ``a,b`` (or ``a b``); argparse-style error for a bad one."""
-    names = [n for n in re.split(r"[,\s]+", text or "") if n]
+    names = [n for n in re.split(r"[,\s]+", (text or "").strip("'\"")) if n]
     for name in names:
         if not name.isidentifier() or keyword.iskeyword(name):
             raise UsageError(f"{flag}: {name!r} is not a variable name")

@@ -25,7 +25,14 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 from . import _cells
-from ._magic_args import RESOURCE_ARGS, TARGET_ARGS, group, line_parser, variable_names
+from ._magic_args import (
+    RESOURCE_ARGS,
+    TARGET_ARGS,
+    group,
+    line_parser,
+    strip_comment,
+    variable_names,
+)
 from ._resources import format_bytes, parse_duration
 from .backends import get_backend
 from .compute import Compute
@@ -115,7 +122,7 @@ class KtMagics(Magics):
             train(epochs=100)             # returns at once: %kt attach RUN_ID follows it
         """
         try:
-            args = parse_argstring(self.kt_cell, line)
+            args = parse_argstring(self.kt_cell, strip_comment(line))
         except UsageError as exc:
             usage: str = self.kt_cell.parser.format_usage().replace("::\n\n  ", "usage: ").strip()
             raise UsageError(f"%%kt: {exc}\n{usage}") from None
@@ -129,6 +136,7 @@ class KtMagics(Magics):
                                  "apply; use %kt pull after %kt attach RUN_ID")
         except (ConfigError, UsageError) as exc:
             raise UsageError(f"%%kt: {exc}") from None
+        compute.up()  # a compute that cannot start (no such GPUs) fails before it is used
         self._use(compute)
         first_line = 1 if args.autokt_cell else 2  # line 1 of a %%kt cell is the magic
         filename = _cells.cell_filename(cell, self.ip.execution_count, first_line)
@@ -344,15 +352,19 @@ class KtMagics(Magics):
             print("%autokt is off: cells run here.")
             return
         try:
-            self.auto = self._compute(args)
+            auto = self._compute(args)
         except ConfigError as exc:
             raise UsageError(f"%autokt: {exc}") from None
-        self._use(self.auto)
+        auto.up()  # fails (clearly) before cells start going there
+        self.auto = auto
+        self._use(auto)
         print(f"%autokt is on: cells run on {self.auto.name!r} until %autokt off.")
 
     def transform(self, lines: list[str]) -> list[str]:
         """Input transformer: under %autokt, make every cell a ``%%kt`` cell."""
-        if self.auto is None or not lines or _OWN_MAGIC.match(lines[0]):
+        first = next((ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")),
+                     "")
+        if self.auto is None or not lines or _OWN_MAGIC.match(first):
             return lines
         return ["%%kt --autokt-cell\n", *lines]
 

@@ -181,8 +181,25 @@ def test_current_compute_use_and_autokt(shell: InteractiveShell, name: str) -> N
     assert isinstance(res.error_in_exec, NameError)
     assert "line 2, in <module>" in io.stdout  # no %%kt line: the cell's own numbering
     with capture_output():
-        ok(shell, "%autokt off")
+        ok(shell, "# back to running here\n%autokt off")  # a comment may come first
     assert ok(shell, "import os\nos.getpid()") == os.getpid()
+
+
+def test_a_restart_that_cannot_happen_keeps_the_warm_pod(shell: InteractiveShell,
+                                                        name: str) -> None:
+    """No GPUs here: asking for one fails clearly, and the pod and its state survive."""
+    pod = f"{name}-g"
+    ok(shell, f"%%kt --name {pod}   # a comment after the flags\nmodel = 'loaded'")
+    pid = magics(shell).computes[pod].pod.pid
+    res = shell.run_cell(f"%%kt --name {pod} --gpus 1\nmodel")
+    assert isinstance(res.error_in_exec, kt.ResourceUnavailableError)
+    assert "this machine has 0 GPUs" in str(res.error_in_exec)
+    assert magics(shell).computes[pod].gpus == 0  # the failed ask was not kept
+    assert ok(shell, f"%%kt --name {pod}\nmodel").data["text/plain"] == "'loaded'"
+    assert magics(shell).computes[pod].pod.pid == pid
+    shell.user_ns["threshold"] = 3
+    assert ok(shell, f"%%kt --name {pod} --push 'threshold'\nthreshold").data[
+        "text/plain"] == "3"
 
 
 def test_status_list_logs_and_teardown(shell: InteractiveShell, name: str) -> None:

@@ -209,21 +209,26 @@ def _describe_holders(table: dict[str, _Holder]) -> str:
 
 
 def allocate(state_dir: str | Path, pod: str, count: int, *,
-             discover: Discover = discover_gpus, pid: int | None = None) -> list[int]:
+             discover: Discover = discover_gpus, pid: int | None = None,
+             dry_run: bool = False) -> list[int]:
     """Reserve ``count`` free GPUs for ``pod`` and return their indices.
 
     Whatever ``pod`` held before is released first. Until :func:`assign` records the
-    pod's own pid, the reservation belongs to ``pid`` (default: this process).
+    pod's own pid, the reservation belongs to ``pid`` (default: this process). With
+    ``dry_run`` nothing is recorded: it only says whether (and which) GPUs would be
+    given, so a pod is not stopped for a restart that cannot happen.
 
     Raises:
         ResourceUnavailableError: When fewer than ``count`` GPUs are free; the message
             says how many the machine has and which pods hold the busy ones.
     """
     if count <= 0:
-        release(state_dir, pod)
+        if not dry_run:
+            release(state_dir, pod)
         return []
     gpus, note = _usable(discover())
-    with _table(Path(state_dir)) as table:
+    with _table(Path(state_dir)) as live:
+        table = dict(live) if dry_run else live
         for index in [k for k, v in table.items() if v.get("pod") == pod]:
             del table[index]
         free = [g.index for g in gpus if str(g.index) not in table]

@@ -191,15 +191,19 @@ class LocalBackend(Backend):
         show = bool(progress and config.get("progress"))
         with self._locked(name):
             old = self._read(name)
+            if old is not None and self._alive(old) and old.spec_hash == spec_hash:
+                return old
+            # Everything that can fail before the warm pod is stopped: a restart that
+            # cannot happen (no such GPUs, a broken image) must leave it running.
+            _gpus.allocate(self.state_dir, name, int(compute.gpus), discover=self._discover,
+                           dry_run=True)
+            python = venvs.image_python(image, state_dir=self.state_dir, progress=show)
             if old is not None and self._alive(old):
-                if old.spec_hash == spec_hash:
-                    return old
                 logger.warning("restarting compute %r: its spec changed (%s)",
                                name, _spec_diff(old.spec, spec))
                 self._stop(old)
             elif old is not None:
                 self._forget(old)
-            python = venvs.image_python(image, state_dir=self.state_dir, progress=show)
             return self._start(compute, python, spec, spec_hash, progress=show)
 
     def get(self, name: str) -> PodInfo:
