@@ -42,6 +42,17 @@ DEFAULT_PATTERNS = (
     ".tox/",
     ".nox/",
     ".DS_Store",
+    # Credentials, should a project (or a home directory) hold them: a rule in
+    # .ktignore ("!.aws/") sends one on purpose.
+    ".ssh/",
+    ".aws/",
+    ".gnupg/",
+    ".kube/",
+    ".docker/",
+    ".netrc",
+    ".git-credentials",
+    ".pypirc",
+    "/.config/gcloud/",
 )
 
 

@@ -106,12 +106,15 @@ class Scanner:
         max_file_size: Files larger than this are reported in ``too_large``.
         max_files: The walk stops (``truncated``) after this many files.
         watch: Use change notification where it can be trusted.
+        exclude: Project-relative directories that never travel, whatever the rules.
     """
 
     def __init__(self, root: Path, *, max_file_size: int, max_files: int,
-                 watch: bool = True) -> None:
+                 watch: bool = True, exclude: frozenset[str] = frozenset()) -> None:
         self.root = Path(root)
         self._root = str(self.root)
+        #: Project-relative directories that never travel (kt's own state, say).
+        self._exclude = exclude
         self.max_file_size = max_file_size
         self.max_files = max_files
         self._hashes: dict[str, tuple[tuple[int, int, int], str, int]] = {}
@@ -175,6 +178,8 @@ class Scanner:
         if is_dir and name in NEVER_DIRS:
             return False
         rel = self._rel(directory)
+        if is_dir and rel is not None and _join(rel, name) in self._exclude:
+            return False
         state = self._dirs.get(rel) if rel is not None else None
         return state is None or not state.decisions.get((name, is_dir), False)
 
@@ -286,6 +291,8 @@ class Scanner:
             if is_dir and name in NEVER_DIRS:
                 continue
             child = _join(rel, name)
+            if is_dir and child in self._exclude:
+                continue
             skip = decisions.get((name, is_dir))
             if skip is None:
                 skip = decisions[(name, is_dir)] = ignored(rules, child, name, is_dir)

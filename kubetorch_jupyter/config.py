@@ -42,6 +42,11 @@ def _float(text: str) -> float:
     return value
 
 
+def _absolute_path(text: str) -> str:
+    """A path made absolute: pods run in other directories and must find the same place."""
+    return str(Path(text).expanduser().resolve())
+
+
 def _default_state_dir() -> str:
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return str(Path(base) / "kubetorch-jupyter")
@@ -71,7 +76,7 @@ SETTINGS: dict[str, Setting] = {
     for s in [
         Setting("backend", "KT_BACKEND", lambda: "local", str,
                 "Where pods run: 'local' (processes on this machine) or 'kubernetes'."),
-        Setting("state_dir", "KT_STATE_DIR", _default_state_dir, str,
+        Setting("state_dir", "KT_STATE_DIR", _default_state_dir, _absolute_path,
                 "Where the local backend records its pods and caches image environments."),
         Setting("username", "KT_USERNAME", _default_username, str,
                 "Prefix of pod names on a shared cluster ({username}-{name})."),

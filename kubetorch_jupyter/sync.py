@@ -348,8 +348,32 @@ def _scanner(root: Path, max_files: int) -> Scanner:
         scanner = _scanners.get(str(root))
         if scanner is None:
             scanner = _scanners[str(root)] = Scanner(
-                root, max_file_size=MAX_FILE_SIZE, max_files=max_files)
+                root, max_file_size=MAX_FILE_SIZE, max_files=max_files,
+                exclude=_own_dirs(root))
         return scanner
+
+
+def _is_home(root: Path) -> bool:
+    try:
+        return os.path.realpath(root) == os.path.realpath(Path.home())
+    except (KeyError, RuntimeError):  # no home directory known
+        return False
+
+
+def _own_dirs(root: Path) -> frozenset[str]:
+    """The directories of kubetorch itself inside ``root`` (state, pod trees): never sent.
+
+    Pod tokens live there, and a pod's synced tree inside the tree it syncs would
+    nest itself one level deeper at every sync.
+    """
+    own = {config.get("state_dir"), os.environ.get("KT_SYNC_DIR")}
+    real_root = os.path.realpath(root)
+    out = set()
+    for path in filter(None, own):
+        rel = relative(real_root, os.path.realpath(os.path.expanduser(path)))
+        if rel not in (None, "."):
+            out.add(rel)
+    return frozenset(out)
 
 
 def _check_limits(root: Path, scan: Scan, max_files: int, max_total: int) -> None:
@@ -427,6 +451,15 @@ def ensure(compute: Compute) -> SyncReport | None:
         return memo.report  # nothing changed here, nor in which pods we talk to
     root, marked = find_project()
     if root in _declined:
+        return None
+    if _is_home(root):
+        _declined[root] = "it is your home directory"
+        warnings.warn(
+            f"not syncing {root} to pods: it is your home directory (credentials, caches "
+            "and every other project live there). Your modules are sent by value instead. "
+            "Work from a project folder (one with pyproject.toml, setup.py or .git) to "
+            "sync it, or run `%kt sync` (kubetorch_jupyter.sync.sync) to sync this one "
+            "on purpose.", RuntimeWarning, stacklevel=3)
         return None
     try:
         report = _sync(compute, root, marked, None)

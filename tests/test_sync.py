@@ -460,3 +460,39 @@ def test_implicit_sync_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> Non
 
     monkeypatch.setenv("KT_SYNC", "0")
     assert kt_sync.ensure(object()) is None  # type: ignore[arg-type]  # never touches it
+
+
+def test_credentials_and_kt_state_never_travel(project: Path, compute: kt.Compute,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A project that holds a state dir or credentials (a home directory, say)."""
+    write(project, ".aws/credentials", "[default]\nkey = secret\n")
+    write(project, ".ssh/id_ed25519", "private\n")
+    write(project, ".netrc", "machine x password y\n")
+    write(project, "kept.py", "X = 1\n")
+    state = project / "kt-state"
+    write(project, "kt-state/pods/other.json", '{"token": "t"}')
+    monkeypatch.setenv("KT_STATE_DIR", str(state))
+    ks._scanners.clear()
+    report = ks.sync(compute)
+    tree = tree_files(Path(report.pods[0].tree))
+    assert "kept.py" in tree
+    assert not [p for p in tree if p.startswith((".aws", ".ssh", ".netrc", "kt-state"))]
+
+
+def test_the_home_directory_is_not_synced_implicitly(tmp_path: Path, compute: kt.Compute,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "home"
+    (home / ".git").mkdir(parents=True)  # a home kept in git (dotfiles) is marked too
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(home)
+    with pytest.warns(RuntimeWarning, match="it is your home directory"):
+        assert ks.ensure(compute) is None
+
+
+def test_a_relative_state_dir_is_made_absolute(monkeypatch: pytest.MonkeyPatch,
+                                               tmp_path: Path) -> None:
+    from kubetorch_jupyter import config
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KT_STATE_DIR", "rel-state")
+    assert config.get("state_dir") == str(tmp_path.resolve() / "rel-state")

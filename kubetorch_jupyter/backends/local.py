@@ -307,6 +307,7 @@ class LocalBackend(Backend):
             env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # NVML's order, which indices follow
         env["KT_POD_TOKEN"] = token
         env["KT_POD_NAME"] = compute.name
+        env["KT_STATE_DIR"] = str(self.state_dir)  # absolute: the pod runs elsewhere
         return env
 
     def _start(self, compute: Compute, python: str, spec: dict[str, Any], spec_hash: str,
