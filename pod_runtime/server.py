@@ -21,6 +21,7 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from . import protocol, shm, wire
@@ -32,14 +33,23 @@ __all__ = ["PodServer"]
 log = logging.getLogger("kubetorch.pod")
 
 class _Conn:
-    """One authenticated client connection."""
+    """One authenticated client connection, with its own output flusher.
 
-    def __init__(self, client_id: str, use_shm: bool) -> None:
+    One flusher per connection: a client that stops reading (a suspended laptop, a
+    stuck port-forward) blocks only its own output, never other clients'.
+    """
+
+    def __init__(self, client_id: str, use_shm: bool,
+                 flush: Callable[[_Conn, CallRecord], None]) -> None:
         self.wire: wire.WireConnection | None = None
         self.client_id = client_id
         self.use_shm = use_shm
         self.shm_writer = shm.ShmWriter()
         self.order = threading.Lock()
+        self._flush = flush
+        self._dirty: set[CallRecord] = set()
+        self._dirty_cv = threading.Condition()
+        self._flusher: threading.Thread | None = None
 
     @property
     def closed(self) -> bool:
@@ -49,6 +59,33 @@ class _Conn:
         assert self.wire is not None
         with contextlib.suppress(wire.ConnectionClosedError):
             self.wire.send(frame)
+
+    def mark(self, record: CallRecord) -> None:
+        """The record has output to send on this connection (coalesced)."""
+        with self._dirty_cv:
+            if record in self._dirty:
+                return
+            self._dirty.add(record)
+            if self._flusher is None:
+                self._flusher = threading.Thread(target=self._flush_loop, daemon=True,
+                                                 name=f"kt-flush-{self.client_id[:8]}")
+                self._flusher.start()
+            else:
+                self._dirty_cv.notify()
+
+    def wake(self) -> None:
+        """Let the flusher notice that the connection closed."""
+
+    def _flush_loop(self) -> None:
+        while True:
+            with self._dirty_cv:
+                while not self._dirty and not self.closed:
+                    self._dirty_cv.wait()
+                if self.closed:
+                    return
+                batch, self._dirty = self._dirty, set()
+            for record in batch:
+                self._flush(self, record)
 
 
 class PodServer:
@@ -86,8 +123,6 @@ class PodServer:
         self.stopped = threading.Event()
         self._listener: socket.socket | None = None
         self._conns: set[_Conn] = set()
-        self._dirty: set[CallRecord] = set()
-        self._dirty_cv = threading.Condition()
         self._versions = protocol.package_versions()
 
     # ------------------------------------------------------------ lifecycle
@@ -100,8 +135,7 @@ class PodServer:
         listener.listen(128)
         self._listener = listener
         self.port = listener.getsockname()[1]
-        for target, name in ((self._accept_loop, "kt-accept"), (self._flush_loop, "kt-flush"),
-                             (self._janitor, "kt-janitor")):
+        for target, name in ((self._accept_loop, "kt-accept"), (self._janitor, "kt-janitor")):
             threading.Thread(target=target, name=name, daemon=True).start()
         return self.port
 
@@ -118,8 +152,6 @@ class PodServer:
         for conn in list(self._conns):
             if conn.wire is not None:
                 conn.wire.close(1001, "pod stopping")
-        with self._dirty_cv:
-            self._dirty_cv.notify_all()
         self.executor.shutdown()
 
     def _janitor(self) -> None:
@@ -175,13 +207,17 @@ class PodServer:
         headers = request.headers
         probe = headers.get(protocol.SHM_PROBE_HEADER)
         probe_payload = shm.probe_check(probe) if probe else None
-        conn = _Conn(headers.get(protocol.CLIENT_ID_HEADER, ""), probe_payload is not None)
+        conn = _Conn(headers.get(protocol.CLIENT_ID_HEADER, ""), probe_payload is not None,
+                     self._send_events)
         ws = wire.server_accept(
             sock, proto, request,
             on_message=lambda parts: self._on_message(conn, parts),
-            on_close=lambda exc: None,
-            ping_interval=None,  # the client pings; the pod answers
-            ping_timeout=None,
+            on_close=lambda exc: conn.wake(),
+            # The pod pings too: a client that vanished without closing (a laptop that
+            # slept, a dead port-forward) is dropped, so its threads go and the
+            # inactivity TTL can count from then.
+            ping_interval=20.0,
+            ping_timeout=60.0,
             name=f"{self.name}<-{conn.client_id[:8]}",
         )
         if ws is None:
@@ -203,6 +239,7 @@ class PodServer:
             ws.run()
         finally:
             self._conns.discard(conn)
+            conn.wake()
             conn.shm_writer.cleanup()
             for rec in list(self.executor.records.values()):
                 if rec.owner is conn:
@@ -274,31 +311,20 @@ class PodServer:
         if done:
             self._finished(rec)
         else:
-            self._send_events(rec)
+            self._send_events(conn, rec)
 
     # --------------------------------------------------------------- output
     def _notify(self, record: CallRecord) -> None:
-        """A call printed something: the flusher sends it (coalesced)."""
-        with self._dirty_cv:
-            if record not in self._dirty:
-                self._dirty.add(record)
-                self._dirty_cv.notify()
-
-    def _flush_loop(self) -> None:
-        while not self.stopped.is_set():
-            with self._dirty_cv:
-                while not self._dirty and not self.stopped.is_set():
-                    self._dirty_cv.wait()
-                batch, self._dirty = self._dirty, set()
-            for record in batch:
-                self._send_events(record)
-
-    def _send_events(self, record: CallRecord) -> None:
+        """A call printed something: its connection's flusher sends it (coalesced)."""
         conn = record.owner
-        if conn is None or conn.closed:
-            return
+        if conn is not None and not conn.closed:
+            conn.mark(record)
+
+    def _send_events(self, conn: _Conn, record: CallRecord) -> None:
         with conn.order:
             with record.lock:
+                if record.owner is not conn or conn.closed:
+                    return  # re-subscribed elsewhere meanwhile: that connection sends
                 events = record.take_unsent()
             if events:
                 conn.send(protocol.encode_frame(FrameType.EVENTS, record.call_id,

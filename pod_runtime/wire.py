@@ -137,7 +137,13 @@ class WireConnection:
         self.ping_timeout = ping_timeout
         self.name = name
         self.closed = False
-        self.lock = threading.Lock()  # guards the protocol object and socket writes
+        # Two locks, so that the reader never waits for a writer: if both ends were
+        # blocked writing a large message while their readers waited for the writer's
+        # lock, neither would ever read again. The reader only takes _proto (short),
+        # and queues what the protocol answers (pongs, close replies) for the writer.
+        self._proto = threading.Lock()  # the Sans-I/O protocol object
+        self._send_lock = threading.Lock()  # socket writes, one message at a time
+        self._control_out: list[bytes] = []
         self._events: collections.deque[Any] = collections.deque(pending)
         self._parts: list[bytes] = []
         self._last_seen = time.monotonic()
@@ -271,43 +277,61 @@ class WireConnection:
             else:
                 chunks.append(header)
                 chunks.append(view)
-        with self.lock:
+        with self._send_lock:
             if self.closed or self.protocol.state is not State.OPEN:
                 raise ConnectionClosedError(f"connection {self.name} is closed")
-            self._flush_locked()  # anything the protocol queued (a pong) goes first
             try:
+                self._write_control()  # a pong the reader queued goes first
                 if sum(len(c) for c in chunks) <= 65536:
                     self.sock.sendall(b"".join(chunks))  # one segment for a small message
                 else:
                     for chunk in chunks:
                         self.sock.sendall(chunk)
+                self._write_control()
             except OSError as exc:
                 self.closed = True
                 raise ConnectionClosedError(f"connection {self.name} broke: {exc}") from exc
+        self._drain_control()
 
-    def _flush_locked(self) -> None:
-        data = self.protocol.data_to_send()
-        try:
-            for chunk in data:
-                if chunk:
-                    self.sock.sendall(chunk)
-                else:  # SEND_EOF
-                    with contextlib.suppress(OSError):
-                        self.sock.shutdown(socket.SHUT_WR)
-        except OSError as exc:
-            self.closed = True
-            raise ConnectionClosedError(f"connection {self.name} broke: {exc}") from exc
+    def _queue_control(self) -> None:
+        """Queue what the protocol wants sent (call with ``_proto`` held)."""
+        self._control_out.extend(self.protocol.data_to_send())
+
+    def _write_control(self) -> None:
+        """Write queued control bytes (call with ``_send_lock`` held)."""
+        while self._control_out:
+            chunk = self._control_out.pop(0)
+            if chunk:
+                self.sock.sendall(chunk)
+            else:  # SEND_EOF
+                with contextlib.suppress(OSError):
+                    self.sock.shutdown(socket.SHUT_WR)
+
+    def _drain_control(self) -> None:
+        """Write queued control bytes now unless a writer holds the socket (it will)."""
+        while self._control_out:
+            if not self._send_lock.acquire(blocking=False):
+                return
+            try:
+                self._write_control()
+            except OSError:
+                self.closed = True
+                return
+            finally:
+                self._send_lock.release()
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Start the closing handshake; the reader thread finishes it."""
-        with self.lock:
+        with self._proto:
             if self.protocol.state is State.OPEN:
                 self.protocol.send_close(code, reason)
-                with contextlib.suppress(ConnectionClosedError):
-                    self._flush_locked()
-            self.closed = True
+                self._queue_control()
+        self.closed = True
+        self._drain_control()
         # Unblock the reader even if the peer never answers the close.
-        threading.Timer(2.0, self.abort).start()
+        timer = threading.Timer(2.0, self.abort)
+        timer.daemon = True
+        timer.start()
 
     def abort(self) -> None:
         """Drop the connection at once (no closing handshake)."""
@@ -338,10 +362,10 @@ class WireConnection:
                     error = exc
                     break
                 if not data:
-                    with self.lock:
+                    with self._proto:
                         self.protocol.receive_eof()
-                        with contextlib.suppress(ConnectionClosedError):
-                            self._flush_locked()
+                        self._queue_control()
+                    self._drain_control()
                     break
                 self._feed(data)
         except BaseException as exc:  # noqa: BLE001 - reported through on_close
@@ -365,11 +389,11 @@ class WireConnection:
 
     def _feed(self, data: bytes) -> None:
         self._last_seen = time.monotonic()
-        with self.lock:
+        with self._proto:
             self.protocol.receive_data(data)
             self._events.extend(self.protocol.events_received())
-            with contextlib.suppress(ConnectionClosedError):
-                self._flush_locked()  # pongs and close replies
+            self._queue_control()  # pongs and close replies
+        self._drain_control()
         if self.protocol.parser_exc is not None:
             raise self.protocol.parser_exc
 
@@ -395,11 +419,11 @@ class WireConnection:
                             self.name, silent)
                 self.abort()
                 return
-            with self.lock:
+            with self._proto:
                 if self.protocol.state is State.OPEN:
                     self.protocol.send_ping(b"")
-                    with contextlib.suppress(ConnectionClosedError):
-                        self._flush_locked()
+                    self._queue_control()
+            self._drain_control()
 
 
 class _Watchdog:

@@ -207,3 +207,65 @@ def test_more_gpus_than_exist_says_how_many_there_are(monkeypatch: pytest.Monkey
     compute = kt.Compute(name="greedy", gpus=1)
     with pytest.raises(kt.ResourceUnavailableError, match="this machine has 0 GPUs"):
         compute.up()
+
+
+def spam_output(n: int) -> str:
+    import sys
+
+    line = "x" * 60_000 + "\n"
+    for _ in range(n):
+        sys.stdout.write(line)
+    return "spammed"
+
+
+def hello_then_wait(seconds: float) -> str:
+    import time
+
+    print("hello", flush=True)
+    time.sleep(seconds)
+    return "done"
+
+
+def test_both_sides_sending_large_messages_at_once_do_not_deadlock(tmp_path: Path) -> None:
+    """A call streams output while another sends a big inline argument (no shm)."""
+    import numpy as np
+
+    pod = start_raw_pod(tmp_path)
+    conn = PodConnection(pod.url, pod.token, name="busy", use_shm=False)
+    try:
+        received = []
+        body, buffers = _fn_call(spam_output, 1000)  # ~60 MB of output
+        spam = conn.call(body, buffers, sink=lambda e: received.append(len(e["text"])))
+        big = np.ones(64 * 1024 * 1024, dtype=np.uint8)  # 64 MiB inline, the other way
+        body, buffers = _fn_call(len, big)
+        sized = conn.call(body, buffers, sink=lambda e: None)
+        assert sized.result(timeout(60)) == big.nbytes
+        assert spam.result(timeout(60)) == "spammed"
+        assert sum(received) == 1000 * 60_001
+    finally:
+        conn.close()
+        pod.stop()
+
+
+def test_a_client_that_stops_reading_does_not_hold_up_others(tmp_path: Path) -> None:
+    from pod_runtime import wire
+
+    pod = start_raw_pod(tmp_path)
+    stalled = wire.client_handshake(
+        pod.url + protocol.BRIDGE_PATH, {protocol.TOKEN_HEADER: f"Bearer {pod.token}"},
+        timeout=timeout(10), on_message=lambda parts: None, on_close=lambda exc: None,
+        ping_interval=None)  # never started: nobody reads this socket
+    conn = PodConnection(pod.url, pod.token, name="live")
+    try:
+        body, buffers = _fn_call(spam_output, 1000)
+        stalled.send(protocol.encode_frame(protocol.FrameType.CALL, 1, body, buffers))
+        body, buffers = _fn_call(hello_then_wait, 2.0)
+        handle = conn.call(body, buffers, sink=lambda e: None)
+        first = next(handle.stream(timeout=timeout(30)))
+        assert first["text"].startswith("hello")
+        assert not handle.done()  # its output came while it ran, not with its result
+        assert handle.result(timeout(30)) == "done"
+    finally:
+        conn.close()
+        stalled.abort()
+        pod.stop()
