@@ -200,7 +200,8 @@ class PodConnection:
         if probe is not None:
             headers[protocol.SHM_PROBE_HEADER] = probe[0]
         greeted = threading.Event()
-        state: dict[str, Any] = {}
+        verified = threading.Event()
+        state: dict[str, Any] = {"ok": False}
 
         def on_message(parts: list[bytes]) -> None:
             if not greeted.is_set():
@@ -210,6 +211,9 @@ class PodConnection:
                 except (protocol.ProtocolError, ValueError):
                     state["welcome"] = None
                 greeted.set()
+                return
+            # Nothing from a peer is acted on before it has proved it holds the token.
+            if not verified.wait(self.connect_timeout) or not state["ok"]:
                 return
             self._on_message(parts)
 
@@ -249,6 +253,7 @@ class PodConnection:
         welcome = state.get("welcome")
         proof = protocol.token_proof(self._token, nonce)
         if not welcome or not protocol.check_token(proof, welcome.get("proof")):
+            verified.set()
             ws.abort()
             raise AuthenticationError(
                 f"the server at {self.url} could not prove it holds pod {self.name!r}'s "
@@ -256,6 +261,8 @@ class PodConnection:
         previous = self.welcome.get("boot_id")
         self.welcome = welcome
         self.shm_active = probe is not None and welcome.get("shm") == probe[1]
+        state["ok"] = True
+        verified.set()
         with self._lock:
             self._wire = ws
             pending = dict(self._calls)
@@ -267,6 +274,9 @@ class PodConnection:
         elif pending:
             calls = {str(cid): h.last_seq for cid, h in pending.items()}
             self._control(FrameType.COLLECT, 0, {"calls": calls})
+        if self._acks:
+            with self._acks_cv:
+                self._acks_cv.notify()  # acknowledgements that waited for this connection
 
     def _on_close(self, ws: wire.WireConnection, exc: BaseException | None) -> None:
         with self._lock:
@@ -317,7 +327,7 @@ class PodConnection:
     def _on_message(self, parts: list[bytes]) -> None:
         try:
             frame = protocol.decode_frame(parts)
-        except protocol.ProtocolError as exc:
+        except (protocol.ProtocolError, ValueError) as exc:
             log.error("pod %s sent a malformed frame: %s", self.name, exc)
             return
         with self._lock:
@@ -326,14 +336,27 @@ class PodConnection:
                 del self._calls[frame.call_id]
         if frame.type == FrameType.EVENTS:
             if handle is not None:
-                events = [e for e in frame.json()["events"] if e["seq"] > handle.last_seq]
+                try:
+                    events = [e for e in frame.json()["events"] if e["seq"] > handle.last_seq]
+                except (ValueError, KeyError, TypeError) as exc:
+                    log.error("pod %s sent malformed events: %s", self.name, exc)
+                    return
                 if events:
                     handle._deliver("events", events)
         elif frame.type == FrameType.RESULT:
-            frame.buffers = protocol.claim_buffers(frame.buffers, shm.claim)
+            try:
+                frame.buffers = protocol.claim_buffers(frame.buffers, shm.claim)
+            except (OSError, ValueError) as exc:
+                if handle is not None:
+                    handle._deliver("error", CallLostError(
+                        f"the result of {handle.label} was sent through shared memory that "
+                        f"is gone ({exc}); call again", pod=self.name))
+                return
             self._ack(frame.call_id)
             if handle is not None:
                 handle._deliver("result", frame)
+            else:  # nobody waits for it (a duplicate): do not keep its memory
+                protocol.release_buffers(frame.buffers)
         elif frame.type == FrameType.UNKNOWN and handle is not None:
             self._on_unknown(handle)
 
@@ -368,8 +391,16 @@ class PodConnection:
     def _flush_acks(self) -> None:
         with self._acks_cv:
             ids, self._acks = self._acks, []
-        if ids:
-            self._control(FrameType.ACK, 0, {"ids": ids})
+        if not ids:
+            return
+        ws = self._wire
+        try:
+            if ws is None:
+                raise wire.ConnectionClosedError("not connected")
+            ws.send(protocol.encode_frame(FrameType.ACK, 0, protocol.dump_json({"ids": ids})))
+        except wire.ConnectionClosedError:
+            with self._acks_cv:  # sent after the reconnect, or the pod holds them a day
+                self._acks[:0] = ids
 
     # -------------------------------------------------------------- failure
     def _check_dead(self) -> bool:

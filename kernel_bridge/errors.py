@@ -177,8 +177,10 @@ def _note(traceback_text: str, pod: str | None) -> str:
 def _remote_subclass(typ: type) -> type | None:
     if typ in _as_remote_cache:
         return _as_remote_cache[typ]
-    if not issubclass(typ, BaseException):
-        return None
+    if not issubclass(typ, BaseException) or (
+        not issubclass(typ, Exception) and not issubclass(typ, KeyboardInterrupt)
+    ):
+        return None  # a remote sys.exit() must not end the caller: a plain RemoteError
     if issubclass(typ, RemoteError):
         return typ
     try:

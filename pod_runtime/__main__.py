@@ -16,11 +16,12 @@ import signal
 import sys
 import threading
 
+from . import shm
 from .server import PodServer
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run a pod until SIGTERM, SIGINT outside a call, or the inactivity TTL."""
+    """Run a pod until SIGTERM or the inactivity TTL."""
     parser = argparse.ArgumentParser(prog="python -m pod_runtime", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=0, help="TCP port; 0 picks a free one")
@@ -38,6 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.__stderr__,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("websockets").setLevel(logging.WARNING)
+    # Signals go to the main thread only: it waits on a lock for cells, and a SIGTERM
+    # the kernel delivered to some reader thread instead would never wake it. Threads
+    # inherit the mask of the thread that starts them, so block first, unblock below.
+    handled = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, handled)
     server = PodServer(token, name=args.name, host=args.host, port=args.port,
                        inactivity_ttl=args.inactivity_ttl, max_workers=args.max_workers)
     port = server.start_in_thread()
@@ -54,13 +60,16 @@ def main(argv: list[str] | None = None) -> int:
         server.executor.stop_main_loop()
 
     signal.signal(signal.SIGTERM, on_term)
+
     def watch() -> None:
         server.stopped.wait()  # the inactivity TTL stopped the server
         on_term(0, None)
 
     threading.Thread(target=watch, name="kt-watch", daemon=True).start()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)
     server.executor.run_main_loop(stop)
     server.stop()
+    shm.clear_spares()  # os._exit below skips atexit handlers
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

@@ -83,6 +83,7 @@ class CallRecord:
         self.finished = 0.0
         self.thread_id: int | None = None
         self.cancelled = False
+        self.in_user_code = False  # a cancel may interrupt only while this is True
         self.result_sent = False
         self.flush_pending = False
         self.lock = threading.Lock()
@@ -176,17 +177,38 @@ class Executor:
     def submit(
         self, record: CallRecord, body: memoryview, buffers: list[Any], *, main_thread: bool
     ) -> None:
-        """Queue a call. ``buffers`` are resolved lazily (shm mapping) on the worker.
+        """Queue an admitted call. ``buffers`` are mapped lazily, on the worker.
 
         ``main_thread`` (the CALL frame's flag) queues it for the main thread.
         """
         with self._lock:
-            self.records[record.call_id] = record
+            self.records.setdefault(record.call_id, record)
         self.last_activity = time.monotonic()
         if main_thread:
             self._main_jobs.put((record, body, buffers))
         else:
             self._pool.submit(self._run, record, body, buffers)
+
+    def admit(self, call_id: int, owner: Any) -> tuple[CallRecord, bool]:
+        """The record for a CALL frame: a new one, or (True) the one that already exists.
+
+        Atomic, so a CALL resent after a reconnect while the first copy is still being
+        read on the old connection never runs twice.
+        """
+        with self._lock:
+            existing = self.records.get(call_id)
+            if existing is not None:
+                return existing, True
+            record = self.records[call_id] = CallRecord(call_id, owner)
+            return record, False
+
+    def fail(self, record: CallRecord, exc: BaseException) -> None:
+        """Finish an admitted call with ``exc`` without running it."""
+        with record.lock:
+            record.result = _pack_error_safely(exc, self.pod_name)
+            record.state = "done"
+            record.finished = time.time()
+        self.on_finished(record)
 
     def reserve_inline(self) -> bool:
         """Claim a slot to run a call on the connection's own thread (at most max_workers)."""
@@ -202,9 +224,7 @@ class Executor:
             self._inline -= 1
 
     def run_inline(self, record: CallRecord, body: memoryview, buffers: list[Any]) -> None:
-        """Run a call on the calling thread, in a slot taken by :meth:`reserve_inline`."""
-        with self._lock:
-            self.records[record.call_id] = record
+        """Run an admitted call on this thread, in a slot taken by :meth:`reserve_inline`."""
         self.last_activity = time.monotonic()
         try:
             self._run(record, body, buffers)
@@ -232,31 +252,35 @@ class Executor:
 
     # ----------------------------------------------------------------- cancel
     def cancel(self, call_id: int) -> bool:
-        """Interrupt a call: KeyboardInterrupt where it runs; a queued one never starts."""
+        """Interrupt a call: KeyboardInterrupt where it runs; a queued one never starts.
+
+        The interrupt is raised only while the call's own code runs (``in_user_code``,
+        checked and acted on under the record's lock): one that arrived as the call
+        finished must not land in the runtime's code that sends its result.
+        """
         record = self.records.get(call_id)
         if record is None or record.state == "done":
             return False
         with record.lock:
             record.cancelled = True
-            running = record.state == "running"
-            tid = record.thread_id
-        if not running or tid is None:
-            return True
-        if self._main_record is record:
-            self._interrupt_target = call_id
-            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
-        else:
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                ctypes.c_ulong(tid), ctypes.py_object(KeyboardInterrupt)
-            )
+            if not record.in_user_code or record.thread_id is None:
+                return True  # queued (it will not start), or finishing anyway
+            if self._main_record is record:
+                self._interrupt_target = call_id
+                signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+            else:
+                _set_async_exc(record.thread_id, KeyboardInterrupt)
         return True
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
         rec = self._main_record
-        if rec is not None and self._interrupt_target == rec.call_id:
-            self._interrupt_target = None
-            raise KeyboardInterrupt
-        if rec is not None and self._interrupt_target is None:  # a real Ctrl-C in a terminal
+        target = self._interrupt_target
+        if target is not None:  # a cancel from a client
+            if rec is not None and rec.call_id == target and rec.in_user_code:
+                self._interrupt_target = None
+                raise KeyboardInterrupt
+            return  # it came after that call finished: not for the next one
+        if rec is not None and rec.in_user_code:  # a real Ctrl-C in a terminal
             raise KeyboardInterrupt
 
     # -------------------------------------------------------------------- run
@@ -272,18 +296,30 @@ class Executor:
         self.calls_total += 1
         try:
             if cancelled:
+                protocol.release_buffers(buffers)
                 raise KeyboardInterrupt("cancelled before it started")
-            msg = protocol.loads(body, protocol.resolve_buffers(buffers, shm.map_claimed))
+            try:
+                msg = protocol.loads(body, protocol.resolve_buffers(buffers, shm.map_claimed))
+            finally:
+                protocol.release_buffers(buffers)  # whatever was not mapped
             handler = HANDLERS.get(msg.get("kind", "")) if isinstance(msg, dict) else None
             if handler is None:
                 raise ValueError(f"unknown call kind {msg.get('kind')!r}; is the pod older "
                                  "than the client? Upgrade kubetorch-jupyter on the pod")
             record.kind = msg["kind"]
-            value = handler.run(self, msg, record)
+            with record.lock:
+                record.in_user_code = True
+            try:
+                value = handler.run(self, msg, record)
+            finally:
+                with record.lock:
+                    record.in_user_code = False
+                    if not on_main:
+                        _set_async_exc(record.thread_id or 0, None)  # a late one: drop it
             result = _pack_ok(value)
         except BaseException as exc:  # noqa: BLE001 - everything goes back to the caller
             self.calls_failed += 1
-            result = _pack_error(exc, self.pod_name)
+            result = _pack_error_safely(exc, self.pod_name)
         finally:
             if on_main:
                 self._main_record = None
@@ -323,6 +359,25 @@ class Executor:
         """Stop accepting work (running calls are abandoned with the process)."""
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.stop_main_loop()
+
+
+def _set_async_exc(thread_id: int, exc: type[BaseException] | None) -> None:
+    """Raise ``exc`` in a thread at its next instruction (None: cancel a pending one)."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread_id), ctypes.py_object(exc) if exc is not None else None)
+
+
+def _pack_error_safely(exc: BaseException, pod: str) -> tuple[bytes, list[memoryview]]:
+    """:func:`_pack_error`, which must not fail: a call always gets a result."""
+    try:
+        return _pack_error(exc, pod)
+    except BaseException:  # noqa: BLE001 - e.g. an exception whose __str__ raises
+        typ = type(exc)
+        error = {"type": f"{typ.__module__}.{typ.__qualname__}",
+                 "message": "<the exception could not be turned into a message>",
+                 "traceback": "".join(traceback.format_exception_only(typ, None)),
+                 "frames": None, "exc": None, "category": None}
+        return protocol.dumps({"ok": False, "error": error})
 
 
 def _pack_ok(value: Any) -> tuple[bytes, list[memoryview]]:

@@ -122,13 +122,32 @@ class BufferRef:
 
 def claim_buffers(refs: list[BufferRef], claim: Callable[[str], int]) -> list[BufferRef]:
     """Claim every shared-memory buffer of a frame (``claim(name) -> fd``) right away."""
-    out = []
-    for ref in refs:
-        if ref.kind == BUFFER_SHM and ref.fd is None:
-            assert ref.name is not None
-            ref = BufferRef(ref.kind, ref.size, name=ref.name, fd=claim(ref.name))
-        out.append(ref)
+    out: list[BufferRef] = []
+    try:
+        for ref in refs:
+            if ref.kind == BUFFER_SHM and ref.fd is None:
+                assert ref.name is not None
+                ref = BufferRef(ref.kind, ref.size, name=ref.name, fd=claim(ref.name))
+            out.append(ref)
+    except BaseException:
+        release_buffers(out)  # none of them leaks when one cannot be claimed
+        raise
     return out
+
+
+def release_buffers(refs: Sequence[BufferRef]) -> None:
+    """Close the descriptors of claimed shared-memory buffers that were never mapped.
+
+    Mapping closes a descriptor; a call cancelled before it started, or a result nobody
+    waits for any more, must not keep its (unlinked, still allocated) file open.
+    """
+    import os
+
+    for ref in refs:
+        if ref.kind == BUFFER_SHM and ref.fd is not None and ref.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(ref.fd)
+            object.__setattr__(ref, "fd", -1)
 
 
 def resolve_buffers(
@@ -138,9 +157,11 @@ def resolve_buffers(
     out = []
     for ref in refs:
         if ref.kind == BUFFER_SHM:
-            if ref.fd is None:
+            if ref.fd is None or ref.fd < 0:
                 raise ProtocolError(f"shared-memory buffer {ref.name} was never claimed")
-            out.append(map_claimed(ref.fd, ref.size))
+            fd = ref.fd
+            object.__setattr__(ref, "fd", -1)  # map_claimed closes it
+            out.append(map_claimed(fd, ref.size))
         else:
             assert ref.view is not None
             # Received bytes are read-only; arrays built on them would be too.

@@ -152,6 +152,7 @@ class PodServer:
         for conn in list(self._conns):
             if conn.wire is not None:
                 conn.wire.close(1001, "pod stopping")
+            conn.shm_writer.cleanup()  # results nobody claimed: tmpfs is memory
         self.executor.shutdown()
 
     def _janitor(self) -> None:
@@ -262,20 +263,27 @@ class PodServer:
     # --------------------------------------------------------------- frames
     def _on_message(self, conn: _Conn, parts: list[bytes]) -> None:
         try:
-            frame = protocol.decode_frame(parts)
-        except protocol.ProtocolError as exc:
+            self._handle_frame(conn, protocol.decode_frame(parts))
+        except (protocol.ProtocolError, ValueError, KeyError, TypeError) as exc:
+            # Only an authenticated peer gets here; still, a bad frame ends its
+            # connection with a reason, not the reader thread with a traceback.
             log.error("malformed frame from %s: %s", conn.client_id, exc)
             assert conn.wire is not None
             conn.wire.close(1002, str(exc)[:120])
-            return
+
+    def _handle_frame(self, conn: _Conn, frame: protocol.Frame) -> None:
         ftype = frame.type
         if ftype == FrameType.CALL:
-            existing = self.executor.records.get(frame.call_id)
-            if existing is not None:  # a resend after a reconnect: just re-subscribe
-                self._subscribe(conn, existing, 0)
+            record, existed = self.executor.admit(frame.call_id, conn)
+            if existed:  # a resend after a reconnect: just re-subscribe
+                self._subscribe(conn, record, 0)
                 return
-            buffers = protocol.claim_buffers(frame.buffers, shm.claim)
-            record = CallRecord(frame.call_id, conn)
+            try:
+                buffers = protocol.claim_buffers(frame.buffers, shm.claim)
+            except (OSError, ValueError) as exc:  # its shm file is gone: fail this call
+                self.executor.fail(record, ConnectionError(
+                    f"an argument sent through shared memory is gone ({exc}); call again"))
+                return
             main = bool(frame.flags & protocol.FLAG_MAIN_THREAD)
             assert conn.wire is not None
             if not main and self.executor.reserve_inline():

@@ -29,6 +29,7 @@ __all__ = [
     "SHM_DIR",
     "ShmWriter",
     "claim",
+    "clear_spares",
     "map_claimed",
     "open_buffer",
     "probe_check",
@@ -69,6 +70,7 @@ class _Spares:
         self._lock = threading.Lock()
         self._files: list[tuple[str, int, float]] = []  # name, size, created
         self._pending: set[int] = set()
+        self._closed = False
         atexit.register(self.clear)
 
     def take(self, size: int) -> tuple[str, int] | None:
@@ -92,7 +94,7 @@ class _Spares:
         """Make a spare of ``size`` bytes in the background (once per size class)."""
         size_class = size.bit_length()
         with self._lock:
-            if size_class in self._pending or any(
+            if self._closed or size_class in self._pending or any(
                 f[1].bit_length() == size_class for f in self._files
             ):
                 return
@@ -115,6 +117,9 @@ class _Spares:
             return
         with self._lock:
             self._pending.discard(size_class)
+            if self._closed:  # cleared (the process is exiting) while this was made
+                (SHM_DIR / name).unlink(missing_ok=True)
+                return
             self._files.append((name, size, time.monotonic()))
         timer = threading.Timer(SPARE_IDLE, self._expire, args=(name,))
         timer.daemon = True
@@ -129,14 +134,20 @@ class _Spares:
             (SHM_DIR / name).unlink(missing_ok=True)
 
     def clear(self) -> None:
-        """Remove every spare (at exit)."""
+        """Remove every spare, and make no more (at exit)."""
         with self._lock:
+            self._closed = True
             files, self._files = self._files, []
         for name, _, _ in files:
             (SHM_DIR / name).unlink(missing_ok=True)
 
 
 _spares = _Spares()
+
+
+def clear_spares() -> None:
+    """Remove this process's spare files (before an exit that skips ``atexit``)."""
+    _spares.clear()
 
 
 class ShmWriter:

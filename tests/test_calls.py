@@ -241,3 +241,30 @@ def test_pod_runs_with_the_pod_environment(compute: kt.Compute) -> None:
     pid, token = kt.fn(where).to(compute)()
     assert pid == compute.pod.pid != os.getpid()
     assert token is None  # the token is not left in the pod's environment
+
+
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no str for you")
+
+
+def test_an_exception_that_cannot_be_printed_still_ends_the_call(compute: kt.Compute) -> None:
+    def raise_unprintable() -> None:
+        raise Unprintable()
+
+    with pytest.raises(kt.RemoteError) as info:
+        kt.fn(raise_unprintable).to(compute)()
+    assert "Unprintable" in info.value.remote_type
+    assert kt.fn(add).to(compute)(1, b=1) == 2
+
+
+def test_remote_sys_exit_does_not_end_the_caller(compute: kt.Compute) -> None:
+    def leave() -> None:
+        import sys
+
+        sys.exit(3)
+
+    with pytest.raises(kt.RemoteError) as info:
+        kt.fn(leave).to(compute)()
+    assert not isinstance(info.value, SystemExit)
+    assert info.value.remote_type == "SystemExit"

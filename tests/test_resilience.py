@@ -269,3 +269,20 @@ def test_a_client_that_stops_reading_does_not_hold_up_others(tmp_path: Path) -> 
         conn.close()
         stalled.abort()
         pod.stop()
+
+
+def test_a_stopped_pod_leaves_no_shared_memory_behind(tmp_path: Path) -> None:
+    import numpy as np
+
+    from pod_runtime import shm
+
+    pod = start_raw_pod(tmp_path)
+    conn = PodConnection(pod.url, pod.token, name="shm")
+    try:
+        assert conn.shm_active
+        body, buffers = _fn_call(np.zeros, 16 * 1024 * 1024, np.uint8)  # a spare follows
+        assert conn.call(body, buffers, sink=lambda e: None).result(timeout(30)).nbytes
+    finally:
+        conn.close()
+        pod.stop()
+    assert not list(shm.SHM_DIR.glob(f"kt-{pod.proc.pid}-*"))
