@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
-from kernel_bridge import PodConnection
+from kernel_bridge import PodConnection, PodUnreachableError
 
 from . import config
 from ._resources import format_bytes, parse_cpus, parse_duration, parse_memory
@@ -114,17 +114,21 @@ class Compute:
         be = get_backend(backend)
         info = be.get(name)
         spec: dict[str, Any] = info.spec
+        definition = spec.get("definition") or {}
+        image = Image.from_json(definition["image"]) if "image" in definition else None
         compute = cls(
             cpus=spec.get("cpus"),
             memory=spec.get("memory"),
             gpus=int(spec.get("gpus") or 0),
-            env=spec.get("env") or {},
+            image=image,
+            # with the image known, its own variables come from it again
+            env=definition["env"] if "env" in definition else spec.get("env") or {},
             name=name,
             inactivity_ttl=spec.get("inactivity_ttl"),
             backend=be.name,
         )
         compute._info = info
-        compute._from_name = True  # reuse the pod as is, whatever its image
+        compute._from_name = True  # reuse the pod as is; a restart keeps its definition
         return compute
 
     def up(self, *, progress: bool | None = None) -> Compute:
@@ -153,20 +157,40 @@ class Compute:
             if conn is not None and conn.dead is None:
                 return conn
             if conn is not None:  # the pod died: start a fresh one
-                warnings.warn(f"pod {info.name!r} died ({conn.dead}); starting a new one",
-                              RuntimeWarning, stacklevel=3)
+                reason = str(conn.dead).split(" while calls")[0]
+                warnings.warn(f"{reason}; starting a new pod {info.name!r}", RuntimeWarning,
+                              stacklevel=4)
                 _connections.pop(key, None)
-        if conn is not None:
-            self._info = None
+        backend = self.backend
+        if conn is not None or not backend.status(info).alive:
+            self._info = None  # it died (perhaps while nobody was connected): a fresh one
             info = self.pod
             key = (self.backend_name, info.name, info.url)
+        try:
+            new = self._connect(info)
+        except PodUnreachableError:
+            if backend.status(info).alive:
+                raise
+            self._info = None  # it died just now: start it again, once
+            info = self.pod
+            key = (self.backend_name, info.name, info.url)
+            new = self._connect(info)
+        with _connections_lock:
+            existing = _connections.get(key)
+            if existing is not None and existing.dead is None:
+                new.close()
+                return existing
+            _connections[key] = new
+        return new
+
+    def _connect(self, info: PodInfo) -> PodConnection:
         backend = self.backend
 
         def status() -> tuple[bool, int | None]:
             st = backend.status(info)
             return st.alive, st.exit_status
 
-        new = PodConnection(
+        return PodConnection(
             info.url,
             info.token,
             name=info.name,
@@ -175,13 +199,6 @@ class Compute:
             reconnect_timeout=config.get("reconnect_timeout"),
             use_shm=config.get("shm"),
         )
-        with _connections_lock:
-            existing = _connections.get(key)
-            if existing is not None and existing.dead is None:
-                new.close()
-                return existing
-            _connections[key] = new
-        return new
 
     def teardown(self) -> None:
         """Stop this compute's pod; the next use starts a fresh one."""

@@ -17,6 +17,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from .exceptions import ConfigError
 
@@ -62,6 +63,17 @@ class Image:
 
     def _add(self, kind: str, payload: tuple[str, ...]) -> Image:
         return Image(base=self.base, steps=(*self.steps, (kind, payload)))
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able form (what a pod record keeps); :meth:`from_json` reads it back."""
+        return {"base": self.base, "steps": [[kind, list(payload)] for kind, payload in self.steps]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Image:
+        """Inverse of :meth:`to_json`."""
+        steps = tuple((str(kind), tuple(map(str, payload)))
+                      for kind, payload in data.get("steps") or [])
+        return cls(base=data.get("base"), steps=steps)
 
     @property
     def env(self) -> dict[str, str]:

@@ -109,11 +109,6 @@ def _size(n: int) -> str:
     return f"{size:.1f} GiB".replace(".0 ", " ")
 
 
-    def _render_traceback_(self) -> list[str]:
-        """IPython: the message says it all; sync's own frames would only distract."""
-        return [f"{type(self).__name__}: {self}"]
-
-
 @dataclass
 class PodSync:
     """What one sync did on one pod.

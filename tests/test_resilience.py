@@ -133,7 +133,7 @@ def test_pod_killed_mid_call_raises_pod_died() -> None:
         assert info.value.pod == "doomed"
 
         # The next use starts a fresh pod, and says so.
-        with pytest.warns(RuntimeWarning, match="starting a new one"):
+        with pytest.warns(RuntimeWarning, match=r"died \(killed by signal 9\); starting a new pod"):
             new_pid = kt.fn(os.getpid).to(compute)()
         assert new_pid not in (old_pid, os.getpid())
     finally:
@@ -286,3 +286,25 @@ def test_a_stopped_pod_leaves_no_shared_memory_behind(tmp_path: Path) -> None:
         conn.close()
         pod.stop()
     assert not list(shm.SHM_DIR.glob(f"kt-{pod.proc.pid}-*"))
+
+
+def test_a_pod_found_by_name_keeps_its_definition_when_restarted() -> None:
+    image = kt.Image().set_env_vars({"FROM_IMAGE": "yes"})
+    compute = kt.Compute(name="defined", cpus="1", image=image, env={"OWN": "1"})
+    try:
+        compute.up()
+        found = kt.Compute.from_name("defined")
+        assert found.image == image and found.env == {"OWN": "1"} and found.cpus == 1
+        old_pid = found.pod.pid
+        os.kill(old_pid or 0, signal.SIGKILL)
+
+        def env() -> tuple[str | None, str | None]:
+            import os
+
+            return os.environ.get("FROM_IMAGE"), os.environ.get("OWN")
+
+        assert kt.fn(env).to(found)() == ("yes", "1")  # restarted with its definition
+        assert found.pod.pid != old_pid
+        assert compute.up().pod.pid == found.pod.pid  # same definition: no restart war
+    finally:
+        compute.teardown()

@@ -186,7 +186,9 @@ class LocalBackend(Backend):
         image = compute.image
         spec = {"cpus": compute.cpus, "memory": compute.memory, "gpus": int(compute.gpus),
                 "image": image.content_hash(), "env": {**image.env, **compute.env},
-                "inactivity_ttl": compute.inactivity_ttl}
+                "inactivity_ttl": compute.inactivity_ttl,
+                # enough to rebuild the Compute in another process (Compute.from_name)
+                "definition": {"image": image.to_json(), "env": dict(compute.env)}}
         spec_hash = _spec_hash(spec)
         show = bool(progress and config.get("progress"))
         with self._locked(name):
