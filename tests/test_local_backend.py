@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -241,3 +242,35 @@ def test_get_backend():
         get_backend("kubernetes")
     with pytest.raises(ConfigError, match="valid backends: local, kubernetes"):
         get_backend("slurm")
+
+
+def test_a_dead_pods_children_are_ended_when_it_is_forgotten(tmp_path, monkeypatch) -> None:
+    import signal as _signal
+    import time as _time
+
+    import psutil as _psutil
+
+    import kubetorch_jupyter as kt
+
+    monkeypatch.setenv("KT_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("KT_PROGRESS", "0")
+    compute = kt.Compute(name="parent")
+    try:
+        def spawn() -> int:
+            import subprocess
+
+            return subprocess.Popen(["sleep", "300"]).pid
+
+        child = kt.fn(spawn).to(compute)()
+        os.kill(compute.pod.pid or 0, _signal.SIGKILL)
+        _time.sleep(0.2)
+        assert _psutil.pid_exists(child)
+        assert compute.is_up() is False  # the dead record is pruned...
+        deadline = _time.monotonic() + 10
+        while _psutil.pid_exists(child) and _time.monotonic() < deadline:
+            _time.sleep(0.05)
+        gone = not _psutil.pid_exists(child) or _psutil.Process(child).status() == "zombie"
+        assert gone  # ...and what it started goes with it
+    finally:
+        with contextlib.suppress(kt.KtError):
+            compute.teardown()

@@ -65,6 +65,24 @@ TERM_GRACE = 5.0
 LOG_TAIL_LINES = 40
 
 
+def _end_orphans(info: PodInfo) -> None:
+    """Kill what a dead pod's code started (DataLoader workers, a shell's children).
+
+    A pod leads its own process group; when it dies (SIGKILL, OOM) its children live on,
+    holding memory and the GPUs the pod's allocation frees. A process group id is not
+    reused while the group has members, and only processes started after the pod count.
+    """
+    if info.pid is None:
+        return
+    for proc in psutil.process_iter(["pid", "create_time"]):
+        try:
+            if (proc.info["pid"] != info.pid and os.getpgid(proc.info["pid"]) == info.pid
+                    and proc.info["create_time"] >= info.started_at - 1):
+                proc.kill()
+        except (psutil.Error, ProcessLookupError, PermissionError, OSError):
+            continue
+
+
 def _spec_hash(spec: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -152,6 +170,7 @@ class LocalBackend(Backend):
                 self._forget(current)
 
     def _forget(self, info: PodInfo) -> None:
+        _end_orphans(info)
         with contextlib.suppress(FileNotFoundError):
             (self._pods() / f"{info.name}.json").unlink()
         _gpus.release(self.state_dir, info.name)
