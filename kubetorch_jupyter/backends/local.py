@@ -91,7 +91,7 @@ def _spec_diff(old: dict[str, Any], new: dict[str, Any]) -> str:
     changes = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
-        if a == b:
+        if a == b or key == "definition":  # what the rest is made from: no news in it
             continue
         if key == "env":
             keys = sorted(k for k in set(a or {}) | set(b or {})
