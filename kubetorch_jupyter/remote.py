@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping
-from types import CodeType
+from types import CodeType, FunctionType
 from typing import Any, Generic, TypeVar
 
 from kernel_bridge import CallHandle, RemoteError
@@ -167,15 +167,26 @@ def _global_names(code: CodeType) -> tuple[str, ...]:
     return tuple(sorted(names))
 
 
-def _captured(func: Any) -> tuple[Any, ...] | None:
-    """What a plain function captures, for an identity check; None for other callables."""
+def _captured(func: Any, seen: set[int] | None = None) -> tuple[Any, ...] | None:
+    """What a plain function captures, for an identity check; None for other callables.
+
+    Functions of the same module that it uses (a notebook's helpers) are followed, so
+    that rebinding a global one of them reads is noticed too.
+    """
     code = getattr(func, "__code__", None)
     if not isinstance(code, CodeType) or not hasattr(func, "__globals__"):
         return None
+    seen = seen if seen is not None else {id(func)}
     glob = func.__globals__
     cells = tuple(c.cell_contents if _filled(c) else _MISSING for c in func.__closure__ or ())
-    return (code, func.__defaults__, func.__kwdefaults__, *cells,
-            *(glob.get(name, _MISSING) for name in _global_names(code)))
+    values = [glob.get(name, _MISSING) for name in _global_names(code)]
+    nested: list[Any] = []
+    for value in values:
+        if (isinstance(value, FunctionType) and value.__module__ == func.__module__
+                and id(value) not in seen):
+            seen.add(id(value))
+            nested.extend(_captured(value, seen) or ())
+    return (code, func.__defaults__, func.__kwdefaults__, *cells, *values, *nested)
 
 
 def _filled(cell: Any) -> bool:

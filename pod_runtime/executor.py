@@ -300,6 +300,13 @@ class Executor:
                 raise KeyboardInterrupt("cancelled before it started")
             try:
                 msg = protocol.loads(body, protocol.resolve_buffers(buffers, shm.map_claimed))
+            except ModuleNotFoundError as exc:
+                raise ModuleNotFoundError(
+                    f"the call refers to module {exc.name!r}, which this pod cannot import: "
+                    "it is neither installed here (kt.Image().pip_install) nor part of the "
+                    "synced project (is it ignored by .gitignore/.ktignore, or outside the "
+                    "project root?). Sync it, install it, or pass plain data instead",
+                    name=exc.name) from exc
             finally:
                 protocol.release_buffers(buffers)  # whatever was not mapped
             handler = HANDLERS.get(msg.get("kind", "")) if isinstance(msg, dict) else None

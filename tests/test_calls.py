@@ -268,3 +268,29 @@ def test_remote_sys_exit_does_not_end_the_caller(compute: kt.Compute) -> None:
         kt.fn(leave).to(compute)()
     assert not isinstance(info.value, SystemExit)
     assert info.value.remote_type == "SystemExit"
+
+
+def test_an_object_of_a_module_the_pod_cannot_import_is_explained(compute: kt.Compute) -> None:
+    import sys
+    import types
+
+    mod = types.ModuleType("only_here_mod")
+    exec("class Thing:\n    pass\n", mod.__dict__)
+    sys.modules["only_here_mod"] = mod  # importable here, by name; not on the pod
+    mod.Thing.__module__ = "only_here_mod"
+    try:
+        with pytest.raises(ModuleNotFoundError, match="'only_here_mod', which this pod cannot"):
+            kt.fn(add).to(compute)([mod.Thing()], b=[])
+    finally:
+        del sys.modules["only_here_mod"]
+
+
+
+def test_a_global_rebound_behind_a_helper_is_sent_again(compute: kt.Compute) -> None:
+    """As in a notebook: helpers and globals of __main__ travel by value."""
+    ns: dict[str, object] = {"__name__": "__main__"}
+    exec("LR = 0.1\ndef helper():\n    return LR\ndef train():\n    return helper()\n", ns)
+    remote = kt.fn(ns["train"]).to(compute)  # type: ignore[arg-type]
+    assert remote() == 0.1
+    ns["LR"] = 0.5  # rebound in a later cell
+    assert remote() == 0.5
