@@ -149,3 +149,20 @@ def test_hash_covers_python_and_inherited_paths(monkeypatch):
 def test_inherited_paths_include_the_source_root():
     root = str(Path(__file__).resolve().parents[1])
     assert root in venvs.inherited_paths()
+
+
+def test_images_reading_local_files_are_keyed_by_them(tmp_path, monkeypatch):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        d.mkdir()
+        (d / "requirements.txt").write_text("six\n")
+    image = Image().pip_install(["-r", "requirements.txt"])
+    monkeypatch.chdir(a)
+    key_a = venvs.env_dir(image, state_dir=tmp_path)
+    monkeypatch.chdir(b)
+    assert venvs.env_dir(image, state_dir=tmp_path) != key_a  # another project's file
+    monkeypatch.chdir(a)
+    (a / "requirements.txt").write_text("six\nidna\n")
+    assert venvs.env_dir(image, state_dir=tmp_path) != key_a  # the file changed
+    plain = Image().pip_install(["six"])
+    assert venvs.env_dir(plain, state_dir=tmp_path) == venvs.env_dir(plain, state_dir=tmp_path)

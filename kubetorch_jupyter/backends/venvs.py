@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import fcntl
+import hashlib
 import os
 import shutil
 import site
@@ -68,8 +69,36 @@ def inherited_paths() -> list[str]:
 def env_dir(image: Image, state_dir: str | Path | None = None) -> Path:
     """Where the environment of ``image`` lives (whether or not it is built yet)."""
     root = Path(state_dir or config.get("state_dir")) / "envs"
-    extra = (sys.version, os.path.realpath(sys.executable), *inherited_paths())
+    extra = (sys.version, os.path.realpath(sys.executable), *inherited_paths(),
+             *_local_inputs(image))
     return root / image.content_hash(*extra)
+
+
+def _local_inputs(image: Image) -> list[str]:
+    """What on this disk an image's steps read, so that the cache key follows it.
+
+    Steps run in the working directory: ``pip install -e .`` or ``-r requirements.txt``
+    means a different environment in another project, or after the file changed.
+    """
+    out: list[str] = []
+    for kind, payload in image.steps:
+        if kind == "bash":
+            out.append(f"cwd={os.getcwd()}")
+        if kind != "pip":
+            continue
+        for arg in payload:
+            if arg.startswith("-") and arg not in ("-r", "-c", "-e"):
+                continue
+            path = Path(arg).expanduser()
+            if not (arg.startswith((".", "/", "~")) or path.exists()):
+                continue  # a requirement like numpy==2.0
+            real = os.path.realpath(path)
+            if path.is_file():
+                digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+                out.append(f"{real}:{digest}")
+            else:
+                out.append(real)
+    return out
 
 
 def image_python(image: Image, *, state_dir: str | Path | None = None,
