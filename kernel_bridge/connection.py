@@ -168,6 +168,11 @@ class PodConnection:
         if ws is not None:
             ws.close()
         self._writer.cleanup()
+        # Whoever still waits would wait forever: the calls go on on the pod, and
+        # Compute.connection() / conn.attach(call_id) on a new connection can follow them.
+        self._fail_pending(BridgeError(
+            f"the connection to pod {self.name!r} was closed while this call was in flight; "
+            "it keeps running on the pod", pod=self.name))
 
     # -------------------------------------------------------------- sending
     def _send_call(self, ws: wire.WireConnection, handle: CallHandle) -> None:
@@ -266,6 +271,9 @@ class PodConnection:
         with self._lock:
             self._wire = ws
             pending = dict(self._calls)
+        if ws.closed:  # it dropped before we held it: the reader's on_close was ignored
+            self._on_close(ws, None)
+            return
         if previous is not None and previous != welcome["boot_id"]:
             self.known.clear()
             self._fail_pending(PodDiedError(

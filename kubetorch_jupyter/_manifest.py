@@ -35,7 +35,7 @@ __all__ = ["RACY_WINDOW_NS", "Scan", "Scanner"]
 RACY_WINDOW_NS = 2_000_000_000
 _IGNORE_FILES = (".gitignore", ".ktignore")
 _EXCLUDE = "\0exclude"
-#: One manifest entry: (sha256 hex, size, mode 0o644 or 0o755).
+#: One manifest entry: (sha256 hex, size, mode 0o644, 0o755, 0o600 or 0o700).
 Entry = tuple[str, int, int]
 
 
@@ -93,6 +93,12 @@ def _join(rel: str, name: str) -> str:
 
 class _Limit(Exception):
     """More files than ``max_files``."""
+
+
+def _mode(st_mode: int) -> int:
+    """The mode a file travels with: executable or not, private (owner only) or not."""
+    mode = 0o755 if st_mode & 0o111 else 0o644
+    return mode & 0o700 if not st_mode & 0o077 else mode  # a 0600 .env stays private
 
 
 class Scanner:
@@ -327,7 +333,7 @@ class Scanner:
                     continue
                 hashes[child] = (key, sha, hashed_at)
                 out.hashed += 1
-            files[child] = (sha, size, 0o755 if st.st_mode & 0o111 else 0o644)
+            files[child] = (sha, size, _mode(st.st_mode))
             state.files.add(name)
             if len(files) > self.max_files:
                 raise _Limit

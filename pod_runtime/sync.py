@@ -85,6 +85,12 @@ def _check_rel(path: str) -> str:
     return path
 
 
+def _file_mode(mode: int) -> int:
+    """Executable or not, private to the owner or not; nothing else is taken from a peer."""
+    out = 0o755 if mode & 0o111 else 0o644
+    return out & 0o700 if not mode & 0o077 else out
+
+
 def _entry(value: Any) -> list[Any]:
     """A manifest entry [sha, size, mode], checked."""
     sha, size, mode = value
@@ -348,7 +354,7 @@ class SyncTarget:
                     made.add(parent)
                 tmp = os.path.join(parent, f".{os.path.basename(rel)}.kt-{secrets.token_hex(4)}")
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                             0o755 if mode & 0o111 else 0o644)
+                             _file_mode(mode))
                 try:
                     staged = self._staged.get(sha)
                     if staged is None:

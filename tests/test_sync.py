@@ -496,3 +496,13 @@ def test_a_relative_state_dir_is_made_absolute(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("KT_STATE_DIR", "rel-state")
     assert config.get("state_dir") == str(tmp_path.resolve() / "rel-state")
+
+
+def test_private_files_stay_private_on_the_pod(project: Path, compute: kt.Compute) -> None:
+    secret = write(project, "config/local.env", "TOKEN=x\n")
+    secret.chmod(0o600)
+    script = write(project, "run.sh", "#!/bin/sh\n")
+    script.chmod(0o755)
+    tree = Path(ks.sync(compute).pods[0].tree)
+    assert (tree / "config/local.env").stat().st_mode & 0o777 == 0o600
+    assert (tree / "run.sh").stat().st_mode & 0o111
