@@ -71,6 +71,8 @@ class CallHandle:
         self.request: tuple[bytes, list[memoryview], int] | None = request
         self.last_seq = 0
         self.cancelled = False
+        #: The boot id of the pod process this call was sent to (None: not sent yet).
+        self.sent_to: str | None = None
         self._items: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         # Light on purpose: one handle per call, on the path of every small call.
         self._wakers: list[Callable[[], None]] = []  # guarded by _WAKERS_LOCK

@@ -147,6 +147,7 @@ class PodConnection:
             raise self.dead
         handle = CallHandle(self, call_id, (b"", [], 0), label=label, sink=sink)
         handle.request = None  # never resend a call we did not make
+        handle.sent_to = self.welcome.get("boot_id")  # it lives (or not) on this pod
         with self._lock:
             self._calls[call_id] = handle
         self._control(FrameType.COLLECT, 0, {"calls": {str(call_id): 0}})
@@ -185,6 +186,7 @@ class PodConnection:
                                       shm_names=names, flags=flags)
         with contextlib.suppress(wire.ConnectionClosedError):
             ws.send(frame)  # on failure the reconnect resends it
+            handle.sent_to = self.welcome.get("boot_id")
 
     def _control(self, ftype: FrameType, call_id: int, body: dict[str, Any]) -> None:
         ws = self._wire
@@ -276,9 +278,19 @@ class PodConnection:
             return
         if previous is not None and previous != welcome["boot_id"]:
             self.known.clear()
-            self._fail_pending(PodDiedError(
-                f"pod {self.name!r} restarted while calls were in flight; their state is lost",
-                pod=self.name, exit_status=None))
+            # Calls the old pod got are lost with it; calls it never got go to this one.
+            lost = {cid: h for cid, h in pending.items() if h.sent_to == previous}
+            with self._lock:
+                for cid in lost:
+                    self._calls.pop(cid, None)
+            died = PodDiedError(
+                f"pod {self.name!r} restarted while this call was in flight; its state is "
+                "lost", pod=self.name, exit_status=None)
+            for handle in lost.values():
+                handle._deliver("error", died)
+            for cid, handle in pending.items():
+                if cid not in lost and handle.request is not None:
+                    self._send_call(ws, handle)
         elif pending:
             calls = {str(cid): h.last_seq for cid, h in pending.items()}
             self._control(FrameType.COLLECT, 0, {"calls": calls})

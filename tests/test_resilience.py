@@ -308,3 +308,24 @@ def test_a_pod_found_by_name_keeps_its_definition_when_restarted() -> None:
         assert compute.up().pod.pid == found.pod.pid  # same definition: no restart war
     finally:
         compute.teardown()
+
+
+def test_a_call_made_while_the_pod_restarts_goes_to_the_new_pod(tmp_path: Path) -> None:
+    """Only calls the old pod got are lost with it; one it never got runs on the new one."""
+    pod = start_raw_pod(tmp_path)
+    proxy = TcpProxy(pod.port)
+    conn = PodConnection(proxy.url, pod.token, name="restarting", reconnect_timeout=timeout(60))
+    replacement = None
+    try:
+        proxy.cut()
+        pod.stop()
+        body, buffers = _fn_call(len, "four")
+        handle = conn.call(body, buffers, sink=lambda e: None)  # never reaches the old pod
+        replacement = start_raw_pod(tmp_path, "--port", str(pod.port), token=pod.token)
+        proxy.restore()
+        assert handle.result(timeout(60)) == 4
+    finally:
+        conn.close()
+        proxy.close()
+        if replacement is not None:
+            replacement.stop()
