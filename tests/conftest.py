@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from kt_testing import RawPod, start_raw_pod
@@ -45,3 +46,15 @@ def compute(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
             yield c
         finally:
             c.teardown()
+
+
+@pytest.fixture(scope="module")
+def state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A state dir for pods that kernels start; every pod in it is stopped at the end."""
+    from kubetorch_jupyter.backends.local import LocalBackend
+
+    path = tmp_path_factory.mktemp("kernel-state")
+    yield path
+    backend = LocalBackend(path)
+    for pod in backend.list():
+        backend.down(pod.name)

@@ -14,17 +14,6 @@ import pytest
 from _kernel import Cell, Kernel
 from kt_testing import timeout
 
-from kubetorch_jupyter.backends.local import LocalBackend
-
-
-@pytest.fixture(scope="module")
-def state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    path = tmp_path_factory.mktemp("detach-state")
-    yield path
-    backend = LocalBackend(path)
-    for pod in backend.list():
-        backend.down(pod.name)
-
 
 def start_kernel(state: Path) -> Kernel:
     k = Kernel({"KT_STATE_DIR": str(state), "KT_PROGRESS": "0"})

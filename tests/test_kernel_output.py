@@ -15,18 +15,6 @@ import pytest
 from _kernel import Kernel
 from kt_testing import timeout
 
-from kubetorch_jupyter.backends.local import LocalBackend
-
-
-@pytest.fixture(scope="module")
-def state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The kernels' state dir; every pod started in it is stopped at the end."""
-    path = tmp_path_factory.mktemp("kernel-state")
-    yield path
-    backend = LocalBackend(path)
-    for pod in backend.list():
-        backend.down(pod.name)
-
 
 @pytest.fixture(scope="module")
 def kernel(state: Path) -> Iterator[Kernel]:
