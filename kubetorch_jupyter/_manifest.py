@@ -23,6 +23,7 @@ import os
 import stat
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -93,6 +94,20 @@ def _join(rel: str, name: str) -> str:
 
 class _Limit(Exception):
     """More files than ``max_files``."""
+
+
+_warned_links: set[tuple[str, str]] = set()
+
+
+def _warn_dir_link(root: str, rel: str) -> None:
+    """Say once that a link to a directory is not followed (it would be silently missing)."""
+    if (root, rel) in _warned_links:
+        return
+    _warned_links.add((root, rel))
+    warnings.warn(
+        f"code sync does not follow {rel!r}, a symbolic link to a directory: its files do "
+        "not reach the pod. Make it a real directory of the project, or install what it "
+        "holds with kt.Image().pip_install", RuntimeWarning, stacklevel=2)
 
 
 def _mode(st_mode: int) -> int:
@@ -312,6 +327,8 @@ class Scanner:
             except OSError:
                 continue  # a dangling link, or gone since the listing
             if not stat.S_ISREG(st.st_mode):
+                if stat.S_ISDIR(st.st_mode):
+                    _warn_dir_link(self._root, child)
                 continue
             if self._watcher is not None and entry.is_symlink():
                 self._watcher.watch(os.path.dirname(os.path.realpath(entry.path)), whole=True)

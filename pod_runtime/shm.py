@@ -70,6 +70,7 @@ class _Spares:
         self._lock = threading.Lock()
         self._files: list[tuple[str, int, float]] = []  # name, size, created
         self._pending: set[int] = set()
+        self._makers: set[threading.Thread] = set()
         self._closed = False
         atexit.register(self.clear)
 
@@ -99,10 +100,20 @@ class _Spares:
             ):
                 return
             self._pending.add(size_class)
-        threading.Thread(target=self._make, args=(size, size_class), name="kt-shm-spare",
-                         daemon=True).start()
+        maker = threading.Thread(target=self._make, args=(size, size_class),
+                                 name="kt-shm-spare", daemon=True)
+        with self._lock:
+            self._makers.add(maker)
+        maker.start()
 
     def _make(self, size: int, size_class: int) -> None:
+        try:
+            self._make_file(size, size_class)
+        finally:
+            with self._lock:
+                self._makers.discard(threading.current_thread())
+
+    def _make_file(self, size: int, size_class: int) -> None:
         name = _new_name()
         try:
             fd = os.open(SHM_DIR / name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
@@ -138,6 +149,9 @@ class _Spares:
         with self._lock:
             self._closed = True
             files, self._files = self._files, []
+            makers = list(self._makers)
+        for maker in makers:  # one caught mid-way would leave its file behind an exit
+            maker.join(timeout=5)
         for name, _, _ in files:
             (SHM_DIR / name).unlink(missing_ok=True)
 

@@ -506,3 +506,12 @@ def test_private_files_stay_private_on_the_pod(project: Path, compute: kt.Comput
     tree = Path(ks.sync(compute).pods[0].tree)
     assert (tree / "config/local.env").stat().st_mode & 0o777 == 0o600
     assert (tree / "run.sh").stat().st_mode & 0o111
+
+
+def test_a_linked_directory_is_named_not_silently_dropped(project: Path,
+                                                          compute: kt.Compute) -> None:
+    shared = project.parent / "shared-lib"
+    write(shared, "lib/helpers.py", "X = 1\n")
+    (project / "lib").symlink_to(shared / "lib")
+    with pytest.warns(RuntimeWarning, match="does not follow 'lib', a symbolic link"):
+        ks.sync(compute)
