@@ -136,7 +136,7 @@ class KtMagics(Magics):
                                  "apply; use %kt pull after %kt attach RUN_ID")
         except (ConfigError, UsageError) as exc:
             raise UsageError(f"%%kt: {exc}") from None
-        compute.up()  # a compute that cannot start (no such GPUs) fails before it is used
+        _ = compute.pod  # started if new: one that cannot start fails before it is adopted
         self._use(compute)
         first_line = 1 if args.autokt_cell else 2  # line 1 of a %%kt cell is the magic
         filename = _cells.cell_filename(cell, self.ip.execution_count, first_line)
@@ -355,7 +355,7 @@ class KtMagics(Magics):
             auto = self._compute(args)
         except ConfigError as exc:
             raise UsageError(f"%autokt: {exc}") from None
-        auto.up()  # fails (clearly) before cells start going there
+        _ = auto.pod  # started if new: it fails (clearly) before cells start going there
         self.auto = auto
         self._use(auto)
         print(f"%autokt is on: cells run on {self.auto.name!r} until %autokt off.")
