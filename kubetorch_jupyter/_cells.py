@@ -101,6 +101,20 @@ def _label(source: str, prefix: str) -> str:
     return f"{prefix} {first[:60]}".rstrip()
 
 
+def _cell_message(source: str, filename: str | None, first_line: int,
+                  push: dict[str, Any] | None, pull: Iterable[str], *, detach: bool,
+                  ) -> tuple[dict[str, Any], str]:
+    """The CALL message of a cell (its source registered for tracebacks), and its label."""
+    filename = filename or cell_filename(source, None, first_line)
+    register_source(filename, source, first_line)
+    label = _label(source, "%%kt --detach" if detach else "%%kt")
+    msg = {"kind": "cell", "source": source, "filename": filename, "first_line": first_line,
+           "push": push or {}, "pull": list(pull), "label": label}
+    if detach:
+        msg["detach"] = True
+    return msg, label
+
+
 def run_cell(
     compute: Compute,
     source: str,
@@ -122,11 +136,7 @@ def run_cell(
         RemoteError: The cell raised (also an instance of the original type).
         TimeoutError: ``timeout`` seconds passed; the cell was interrupted on the pod.
     """
-    filename = filename or cell_filename(source, None, first_line)
-    register_source(filename, source, first_line)
-    label = _label(source, "%%kt")
-    msg = {"kind": "cell", "source": source, "filename": filename, "first_line": first_line,
-           "push": push or {}, "pull": list(pull), "label": label}
+    msg, label = _cell_message(source, filename, first_line, push, pull, detach=False)
     conn = _connect(compute)
     body, buffers = _dump(compute, msg, label)
     handle = conn.call(body, buffers, flags=protocol.FLAG_MAIN_THREAD, label=label, sink=sink)
@@ -176,11 +186,7 @@ def start_detached(
     push: dict[str, Any] | None = None,
 ) -> RunId:
     """Start ``source`` on the pod as a detached run and return its id at once."""
-    filename = filename or cell_filename(source, None, first_line)
-    register_source(filename, source, first_line)
-    label = _label(source, "%%kt --detach")
-    msg = {"kind": "cell", "source": source, "filename": filename, "first_line": first_line,
-           "push": push or {}, "pull": [], "label": label, "detach": True}
+    msg, label = _cell_message(source, filename, first_line, push, (), detach=True)
     conn = _connect(compute)
     body, buffers = _dump(compute, msg, label)
     started = conn.call(body, buffers, label=label, sink=event_sink).result()
