@@ -131,7 +131,7 @@ def main() -> int:
         kernel.run("%kt teardown bench")
     finally:
         kernel.shutdown()
-        from kubetorch_jupyter.backends.local import LocalBackend
+        from kubetorch_jupyter.backends.local.backend import LocalBackend
 
         backend = LocalBackend(state)
         for pod in backend.list():

@@ -164,7 +164,7 @@ def bench_edit(table: Table, root: Path, work: Path, rounds: int) -> None:
 
 def bench_unchanged(table: Table, compute: Any, remote: Any, root: Path, n: int) -> None:
     import kubetorch_jupyter as kt
-    from kubetorch_jupyter import sync as ks
+    from kubetorch_jupyter.sync import session as ks
 
     def noop() -> None:
         return None
@@ -198,7 +198,7 @@ def bench_unchanged(table: Table, compute: Any, remote: Any, root: Path, n: int)
 
 def bench_cold(table: Table, root: Path, work: Path, runs: int) -> None:
     import kubetorch_jupyter as kt
-    from kubetorch_jupyter import sync as ks
+    from kubetorch_jupyter.sync import session as ks
 
     nfiles, nbytes = tree_size(root)
     ours, base = [], []

@@ -19,7 +19,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from pod_runtime import protocol, shm
+from pod_runtime import protocol
+from pod_runtime.protocol import shm
 
 from .errors import BridgeError, KtError, SerializationError, as_remote
 

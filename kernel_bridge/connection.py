@@ -2,7 +2,7 @@
 
 Calls are multiplexed by id. The calling thread sends its own frame (no handoff); one
 reader thread receives frames and hands each to the call it belongs to (see
-:mod:`pod_runtime.wire` for why this beats an event loop here).
+:mod:`pod_runtime.protocol.wire` for why this beats an event loop here).
 
 The connection survives drops: it reconnects with backoff and asks the pod (COLLECT)
 for the events and results of the calls still in flight. The pod kept them, so a
@@ -24,8 +24,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from pod_runtime import protocol, shm, wire
-from pod_runtime.protocol import FrameType
+from pod_runtime import protocol
+from pod_runtime.protocol import FrameType, shm, wire
 
 from .calls import CallHandle, EventSink
 from .errors import (

@@ -9,7 +9,7 @@
     remote_train(10, lr=0.5)
 
 In a notebook, ``%load_ext kubetorch_jupyter`` adds the ``%%kt`` cell magic (run a
-cell on a warm pod), ``%kt`` and ``%autokt`` (see :mod:`kubetorch_jupyter.magics`).
+cell on a warm pod), ``%kt`` and ``%autokt`` (see :mod:`kubetorch_jupyter.notebook.magics`).
 
 The public API is exactly what ``__all__`` lists.
 """
@@ -18,7 +18,9 @@ from typing import Any
 
 from kernel_bridge import CallHandle
 
-from .compute import Compute
+from .calls.remote import Cls, Fn, RemoteFn, RemoteInstance, RemoteMethod, cls, fn
+from .core.compute import Compute
+from .core.image import Image
 from .exceptions import (
     AuthenticationError,
     BridgeError,
@@ -39,22 +41,20 @@ from .exceptions import (
     VersionMismatchError,
     VersionMismatchWarning,
 )
-from .image import Image
-from .remote import Cls, Fn, RemoteFn, RemoteInstance, RemoteMethod, cls, fn
 
 __version__ = "0.1.0"
 
 
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext kubetorch_jupyter``: register ``%%kt``, ``%kt`` and ``%autokt``."""
-    from .magics import load_ipython_extension as load
+    from .notebook.magics import load_ipython_extension as load
 
     load(ipython)
 
 
 def unload_ipython_extension(ipython: Any) -> None:
     """``%unload_ext kubetorch_jupyter``: remove the magics again."""
-    from .magics import unload_ipython_extension as unload
+    from .notebook.magics import unload_ipython_extension as unload
 
     unload(ipython)
 

@@ -27,7 +27,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Stop the pods the notebooks left running and restore the environment."""
-    from kubetorch_jupyter.backends.local import LocalBackend
+    from kubetorch_jupyter.backends.local.backend import LocalBackend
 
     state = os.environ.get(_STATE_ENV)
     if state and state.startswith(tempfile.gettempdir()):

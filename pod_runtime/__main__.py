@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 
-from . import shm
+from .protocol import shm
 from .server import PodServer
 
 

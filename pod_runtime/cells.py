@@ -51,7 +51,8 @@ import threading
 from typing import Any
 
 from . import capture, mimebundle, protocol
-from .executor import CallRecord, Executor, register
+from .executor import CallRecord, Executor
+from .registry import register
 
 __all__ = ["CellRuntime", "get_runtime", "show_figures"]
 

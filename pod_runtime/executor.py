@@ -13,8 +13,9 @@ sequence numbers, and, once finished, its pickled result. A record lives until t
 client acknowledges the result (or it expires), so a client whose connection dropped
 reconnects and collects what it missed.
 
-Call kinds are handlers registered in :data:`HANDLERS` (``fn``, ``init``, ``method``
-here; notebook cells and code sync register theirs in their own modules).
+Call kinds are handlers in :data:`pod_runtime.registry.HANDLERS` (``fn``, ``init``,
+``method`` here; notebook cells and code sync register theirs in their own modules,
+which the server imports).
 """
 
 from __future__ import annotations
@@ -28,40 +29,20 @@ import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import cloudpickle
 
-from . import capture, protocol, shm
+from . import capture, protocol
+from .protocol import shm
+from .registry import HANDLERS, register
 
-__all__ = ["HANDLERS", "CallRecord", "Executor", "register"]
+__all__ = ["CallRecord", "Executor"]
 
 #: Events kept per call for replay; older ones are dropped with a marker.
 MAX_EVENTS_PER_CALL = 20_000
 #: Finished results kept unacknowledged for at most this long (seconds).
 RESULT_TTL = 24 * 3600.0
-
-
-@dataclass
-class Handler:
-    """How to run one kind of call."""
-
-    run: Callable[[Executor, dict[str, Any], CallRecord], Any]
-    main_thread: bool = False
-
-
-HANDLERS: dict[str, Handler] = {}
-
-
-def register(kind: str, *, main_thread: bool = False) -> Callable[[Callable[..., Any]], Any]:
-    """Register a call handler: ``@register("fn") def run(executor, msg, record): ...``."""
-
-    def deco(fn: Callable[[Executor, dict[str, Any], CallRecord], Any]) -> Any:
-        HANDLERS[kind] = Handler(fn, main_thread)
-        return fn
-
-    return deco
 
 
 class CallRecord:
@@ -491,6 +472,3 @@ def _run_method(ex: Executor, msg: dict[str, Any], record: CallRecord) -> Any:
     if msg.get("get_attr"):
         return attr
     return attr(*msg.get("args", ()), **msg.get("kwargs", {}))
-
-from . import cells as _cells  # noqa: E402, F401 - registers the notebook cell call kinds
-from . import sync as _sync  # noqa: E402, F401 - registers the "sync" call kind

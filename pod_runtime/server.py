@@ -24,9 +24,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import protocol, shm, wire
+from . import cells as _cells  # noqa: F401 - registers the notebook cell call kinds
+from . import protocol
+from . import sync as _sync  # noqa: F401 - registers the "sync" call kind
 from .executor import CallRecord, Executor
-from .protocol import FrameType
+from .protocol import FrameType, shm, wire
 
 __all__ = ["PodServer"]
 

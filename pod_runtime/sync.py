@@ -53,7 +53,8 @@ from typing import Any
 
 from . import reload as _reload
 from . import treeimport
-from .executor import CallRecord, Executor, register
+from .executor import CallRecord, Executor
+from .registry import register
 
 __all__ = ["SyncTarget", "sync_home", "target"]
 

@@ -51,7 +51,7 @@ def compute(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 @pytest.fixture(scope="module")
 def state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A state dir for pods that kernels start; every pod in it is stopped at the end."""
-    from kubetorch_jupyter.backends.local import LocalBackend
+    from kubetorch_jupyter.backends.local.backend import LocalBackend
 
     path = tmp_path_factory.mktemp("kernel-state")
     yield path

@@ -13,7 +13,7 @@ import pytest
 from kt_testing import timeout
 
 import kubetorch_jupyter as kt
-from kubetorch_jupyter import _cells
+from kubetorch_jupyter.notebook import cells as _cells
 
 
 class Events(list):

@@ -13,10 +13,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from kubetorch_jupyter import cli
-from kubetorch_jupyter.backends import local
-from kubetorch_jupyter.backends.local import LocalBackend
-from kubetorch_jupyter.image import Image
+from kubetorch_jupyter.backends.local import backend as local
+from kubetorch_jupyter.backends.local.backend import LocalBackend
+from kubetorch_jupyter.cli import main as cli_main
+from kubetorch_jupyter.core.image import Image
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -132,12 +132,12 @@ def test_bad_settings_exit_1(backend):
 
 
 def test_in_process_main(backend, capsys, monkeypatch):
-    assert cli.main(["config"]) == 0
+    assert cli_main(["config"]) == 0
     out = capsys.readouterr().out
     assert "KT_STATE_DIR" in out and os.environ["KT_STATE_DIR"] in out
     monkeypatch.setenv("KT_BACKEND", "slurm")
-    assert cli.main(["list"]) == 1
+    assert cli_main(["list"]) == 1
     assert "valid backends: local, kubernetes" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_:
-        cli.main(["teardown"])  # neither names nor --all
+        cli_main(["teardown"])  # neither names nor --all
     assert exit_.value.code == 2

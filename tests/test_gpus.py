@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from kubetorch_jupyter.backends import gpus
+from kubetorch_jupyter.backends.local import gpus
 from kubetorch_jupyter.exceptions import ResourceUnavailableError
 
 

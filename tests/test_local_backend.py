@@ -17,15 +17,17 @@ from types import SimpleNamespace
 
 import pytest
 
-from kubetorch_jupyter.backends import get_backend, gpus, local
-from kubetorch_jupyter.backends.local import LocalBackend
+from kubetorch_jupyter.backends import get_backend
+from kubetorch_jupyter.backends.local import backend as local
+from kubetorch_jupyter.backends.local import gpus
+from kubetorch_jupyter.backends.local.backend import LocalBackend
+from kubetorch_jupyter.core.image import Image
 from kubetorch_jupyter.exceptions import (
     ComputeNotFoundError,
     ConfigError,
     PodStartError,
     ResourceUnavailableError,
 )
-from kubetorch_jupyter.image import Image
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -142,7 +144,7 @@ def test_unknown_and_invalid_names(backend):
 
 def test_spec_change_restarts(backend, caplog):
     first = backend.up(compute(env={"A": "1"}))
-    with caplog.at_level(logging.WARNING, logger="kubetorch_jupyter.backends.local"):
+    with caplog.at_level(logging.WARNING, logger="kubetorch_jupyter.backends.local.backend"):
         second = backend.up(compute(env={"A": "2"}, cpus=1, ttl=600.0))
     assert second.pid != first.pid
     assert ("restarting compute 'dev': its spec changed "
@@ -222,7 +224,7 @@ def test_image_with_build_steps_runs_in_its_environment(backend, state, monkeypa
 
 def test_two_processes_asking_at_once_get_one_pod(backend, state):
     code = ("from types import SimpleNamespace as N\n"
-            "from kubetorch_jupyter.image import Image\n"
+            "from kubetorch_jupyter import Image\n"
             "from kubetorch_jupyter.backends.local import LocalBackend\n"
             "c = N(name='shared', cpus=None, memory=None, gpus=0, image=Image(), env={},"
             " inactivity_ttl=None)\n"

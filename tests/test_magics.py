@@ -14,10 +14,10 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
 import kubetorch_jupyter as kt
-from kubetorch_jupyter import _versions
-from kubetorch_jupyter._display import RemoteValue
-from kubetorch_jupyter.backends.local import LocalBackend
-from kubetorch_jupyter.magics import KtMagics
+from kubetorch_jupyter.backends.local.backend import LocalBackend
+from kubetorch_jupyter.calls import versions as _versions
+from kubetorch_jupyter.calls.display import RemoteValue
+from kubetorch_jupyter.notebook.magics import KtMagics
 
 
 @pytest.fixture(scope="module")
@@ -284,7 +284,7 @@ def test_sync_command(shell: InteractiveShell, name: str, tmp_path: Path,
     monkeypatch.chdir(project)
     ok(shell, f"%%kt --name {name}\n1")
     try:
-        from kubetorch_jupyter import sync as sync_module
+        from kubetorch_jupyter.sync import session as sync_module
     except ImportError:
         sync_module = None  # type: ignore[assignment]
     with capture_output() as io:

@@ -118,7 +118,7 @@ def test_client_reports_a_wrong_token_clearly(raw_pod: RawPod) -> None:
 
 def test_client_refuses_a_server_that_cannot_prove_the_token(tmp_path: Path) -> None:
     """An impostor that accepts any token gets no pickles: its WELCOME has no valid proof."""
-    from pod_runtime import wire
+    from pod_runtime.protocol import wire
 
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]

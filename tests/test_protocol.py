@@ -7,8 +7,8 @@ import pickle
 import numpy as np
 import pytest
 
-from pod_runtime import protocol, shm
-from pod_runtime.protocol import FrameType, ProtocolError
+from pod_runtime import protocol
+from pod_runtime.protocol import FrameType, ProtocolError, shm
 
 
 def test_frame_round_trip_with_inline_and_shm_buffers() -> None:

@@ -15,8 +15,8 @@ import pytest
 import test_sync
 
 import kubetorch_jupyter as kt
-from kubetorch_jupyter import sync as ks
-from kubetorch_jupyter._serialize import dump_callable
+from kubetorch_jupyter.calls.serialize import dump_callable
+from kubetorch_jupyter.sync import session as ks
 from pod_runtime import protocol
 from pod_runtime.reload import _order
 

@@ -17,7 +17,7 @@ from tcp_proxy import TcpProxy
 
 import kubetorch_jupyter as kt
 from kernel_bridge import PodConnection
-from kubetorch_jupyter._serialize import dump_callable
+from kubetorch_jupyter.calls.serialize import dump_callable
 from pod_runtime import protocol
 
 
@@ -248,7 +248,7 @@ def test_both_sides_sending_large_messages_at_once_do_not_deadlock(tmp_path: Pat
 
 
 def test_a_client_that_stops_reading_does_not_hold_up_others(tmp_path: Path) -> None:
-    from pod_runtime import wire
+    from pod_runtime.protocol import wire
 
     pod = start_raw_pod(tmp_path)
     stalled = wire.client_handshake(
@@ -274,7 +274,7 @@ def test_a_client_that_stops_reading_does_not_hold_up_others(tmp_path: Path) -> 
 def test_a_stopped_pod_leaves_no_shared_memory_behind(tmp_path: Path) -> None:
     import numpy as np
 
-    from pod_runtime import shm
+    from pod_runtime.protocol import shm
 
     pod = start_raw_pod(tmp_path)
     conn = PodConnection(pod.url, pod.token, name="shm")

@@ -21,9 +21,9 @@ import pytest
 from kt_testing import timeout
 
 import kubetorch_jupyter as kt
-from kubetorch_jupyter import _transfer
-from kubetorch_jupyter import sync as ks
-from kubetorch_jupyter._manifest import Scanner
+from kubetorch_jupyter.sync import session as ks
+from kubetorch_jupyter.sync import transfer as _transfer
+from kubetorch_jupyter.sync.manifest import Scanner
 
 REPO = Path(kt.__file__).resolve().parents[1]
 
@@ -304,7 +304,7 @@ def test_first_sync_of_a_larger_tree_arrives_bit_exact(
         project: Path, compute: kt.Compute, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(_transfer, "PROGRESS_MIN_BYTES", 1)
-    monkeypatch.setattr("kubetorch_jupyter._progress._terminal", lambda: True)  # as in a shell
+    monkeypatch.setattr("kubetorch_jupyter.core.progress._terminal", lambda: True)  # as in a shell
     rng = secrets.SystemRandom()
     for i in range(30):  # 12 MiB: more than one 8 MiB pack, through shared memory
         write(project, f"assets/{i % 3}/blob{i}.bin", rng.randbytes(400 * 1024 + i))
@@ -322,7 +322,7 @@ def test_a_second_client_does_not_resend_blobs(project: Path, compute: kt.Comput
     assert ks.sync(compute).blobs_sent == 11
     code = textwrap.dedent(f"""
         import kubetorch_jupyter as kt
-        from kubetorch_jupyter.sync import sync
+        from kubetorch_jupyter.sync.session import sync
         report = sync(kt.Compute.from_name({compute.name!r}))
         print(report.blobs_sent, len(report.changed), report.files)
     """)
@@ -456,7 +456,7 @@ def test_src_layout_and_a_notebook_in_a_subdirectory(
 
 
 def test_implicit_sync_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    from kubetorch_jupyter import sync as kt_sync
+    from kubetorch_jupyter.sync import session as kt_sync
 
     monkeypatch.setenv("KT_SYNC", "0")
     assert kt_sync.ensure(object()) is None  # type: ignore[arg-type]  # never touches it

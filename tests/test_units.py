@@ -7,7 +7,7 @@ import pytest
 import kubetorch_jupyter as kt
 from kernel_bridge.errors import RemoteError, as_remote
 from kubetorch_jupyter import config
-from kubetorch_jupyter._resources import format_bytes, parse_cpus, parse_duration, parse_memory
+from kubetorch_jupyter.core.resources import format_bytes, parse_cpus, parse_duration, parse_memory
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -85,7 +85,7 @@ def test_remote_errors_become_the_original_type_when_possible() -> None:
 
 
 def test_progress_bars_only_where_someone_can_see_them(monkeypatch: pytest.MonkeyPatch) -> None:
-    from kubetorch_jupyter import _progress
+    from kubetorch_jupyter.core import progress as _progress
 
     monkeypatch.setattr(_progress, "_terminal", lambda: False)  # a pipe, a CI log
     assert _progress.progress_bar(enabled=True, total=1).disable

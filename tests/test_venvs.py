@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from kubetorch_jupyter.backends import venvs
+from kubetorch_jupyter.backends.local import venvs
+from kubetorch_jupyter.core.image import Image
 from kubetorch_jupyter.exceptions import ImageBuildError
-from kubetorch_jupyter.image import Image
 
 
 @pytest.fixture(autouse=True)

@@ -27,7 +27,7 @@ def get_backend(name: str | None = None) -> Backend:
     key = (name or config.get("backend")).strip().lower()
     if key not in _cache:
         if key == "local":
-            from .local import LocalBackend
+            from .local.backend import LocalBackend
 
             _cache[key] = LocalBackend()
         elif key == "kubernetes":

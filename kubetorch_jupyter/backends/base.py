@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..compute import Compute
+    from ..core.compute import Compute
 
 __all__ = ["Backend", "PodInfo", "PodStatus"]
 

@@ -24,8 +24,13 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
-from . import _cells
-from ._magic_args import (
+from ..backends import get_backend
+from ..core.compute import Compute
+from ..core.image import Image
+from ..core.resources import format_bytes, parse_duration
+from ..exceptions import ComputeNotFoundError, ConfigError
+from . import cells as _cells
+from .magic_args import (
     RESOURCE_ARGS,
     TARGET_ARGS,
     group,
@@ -33,11 +38,6 @@ from ._magic_args import (
     strip_comment,
     variable_names,
 )
-from ._resources import format_bytes, parse_duration
-from .backends import get_backend
-from .compute import Compute
-from .exceptions import ComputeNotFoundError, ConfigError
-from .image import Image
 
 __all__ = ["KtMagics", "load_ipython_extension", "unload_ipython_extension"]
 
@@ -312,7 +312,7 @@ class KtMagics(Magics):
 
     def _cmd_sync(self, args: argparse.Namespace) -> None:
         try:
-            from . import sync as sync_module
+            from ..sync import session as sync_module
         except ImportError:
             sync_module = None  # type: ignore[assignment]
         sync = getattr(sync_module, "sync", None)

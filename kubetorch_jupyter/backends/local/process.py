@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 
-from .._progress import progress_bar
+from ...core.progress import progress_bar
 
 __all__ = ["make_private_dir", "read_line", "source_root", "tail", "wait_gone"]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ._watch import getcwd
+from .watch import getcwd
 
 __all__ = [
     "ROOT_MARKERS",

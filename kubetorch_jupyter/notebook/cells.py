@@ -23,12 +23,13 @@ from kernel_bridge import CallHandle, CallLostError, EventSink, PodConnection, R
 from kernel_bridge.calls import CANCEL_GRACE
 from pod_runtime import protocol
 
-from . import _versions, config
-from . import sync as _sync
-from ._display import event_sink
-from ._serialize import dump_call
-from .compute import Compute
-from .exceptions import ConfigError, SerializationError
+from .. import config
+from ..calls import versions as _versions
+from ..calls.display import event_sink
+from ..calls.serialize import dump_call
+from ..core.compute import Compute
+from ..exceptions import ConfigError, SerializationError
+from ..sync import session as _sync
 
 __all__ = ["RunId", "attach", "cancel_run", "cell_filename", "list_runs", "run_cell",
            "start_detached", "vars_call"]

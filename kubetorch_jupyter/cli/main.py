@@ -27,12 +27,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from . import config
-from ._resources import format_bytes
-from .backends import PodInfo, get_backend
-from .backends._process import tail
-from .backends.local import LocalBackend
-from .exceptions import KtError
+from .. import config
+from ..backends import PodInfo, get_backend
+from ..backends.local.backend import LocalBackend
+from ..backends.local.process import tail
+from ..core.resources import format_bytes
+from ..exceptions import KtError
 
 __all__ = ["main"]
 

@@ -15,12 +15,12 @@ from typing import Any
 
 from kernel_bridge import PodConnection, PodUnreachableError
 
-from . import config
-from ._resources import format_bytes, parse_cpus, parse_duration, parse_memory
-from .backends import get_backend
-from .backends.base import Backend, PodInfo
-from .exceptions import ConfigError
+from .. import config
+from ..backends import get_backend
+from ..backends.base import Backend, PodInfo
+from ..exceptions import ConfigError
 from .image import Image
+from .resources import format_bytes, parse_cpus, parse_duration, parse_memory
 
 __all__ = ["Compute"]
 

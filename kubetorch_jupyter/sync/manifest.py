@@ -27,8 +27,8 @@ import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ._ignore import DEFAULT_RULES, NEVER_DIRS, VENV_MARKERS, Rule, ignored, parse
-from ._watch import Watcher, trusted_filesystem
+from .ignore import DEFAULT_RULES, NEVER_DIRS, VENV_MARKERS, Rule, ignored, parse
+from .watch import Watcher, trusted_filesystem
 
 __all__ = ["RACY_WINDOW_NS", "Scan", "Scanner"]
 

@@ -20,12 +20,12 @@ from typing import Any, Generic, TypeVar
 
 from kernel_bridge import CallHandle, RemoteError
 
-from . import _versions
-from . import sync as _sync
-from ._display import event_sink
-from ._serialize import dump_call, dump_callable
-from .compute import Compute
-from .exceptions import ConfigError
+from ..core.compute import Compute
+from ..exceptions import ConfigError
+from ..sync import session as _sync
+from . import versions as _versions
+from .display import event_sink
+from .serialize import dump_call, dump_callable
 
 __all__ = ["Cls", "Fn", "RemoteFn", "RemoteInstance", "RemoteMethod", "cls", "fn"]
 

@@ -50,6 +50,7 @@ def add_group(parser: argparse.ArgumentParser, title: str, args: list[Any]) -> N
 
 
 def line_parser() -> MagicArgumentParser:
+    """The parser of ``%kt COMMAND ...`` line magics (one subcommand each)."""
     parser = MagicArgumentParser(prog="kt", add_help=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     use = sub.add_parser("use", help="set the notebook's current compute")

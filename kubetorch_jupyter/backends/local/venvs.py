@@ -34,11 +34,11 @@ import venv
 from pathlib import Path
 from typing import TextIO
 
-from .. import config
-from .._progress import progress_bar
-from ..exceptions import ImageBuildError
-from ..image import Image
-from ._process import make_private_dir
+from ... import config
+from ...core.image import Image
+from ...core.progress import progress_bar
+from ...exceptions import ImageBuildError
+from .process import make_private_dir
 
 __all__ = ["env_dir", "image_python", "inherited_paths"]
 

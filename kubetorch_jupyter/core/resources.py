@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 
-from .exceptions import ConfigError
+from ..exceptions import ConfigError
 
 __all__ = ["format_bytes", "parse_cpus", "parse_duration", "parse_memory"]
 

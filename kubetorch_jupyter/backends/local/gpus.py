@@ -30,7 +30,7 @@ from typing import TypedDict
 
 import psutil
 
-from ..exceptions import ResourceUnavailableError
+from ...exceptions import ResourceUnavailableError
 
 __all__ = [
     "GPU",

@@ -14,7 +14,7 @@ are never concatenated into one big ``bytes`` on either side::
 Calls and results are pickled with protocol 5; every ``PickleBuffer`` (numpy arrays,
 ``bytes`` over a threshold wrapped by the caller) travels out of band, either inline
 after the body or, when both ends share a host, in a shared-memory file whose name is
-in the descriptor (see :mod:`pod_runtime.shm`).
+in the descriptor (see :mod:`pod_runtime.protocol.shm`).
 
 Message types and who sends them:
 
@@ -110,7 +110,7 @@ class BufferRef:
     """An out-of-band buffer as described in a received frame.
 
     Inline buffers hold a view into the received message; shared-memory buffers hold
-    the file name, resolved by the receiver with :func:`pod_runtime.shm.open_buffer`.
+    the file name, resolved by the receiver with :func:`pod_runtime.protocol.shm.open_buffer`.
     """
 
     kind: int

@@ -26,7 +26,7 @@ import cloudpickle
 from kernel_bridge import SerializationError
 from pod_runtime import protocol
 
-from .sync import synced_module
+from ..sync.session import synced_module
 
 __all__ = ["dump_call", "dump_callable"]
 

@@ -39,17 +39,17 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from .. import config
-from .._resources import format_bytes
-from ..exceptions import ComputeNotFoundError, ConfigError, PodStartError
+from ... import config
+from ...core.resources import format_bytes
+from ...exceptions import ComputeNotFoundError, ConfigError, PodStartError
+from ..base import Backend, PodInfo, PodStatus
 from . import gpus as _gpus
 from . import venvs
-from ._process import make_private_dir, read_line, source_root, wait_gone
-from ._process import tail as read_tail
-from .base import Backend, PodInfo, PodStatus
+from .process import make_private_dir, read_line, source_root, wait_gone
+from .process import tail as read_tail
 
 if TYPE_CHECKING:
-    from ..compute import Compute
+    from ...core.compute import Compute
 
 __all__ = ["LocalBackend"]
 

@@ -53,9 +53,11 @@ from typing import TYPE_CHECKING, Any
 
 from kernel_bridge import PodConnection
 
-from . import _transfer, config
-from ._manifest import Scan, Scanner
-from ._project import (
+from .. import config
+from ..exceptions import ReloadError, SyncError, SyncLimitError
+from . import transfer as _transfer
+from .manifest import Scan, Scanner
+from .project import (
     find_project,
     find_project_root,
     import_paths,
@@ -64,11 +66,10 @@ from ._project import (
     real,
     relative,
 )
-from ._watch import getcwd
-from .exceptions import ReloadError, SyncError, SyncLimitError
+from .watch import getcwd
 
 if TYPE_CHECKING:
-    from .compute import Compute
+    from ..core.compute import Compute
 
 __all__ = [
     "MAX_FILE_SIZE",

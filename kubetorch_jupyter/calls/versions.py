@@ -19,7 +19,7 @@ from typing import Any
 
 from pod_runtime import protocol
 
-from .exceptions import VersionMismatchError, VersionMismatchWarning
+from ..exceptions import VersionMismatchError, VersionMismatchWarning
 
 __all__ = ["Mismatch", "VersionMismatchError", "VersionMismatchWarning", "check", "compare",
            "local_versions"]

@@ -19,9 +19,9 @@ from typing import Any
 from kernel_bridge import PodConnection
 from pod_runtime import protocol
 
-from ._display import event_sink
-from ._manifest import Scan
-from ._progress import progress_bar
+from ..calls.display import event_sink
+from ..core.progress import progress_bar
+from .manifest import Scan
 
 __all__ = ["PACK_SIZE", "PACK_WINDOW", "PROGRESS_MIN_BYTES", "Changed", "Job", "PodState",
            "call", "pack", "state_of", "states", "upload"]
@@ -99,6 +99,7 @@ class Job:
 
 
 def call(conn: PodConnection, msg: dict[str, Any]) -> Any:
+    """Send one sync message to the pod and wait for its reply."""
     body, buffers = protocol.dumps(msg)
     return conn.call(body, buffers, label=f"sync {msg['op']}", sink=event_sink).result()
 

@@ -1,0 +1,5 @@
+"""The ``kt`` command (``python -m kubetorch_jupyter.cli``)."""
+
+from .main import main
+
+__all__ = ["main"]

@@ -1,0 +1,5 @@
+"""``python -m kubetorch_jupyter.cli``."""
+
+from .main import main
+
+raise SystemExit(main())

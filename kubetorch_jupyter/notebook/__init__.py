@@ -1,0 +1,1 @@
+"""The notebook: ``%%kt`` / ``%kt`` / ``%autokt`` magics and the cell client behind them."""

@@ -1,0 +1,71 @@
+"""The protocol package: everything both ends of the bridge must agree on.
+
+- :mod:`.frames`: frame layout, message types, pickling policy, token proofs (pure: no
+  sockets, no threads; tested without a network).
+- :mod:`.wire`: websocket framing over a socket (threaded, on websockets' Sans-I/O core).
+- :mod:`.shm`: the shared-memory side channel for bulk buffers between local processes.
+
+``kernel_bridge`` imports this package and nothing else of ``pod_runtime``.
+"""
+
+from .frames import (
+    BRIDGE_PATH,
+    BUFFER_INLINE,
+    BUFFER_SHM,
+    CLIENT_ID_HEADER,
+    FLAG_MAIN_THREAD,
+    MAGIC,
+    NONCE_HEADER,
+    PROTOCOL_VERSION,
+    SHM_PROBE_HEADER,
+    TOKEN_HEADER,
+    BufferRef,
+    Frame,
+    FrameType,
+    Pickler,
+    ProtocolError,
+    bearer,
+    check_token,
+    claim_buffers,
+    decode_frame,
+    dump_json,
+    dumps,
+    encode_frame,
+    load_json,
+    loads,
+    package_versions,
+    release_buffers,
+    resolve_buffers,
+    token_proof,
+)
+
+__all__ = [
+    "BRIDGE_PATH",
+    "BUFFER_INLINE",
+    "BUFFER_SHM",
+    "CLIENT_ID_HEADER",
+    "FLAG_MAIN_THREAD",
+    "MAGIC",
+    "NONCE_HEADER",
+    "PROTOCOL_VERSION",
+    "SHM_PROBE_HEADER",
+    "TOKEN_HEADER",
+    "BufferRef",
+    "Frame",
+    "FrameType",
+    "Pickler",
+    "ProtocolError",
+    "bearer",
+    "check_token",
+    "claim_buffers",
+    "decode_frame",
+    "dump_json",
+    "dumps",
+    "encode_frame",
+    "load_json",
+    "loads",
+    "package_versions",
+    "release_buffers",
+    "resolve_buffers",
+    "token_proof",
+]
