@@ -1,0 +1,77 @@
+"""The variables a pod reads from its environment: one table, read when used.
+
+The client side has its own table (``kubetorch_jupyter.config``); this one is separate
+because the pod runtime imports nothing of the client. The README's "Pod variables"
+table is generated from :data:`POD_SETTINGS`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["POD_SETTINGS", "PodSetting", "get"]
+
+
+def _flag(text: str) -> bool:
+    return text.strip().lower() not in {"0", "false", "no", "off"}
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError("must be a positive whole number")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise ValueError("must be positive")
+    return value
+
+
+@dataclass(frozen=True)
+class PodSetting:
+    """One variable of the pod's environment: its name, default, parser and meaning."""
+
+    env: str
+    default: Any
+    parse: Callable[[str], Any]
+    help: str
+
+
+POD_SETTINGS: dict[str, PodSetting] = {
+    s.env: s
+    for s in [
+        PodSetting("KT_POD_TOKEN", "", str,
+                   "The token clients must present (required; removed from the environment "
+                   "once read, so code on the pod never sees it)."),
+        PodSetting("KT_POD_NAME", "pod", str, "The pod's name in messages and metrics."),
+        PodSetting("KT_STATE_DIR", "", str,
+                   "State directory; synced trees go under <KT_STATE_DIR>/sync/<pod>."),
+        PodSetting("KT_SYNC_DIR", "", str,
+                   "Where synced project trees are written (overrides KT_STATE_DIR)."),
+        PodSetting("KT_POD_IPYTHON", True, _flag,
+                   "Run notebook cells through IPython when it is installed (0: plain exec)."),
+    ]
+}
+
+
+def get(env: str) -> Any:
+    """The value of a pod variable now: parsed from the environment, else its default.
+
+    Raises:
+        ValueError: When the variable is set to something its parser rejects (the
+            message names the variable).
+    """
+    setting = POD_SETTINGS[env]
+    raw = os.environ.get(env)
+    if raw is None or raw == "":
+        return setting.default
+    try:
+        return setting.parse(raw)
+    except ValueError as exc:
+        raise ValueError(f"{env}={raw!r}: {exc}") from None
