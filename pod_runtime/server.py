@@ -236,6 +236,8 @@ class PodServer:
             "proof": protocol.token_proof(self.token, headers.get(protocol.NONCE_HEADER, "")),
             "shm": probe_payload,
             "versions": self._versions,
+            # other clients connected now: a client that would restart the pod asks first
+            "clients": sum(1 for c in self._conns if c is not conn and not c.closed),
         }
         conn.send(protocol.encode_frame(FrameType.WELCOME, 0, protocol.dump_json(welcome)))
         try:
