@@ -238,6 +238,59 @@ def bench_throughput(table: Table, remote_echo: Any, arr: np.ndarray, rounds: in
               ">= 1 GB/s (array size / round-trip time)")
 
 
+def nbytes(a: Any) -> int:
+    return int(a.nbytes)
+
+
+def _tcp_one_way(view: memoryview) -> float:
+    """Seconds to push ``view`` through a loopback TCP socket to a reader process."""
+    proc, port = _spawn(_tcp_sink_server)
+    sock = socket.create_connection(("127.0.0.1", port))
+    t0 = time.perf_counter()
+    sock.sendall(view)
+    sock.shutdown(socket.SHUT_WR)
+    sock.recv(64)
+    dt = time.perf_counter() - t0
+    sock.close()
+    proc.join(5)
+    return dt
+
+
+def bench_cluster_path(table: Table, arr: np.ndarray, rounds: int) -> None:
+    """An argument over the websocket with shared memory off, as every call in a cluster.
+
+    Only the argument travels (the function returns its size), so the figure compares
+    with one loopback TCP push of the same bytes, measured in alternation with it.
+    """
+    import kubetorch_jupyter as kt
+
+    old = os.environ.get("KT_SHM")
+    os.environ["KT_SHM"] = "0"  # read when the connection is made
+    compute = kt.Compute(name=f"bench-tcp-{os.getpid()}")
+    try:
+        remote = kt.fn(nbytes).to(compute)
+        remote(arr[:1024])
+        assert not compute.connection().shm_active
+        view = memoryview(arr).cast("B")
+        ours, tcp = [], []
+        for _ in range(rounds):
+            tcp.append(_tcp_one_way(view))
+            t0 = time.perf_counter()
+            assert remote(arr) == arr.nbytes
+            ours.append(time.perf_counter() - t0)
+    finally:
+        compute.teardown()
+        if old is None:
+            os.environ.pop("KT_SHM", None)
+        else:
+            os.environ["KT_SHM"] = old
+    size = arr.nbytes
+    k, t = size / statistics.median(ours) / 1e9, size / statistics.median(tcp) / 1e9
+    table.add(f"{size // MiB} MiB argument, shm off: websocket over TCP (median of {rounds})",
+              f"{k:.2f} GB/s ({statistics.median(ours) * 1e3:.0f} ms)",
+              f"loopback TCP push {t:.2f} GB/s", f"{k / t:.2f}x", "the cluster path")
+
+
 def bench_cold_start(table: Table, runs: int) -> None:
     import kubetorch_jupyter as kt
 
@@ -290,6 +343,7 @@ def main() -> int:
         print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores; measuring...")
         bench_latency(table, remote_noop, rounds, n // rounds)
         bench_throughput(table, remote_echo, arr, 3 if args.quick else 5)
+        bench_cluster_path(table, arr, 3 if args.quick else 5)
         bench_concurrency(table, compute)
         bench_ipyparallel(table, remote_noop, arr, n // 2)
         bench_ray(table, arr, n // 2)
