@@ -120,7 +120,7 @@ def test_no_import_cycles(graph: dict[str, set[str]]) -> None:
         stack.append(node)
         for nxt in sorted(edges(node)):
             if state.get(nxt) == 1:
-                cycles.append(stack[stack.index(nxt):] + [nxt])
+                cycles.append([*stack[stack.index(nxt):], nxt])
             elif nxt not in state:
                 dfs(nxt)
         stack.pop()
