@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import logging
 import secrets
 import threading
 import time
@@ -35,10 +34,9 @@ from .errors import (
     PodDiedError,
     PodUnreachableError,
 )
+from .logs import about, log
 
 __all__ = ["PodConnection"]
-
-log = logging.getLogger("kubetorch.bridge")
 
 #: ``status()`` returns (alive, exit_status); exit_status None when unknown.
 StatusProbe = Callable[[], tuple[bool, int | None]]
@@ -359,7 +357,8 @@ class PodConnection:
                 try:
                     events = [e for e in frame.json()["events"] if e["seq"] > handle.last_seq]
                 except (ValueError, KeyError, TypeError) as exc:
-                    log.error("pod %s sent malformed events: %s", self.name, exc)
+                    log.error("pod %s sent malformed events: %s", self.name, exc,
+                              extra=about(handle))
                     return
                 if events:
                     handle._deliver("events", events)

@@ -11,10 +11,11 @@
 In a notebook, ``%load_ext kubetorch_jupyter`` adds the ``%%kt`` cell magic (run a
 cell on a warm pod), ``%kt`` and ``%autokt`` (see :mod:`kubetorch_jupyter.notebook.magics`).
 
-The public API is exactly what ``__all__`` lists.
+The public API is exactly what ``__all__`` lists, and ``dir(kt)`` shows just that (the
+subpackages stay importable by their full names, ``kubetorch_jupyter.config``).
 """
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from kernel_bridge import CallHandle
 
@@ -42,22 +43,27 @@ from .exceptions import (
     VersionMismatchWarning,
 )
 
+if TYPE_CHECKING:
+    from typing import Any
+
 __version__ = "0.1.0"
 
 
-def load_ipython_extension(ipython: Any) -> None:
+def load_ipython_extension(ipython: "Any") -> None:
     """``%load_ext kubetorch_jupyter``: register ``%%kt``, ``%kt`` and ``%autokt``."""
     from .notebook.magics import load_ipython_extension as load
 
     load(ipython)
 
 
-def unload_ipython_extension(ipython: Any) -> None:
+def unload_ipython_extension(ipython: "Any") -> None:
     """``%unload_ext kubetorch_jupyter``: remove the magics again."""
     from .notebook.magics import unload_ipython_extension as unload
 
     unload(ipython)
 
+
+del TYPE_CHECKING  # a typing helper, not API
 
 __all__ = [
     "AuthenticationError",
@@ -90,3 +96,8 @@ __all__ = [
     "cls",
     "fn",
 ]
+
+
+def __dir__() -> list[str]:
+    """The public API only (PEP 562): no submodules, no imported helpers."""
+    return sorted(__all__)

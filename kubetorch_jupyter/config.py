@@ -1,14 +1,14 @@
-"""The one table of settings: name, default, parser, environment variable.
+"""The one table of the client's settings: name, environment variable, default, parser.
 
 Every setting is read lazily, when it is used, so ``KT_...`` variables set after import
-still count. ``kt.config.get("start_timeout")`` reads one; :func:`describe` lists all
-(the README's configuration table is generated from it).
+still count. ``kubetorch_jupyter.config.get("start_timeout")`` reads one;
+:func:`describe` lists them with this machine's defaults (``kt config`` prints that).
 
-========================  =====================  ==============================================
-setting                   environment variable   meaning
-========================  =====================  ==============================================
-see ``SETTINGS`` below
-========================  =====================  ==============================================
+The README's "Configuration" table is generated from :data:`SETTINGS` (and its "Pod
+variables" table from ``pod_runtime.settings.POD_SETTINGS``) by
+``python -m kubetorch_jupyter.docs --write-readme README.md``; ``tests/test_docs.py``
+fails when the README and this table drift apart. A new setting is one row below, then
+that command.
 """
 
 from __future__ import annotations
@@ -62,13 +62,24 @@ def _default_username() -> str:
 
 @dataclass(frozen=True)
 class Setting:
-    """One setting: its environment variable, default and parser."""
+    """One setting: its environment variable, default, parser and meaning.
+
+    Attributes:
+        name: What :func:`get` is called with.
+        env: The environment variable that sets it.
+        default: Makes the value used when the variable is unset or empty.
+        parse: Turns the variable's text into the value; raises ``ValueError`` if bad.
+        help: One sentence for the docs and ``kt config``.
+        shown: How the default reads in the docs (Markdown) when it depends on the
+            machine (``"`$USER`"``); empty: the docs show ``default()`` itself.
+    """
 
     name: str
     env: str
     default: Callable[[], Any]
     parse: Callable[[str], Any]
     help: str
+    shown: str = ""
 
 
 SETTINGS: dict[str, Setting] = {
@@ -77,9 +88,12 @@ SETTINGS: dict[str, Setting] = {
         Setting("backend", "KT_BACKEND", lambda: "local", str,
                 "Where pods run: 'local' (processes on this machine) or 'kubernetes'."),
         Setting("state_dir", "KT_STATE_DIR", _default_state_dir, _absolute_path,
-                "Where the local backend records its pods and caches image environments."),
+                "Where the local backend records its pods and caches image environments.",
+                shown="`$XDG_STATE_HOME/kubetorch-jupyter`, else "
+                      "`~/.local/state/kubetorch-jupyter`"),
         Setting("username", "KT_USERNAME", _default_username, str,
-                "Prefix of pod names on a shared cluster ({username}-{name})."),
+                "Prefix of pod names on a shared cluster ({username}-{name}).",
+                shown="`$USER` (lower case, other characters as `-`)"),
         Setting("start_timeout", "KT_START_TIMEOUT", lambda: 120.0, _float,
                 "Seconds to wait for a new pod to answer."),
         Setting("connect_timeout", "KT_CONNECT_TIMEOUT", lambda: 10.0, _float,
@@ -93,7 +107,8 @@ SETTINGS: dict[str, Setting] = {
         Setting("sync", "KT_SYNC", lambda: True, _bool,
                 "Sync the project's files to pods before each call (%kt sync works either way)."),
         Setting("python", "KT_PYTHON", lambda: "", str,
-                "Python interpreter for local pods (default: the client's own)."),
+                "Python interpreter for local pods whose image has no install steps.",
+                shown="the client's own"),
     ]
 }
 

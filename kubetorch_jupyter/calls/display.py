@@ -1,12 +1,24 @@
-"""Where the events of a remote call go: this process's streams and display system."""
+"""Where the events of a remote call go: this process's streams and display system.
+
+A call's events are written by whoever waits for it (``handle.result()``). In a blocking
+call that is the cell that made it, and :func:`event_sink` writes to ``sys.stdout`` and
+IPython's display publisher, which a kernel attributes to the running cell. Work that
+outlives its cell (``submit()`` in one cell, ``.result()`` in a later one) would land in
+the later cell that way, so :func:`cell_sink` captures the kernel's parent header (the
+request of the cell running now) when the call starts, and publishes the call's output
+under it whenever it is written from another cell: the output appears in the cell that
+started the call, where a notebook frontend puts messages of that parent. Outside an
+IPython kernel the two sinks are the same.
+"""
 
 from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["RemoteValue", "event_sink"]
+__all__ = ["CellSink", "RemoteValue", "cell_sink", "current_parent", "event_sink"]
 
 #: ipykernel's display hook builds its message in shared state between its start and
 #: finish; cells running at once (kernel subshells) must not interleave those calls.
@@ -86,3 +98,96 @@ def event_sink(event: dict[str, Any]) -> None:
         shell.display_pub.publish(data=data, metadata=metadata, **extra)
     elif "text/plain" in data:
         print(data["text/plain"])
+
+
+def _request_id(parent: dict[str, Any] | None) -> str | None:
+    """The msg_id of a parent (a whole request message, or its header)."""
+    if not parent:
+        return None
+    header = parent.get("header", parent)
+    msg_id = header.get("msg_id") if isinstance(header, dict) else None
+    return str(msg_id) if msg_id else None
+
+
+def current_parent() -> dict[str, Any] | None:
+    """The kernel request this thread's output belongs to now; None outside a kernel.
+
+    That is ipykernel's parent header: per thread (and task) where the kernel set one,
+    else the request of the cell running now.
+    """
+    shell = _ipython()
+    if shell is None or getattr(shell, "kernel", None) is None:
+        return None
+    try:
+        get = getattr(shell, "get_parent", None)
+        parent = get() if get is not None else getattr(shell, "parent_header", None)
+    except Exception:  # noqa: BLE001 - not ipykernel's shell after all
+        return None
+    return parent if isinstance(parent, dict) and _request_id(parent) else None
+
+
+class CellSink:
+    """An event sink that keeps a call's output in the cell that started the call.
+
+    Written from that same cell (the blocking case) it is :func:`event_sink`. Written
+    from any other cell or thread, each event is published on the kernel's IOPub
+    socket under the captured parent, as ipykernel's own streams and display publisher
+    would have published it while that cell ran.
+
+    Attributes:
+        parent: The request message (or its header) the output belongs to.
+    """
+
+    def __init__(self, parent: dict[str, Any]) -> None:
+        self.parent = parent
+        self._msg_id = _request_id(parent)
+        self._routed = False
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        """Write ``event`` here if this is the call's cell, else publish it under it."""
+        if _request_id(current_parent()) == self._msg_id:
+            self._routed = False
+            event_sink(event)
+            return
+        shell = _ipython()
+        kernel = getattr(shell, "kernel", None)
+        if kernel is None:  # the kernel went away: write here rather than lose it
+            event_sink(event)
+            return
+        if not self._routed:
+            # what the call wrote in its own cell (still buffered) goes first
+            self._routed = True
+            sys.stdout.flush()
+            sys.stderr.flush()
+        message = _iopub_message(event)
+        if message is not None:
+            msg_type, content = message
+            kernel.session.send(kernel.iopub_socket, msg_type, content, parent=self.parent,
+                                ident=f"kubetorch.{msg_type}".encode())
+
+
+def _iopub_message(event: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """The IOPub message (type, content) that shows ``event`` in a cell."""
+    kind = event.get("kind")
+    if kind == "stream":
+        name = "stderr" if event.get("name") == "stderr" else "stdout"
+        return "stream", {"name": name, "text": event["text"]}
+    if kind == "clear_output":
+        return "clear_output", {"wait": bool(event.get("wait"))}
+    if kind not in ("display", "result"):
+        return None
+    # a result long after its cell finished is shown, not made the cell's Out
+    content: dict[str, Any] = {"data": event.get("data") or {},
+                               "metadata": event.get("metadata") or {},
+                               "transient": event.get("transient") or {}}
+    return ("update_display_data" if event.get("update") else "display_data"), content
+
+
+def cell_sink() -> Callable[[dict[str, Any]], None]:
+    """The sink for a call that starts now, on this thread.
+
+    In an IPython kernel, a :class:`CellSink` bound to the cell running now; elsewhere
+    :func:`event_sink`.
+    """
+    parent = current_parent()
+    return event_sink if parent is None else CellSink(parent)

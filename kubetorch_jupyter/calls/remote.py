@@ -24,7 +24,7 @@ from ..core.compute import Compute
 from ..exceptions import ConfigError
 from ..sync import session as _sync
 from . import versions as _versions
-from .display import event_sink
+from .display import cell_sink
 from .serialize import dump_call, dump_callable
 
 __all__ = ["Cls", "Fn", "RemoteFn", "RemoteInstance", "RemoteMethod", "cls", "fn"]
@@ -51,7 +51,8 @@ def _invoke(compute: Compute, msg: dict[str, Any], label: str, blob_key: str,
     else:
         with _sync.shipping_to(compute):
             body, buffers = dump_call(msg, label)
-    handle = conn.call(body, buffers, label=label, sink=event_sink)
+    # output goes to the cell that started the call, whichever cell waits for it
+    handle = conn.call(body, buffers, label=label, sink=cell_sink())
     if blob is not None and msg[blob_key] is not None:
         digest = blob[0]
         handle.on_answer.append(lambda: conn.known.add(digest))  # cached on the pod now
