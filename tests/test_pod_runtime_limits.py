@@ -1,0 +1,192 @@
+"""The pod's limits: slow clients, threads per connection, memory bounds, signal masks."""
+
+from __future__ import annotations
+
+import base64
+import os
+import pickle
+import socket
+import struct
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import pytest
+from kt_testing import RawPod, start_raw_pod, timeout
+from websockets.utils import apply_mask
+
+from kernel_bridge import PodConnection
+from pod_runtime import protocol
+from pod_runtime.protocol import FrameType
+
+
+class RawClient:
+    """An authenticated websocket client on a plain socket, which reads only when asked.
+
+    A real client whose reader thread stopped (a suspended laptop, a stuck
+    port-forward) looks like this to the pod: its socket buffers fill and stay full.
+    """
+
+    def __init__(self, pod: RawPod) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills at once
+        sock.settimeout(timeout(10))
+        sock.connect(("127.0.0.1", pod.port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        request = (f"GET {protocol.BRIDGE_PATH} HTTP/1.1\r\nHost: 127.0.0.1:{pod.port}\r\n"
+                   "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                   f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                   f"Authorization: Bearer {pod.token}\r\n\r\n")
+        sock.sendall(request.encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(1)
+            assert chunk, "the pod closed the upgrade"
+            head += chunk
+        assert head.startswith(b"HTTP/1.1 101"), head
+        self.sock = sock
+
+    def send_call(self, call_id: int, msg: dict[str, Any], flags: int = 0) -> None:
+        body = pickle.dumps(msg, protocol=5)
+        [payload] = protocol.encode_frame(FrameType.CALL, call_id, body, flags=flags)
+        mask = os.urandom(4)
+        n = len(payload)
+        head = bytes([0x82]) + (bytes([0x80 | 126]) + struct.pack("!H", n) if n >= 126
+                                else bytes([0x80 | n]))
+        assert n < 65536
+        self.sock.sendall(head + mask + apply_mask(bytes(payload), mask))
+
+    def read_until_closed(self) -> int:
+        """Read (and drop) everything until the pod closes the connection; bytes read."""
+        total = 0
+        while True:
+            try:
+                data = self.sock.recv(1 << 20)
+            except ConnectionResetError:
+                return total
+            if not data:
+                return total
+            total += len(data)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _fn_call(func: Any, *args: Any) -> dict[str, Any]:
+    """A CALL body of kind fn; ``func`` goes by value (the pod cannot import tests)."""
+    module = sys.modules[func.__module__]
+    cloudpickle.register_pickle_by_value(module)
+    try:
+        blob = cloudpickle.dumps(func)
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)
+    return {"kind": "fn", "fn_id": f"t-{id(func)}", "fn_blob": blob, "args": args,
+            "kwargs": {}}
+
+
+def _big(n: int) -> bytes:
+    print("x" * 2000)  # output too, for the writer to send before the result
+    return b"\0" * n
+
+
+@pytest.fixture
+def pod(tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+        ) -> Iterator[RawPod]:
+    """A pod of its own, with the variables of the test's ``pod`` parameter set."""
+    for key, value in getattr(request, "param", {}).items():
+        monkeypatch.setenv(key, value)
+    p = start_raw_pod(tmp_path)
+    yield p
+    p.stop()
+
+
+def test_a_client_that_stops_reading_does_not_hold_up_another_clients_cells(
+    pod: RawPod,
+) -> None:
+    stuck = RawClient(pod)
+    conn = PodConnection(pod.url, pod.token, name="other", use_shm=False)
+    try:
+        # Its result is far larger than the socket buffers: the pod cannot write it out.
+        stuck.send_call(1, _fn_call(_big, 64 << 20), flags=protocol.FLAG_MAIN_THREAD)
+        first = pickle.dumps({"kind": "fn", "fn_id": "len", "fn_blob": pickle.dumps(len),
+                              "args": ("abc",), "kwargs": {}}, protocol=5)
+        assert conn.call(first, []).result(timeout(30)) == 3
+        # A cell runs on the pod's main thread, after the stuck client's call there.
+        cell = pickle.dumps({"kind": "cell", "source": "6 * 7"}, protocol=5)
+        conn.call(cell, [], flags=protocol.FLAG_MAIN_THREAD).result(timeout(30))
+        again = conn.call(first, []).result(timeout(30))
+        assert again == 3
+    finally:
+        conn.close()
+        stuck.close()
+
+
+@pytest.mark.parametrize("pod", [{"KT_POD_MAX_OUTBOUND_BYTES": "1Mi"}], indirect=True)
+def test_a_client_past_the_outbound_bound_is_closed_and_collects_later(pod: RawPod) -> None:
+    stuck = RawClient(pod)
+    size = 8 << 20
+    stuck.send_call(11, _fn_call(_big, size))
+    stuck.send_call(12, _fn_call(_big, size))
+    # The pod closes the connection rather than queue more for a client that reads
+    # nothing; it read a few MiB at most (what the socket buffers held).
+    assert stuck.read_until_closed() < 2 * size
+    stuck.close()
+    assert "KT_POD_MAX_OUTBOUND_BYTES" in pod.log.read_text()
+    conn = PodConnection(pod.url, pod.token, name="later", use_shm=False)
+    try:
+        # The results were kept: a new connection collects both.
+        for call_id in (11, 12):
+            assert conn.attach(call_id).result(timeout(30)) == b"\0" * size
+    finally:
+        conn.close()
+
+
+def _connection_threads(own: str, wait: float) -> list[str]:
+    """On the pod: wait for other connections' threads to end; the names of those left."""
+    import threading
+    import time
+
+    deadline = time.monotonic() + wait
+    prefixes = ("kt-conn", "kt-send", "kt-ping", "kt-flush", "kt-wire-")
+    left = []
+    for thread in threading.enumerate():
+        name = thread.name
+        if (not name.startswith(prefixes) or own in name or name == "kt-wire-watchdog"
+                or thread is threading.current_thread()):
+            continue
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            left.append(name)
+    return left
+
+
+def _pod_threads(pod: RawPod) -> int:
+    status = Path(f"/proc/{pod.proc.pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines()
+                    if line.startswith("Threads:")))
+
+
+def test_connections_that_close_leave_no_threads_behind(pod: RawPod) -> None:
+    def probe() -> tuple[list[str], int]:
+        conn = PodConnection(pod.url, pod.token, name="probe", use_shm=False)
+        try:
+            msg = _fn_call(_connection_threads, conn.client_id[:8], timeout(10))
+            left = conn.call(pickle.dumps(msg, protocol=5), []).result(timeout(60))
+            return left, _pod_threads(pod)
+        finally:
+            conn.close()
+
+    def chatty() -> None:
+        print("some output")  # output gives the connection something to flush
+
+    msg = pickle.dumps(_fn_call(chatty), protocol=5)
+    _, before = probe()
+    for _ in range(30):
+        conn = PodConnection(pod.url, pod.token, name="brief", use_shm=False)
+        conn.call(msg, []).result(timeout(30))
+        conn.close()
+    left, after = probe()
+    assert left == []
+    assert after <= before + 2  # the probe's own connection may have a reader more or less
