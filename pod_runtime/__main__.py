@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     # Signals go to the main thread only: it waits on a lock for cells, and a SIGTERM
     # the kernel delivered to some reader thread instead would never wake it. Threads
     # inherit the mask of the thread that starts them, so block first, unblock below.
+    # (The executor clears the mask while a call's own code runs: see Executor._run.)
     handled = {signal.SIGTERM, signal.SIGINT}
     signal.pthread_sigmask(signal.SIG_BLOCK, handled)
     server = PodServer(token, name=args.name, host=args.host, port=args.port,

@@ -295,6 +295,10 @@ class Executor:
                 raise ValueError(f"unknown call kind {msg.get('kind')!r}; is the pod older "
                                  "than the client? Upgrade kubetorch-jupyter on the pod")
             record.kind = msg["kind"]
+            # The pod's own threads block SIGINT and SIGTERM (so that those reach the
+            # main thread); user code runs with the empty mask of a normal process, or the
+            # processes it starts inherit the block and Popen.terminate() cannot stop them.
+            saved_mask = None if on_main else signal.pthread_sigmask(signal.SIG_SETMASK, ())
             with record.lock:
                 record.in_user_code = True
             try:
@@ -304,6 +308,8 @@ class Executor:
                     record.in_user_code = False
                     if not on_main:
                         _set_async_exc(record.thread_id or 0, None)  # a late one: drop it
+                if saved_mask is not None:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, saved_mask)
             result = _pack_ok(value)
         except BaseException as exc:  # noqa: BLE001 - everything goes back to the caller
             self.calls_failed += 1

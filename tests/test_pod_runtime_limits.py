@@ -190,3 +190,57 @@ def test_connections_that_close_leave_no_threads_behind(pod: RawPod) -> None:
     left, after = probe()
     assert left == []
     assert after <= before + 2  # the probe's own connection may have a reader more or less
+
+
+# ------------------------------------------------------------------ signal masks
+def _child_signal_state() -> tuple[str, int | str]:
+    """On the pod: a child's blocked signals, and how a child ends on terminate()."""
+    import subprocess
+
+    status = subprocess.run(["grep", "SigBlk", "/proc/self/status"], capture_output=True,
+                            text=True, check=True).stdout.split()[1]
+    child = subprocess.Popen(["sleep", "60"])
+    child.terminate()
+    try:
+        code: int | str = child.wait(10)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+        code = "still running 10 s after terminate()"
+    return status, code
+
+
+def _wait_for_fifo(path: str) -> str:
+    """On the pod: hold a call slot until the test writes to the FIFO."""
+    with open(path) as fifo:
+        return fifo.read()
+
+
+@pytest.mark.parametrize("pod", [{}], indirect=True)
+def test_processes_started_by_calls_get_a_normal_signal_mask(pod: RawPod, tmp_path: Path
+                                                             ) -> None:
+    import signal
+
+    conn = PodConnection(pod.url, pod.token, name="sig", use_shm=False)
+    try:
+        check = pickle.dumps(_fn_call(_child_signal_state), protocol=5)
+        # Run on the connection's own thread (a short call) ...
+        blocked, code = conn.call(check, []).result(timeout(30))
+        assert blocked == "0000000000000000"
+        assert code == -signal.SIGTERM
+        # ... on the pod's main thread ...
+        blocked, code = conn.call(check, [], flags=protocol.FLAG_MAIN_THREAD).result(
+            timeout(30))
+        assert (blocked, code) == ("0000000000000000", -signal.SIGTERM)
+        # ... and on another thread while a call holds the connection's first one.
+        fifo = tmp_path / "gate"
+        os.mkfifo(fifo)
+        holder = conn.call(pickle.dumps(_fn_call(_wait_for_fifo, str(fifo)), protocol=5), [])
+        for _ in range(4):
+            blocked, code = conn.call(check, []).result(timeout(30))
+            assert (blocked, code) == ("0000000000000000", -signal.SIGTERM)
+        with open(fifo, "w") as gate:
+            gate.write("done")
+        assert holder.result(timeout(30)) == "done"
+    finally:
+        conn.close()
