@@ -1,9 +1,11 @@
 """The pod's network side: one websocket endpoint for the bridge, plain HTTP for probes.
 
 ``GET /healthz``, ``/ready`` and ``/metrics`` answer without authentication.
-``/bridge`` upgrades to a websocket only for a request carrying the pod's token
-(compared in constant time); any other request is answered 401 before a single frame
-is read, so nothing from an unauthenticated peer is ever unpickled.
+``/bridge`` upgrades to a websocket only for a request carrying the pod's token in
+``X-KT-Token`` or, without that header, in ``Authorization: Bearer`` (compared in
+constant time; see :func:`pod_runtime.protocol.presented_token`); any other request
+is answered 401 before a single frame is read, so nothing from an unauthenticated peer
+is ever unpickled.
 
 Threads: one acceptor; per connection a reader (parses frames, queues calls) and a
 writer, the only thread that writes to its socket (results in the order they finished,
@@ -291,7 +293,8 @@ class PodServer:
                                 {"Content-Type": "text/plain; version=0.0.4"})
         if path != protocol.BRIDGE_PATH:
             return wire.respond(sock, proto, 404, f"no such endpoint: {path}\n")
-        presented = protocol.bearer(request.headers.get(protocol.TOKEN_HEADER))
+        presented = protocol.presented_token(request.headers.get(protocol.POD_TOKEN_HEADER),
+                                             request.headers.get(protocol.TOKEN_HEADER))
         if not protocol.check_token(self.token, presented):
             log.warning("refused a connection with a %s token",
                         "missing" if presented is None else "wrong")
