@@ -179,6 +179,11 @@ class _Outbound:
     nbytes: int
 
 
+def _label_value(text: str) -> str:
+    """Escape a Prometheus label value (text format: backslash, double quote, newline)."""
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 def _events_frame(call_id: int, events: list[dict[str, Any]]) -> list[bytes | memoryview]:
     return protocol.encode_frame(FrameType.EVENTS, call_id,
                                  protocol.dump_json({"events": events}))
@@ -350,7 +355,7 @@ class PodServer:
     def _metrics(self) -> str:
         ex = self.executor
         running = sum(1 for r in list(ex.records.values()) if r.state != "done")
-        labels = f'{{pod="{self.name}"}}'
+        labels = f'{{pod="{_label_value(self.name)}"}}'
         rows = [
             ("kt_calls_total", "counter", ex.calls_total),
             ("kt_calls_failed_total", "counter", ex.calls_failed),
