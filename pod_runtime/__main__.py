@@ -39,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.__stderr__,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("websockets").setLevel(logging.WARNING)
+    swept = shm.sweep_dead_owners()  # files of clients and pods killed by SIGKILL
+    if swept:
+        logging.getLogger("kubetorch.pod").info(
+            "removed %d shared-memory files of processes that are gone", swept)
     # Signals go to the main thread only: it waits on a lock for cells, and a SIGTERM
     # the kernel delivered to some reader thread instead would never wake it. Threads
     # inherit the mask of the thread that starts them, so block first, unblock below.

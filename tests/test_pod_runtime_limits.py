@@ -287,3 +287,64 @@ def test_metrics_label_values_are_escaped(tmp_path: Path) -> None:
     samples = _parse_exposition(text)
     assert {s[0] for s in samples} >= {"kt_calls_total", "kt_connections"}
     assert all(labels == {"pod": name} for _, labels, _ in samples)
+
+
+# ------------------------------------------------------------------ shared memory
+def _leave_shm_file() -> str:
+    """On the pod: write a buffer to shared memory that nobody will claim."""
+    from pod_runtime.protocol import shm
+
+    [name] = shm.ShmWriter(threshold=0).place([memoryview(b"x" * (1 << 20))])
+    assert name is not None
+    return name
+
+
+def test_a_pod_that_starts_removes_shared_memory_of_a_pod_killed_by_sigkill(
+    tmp_path: Path,
+) -> None:
+    import signal
+
+    from pod_runtime.protocol import shm
+
+    first = start_raw_pod(tmp_path)
+    conn = PodConnection(first.url, first.token, name="first", use_shm=False)
+    try:
+        name = conn.call(pickle.dumps(_fn_call(_leave_shm_file), protocol=5), []).result(
+            timeout(30))
+    finally:
+        conn.close()
+    first.proc.send_signal(signal.SIGKILL)
+    first.proc.wait(timeout(10))
+    assert (shm.SHM_DIR / name).exists()  # nobody cleaned up after a SIGKILL
+    second = start_raw_pod(tmp_path)  # ready only after its sweep
+    try:
+        assert not (shm.SHM_DIR / name).exists()
+    finally:
+        second.stop()
+
+
+def test_the_sweep_keeps_live_owners_files_and_removes_those_of_a_reused_pid() -> None:
+    import secrets
+    import subprocess
+    import time
+
+    from pod_runtime.protocol import shm
+
+    mine = shm.SHM_DIR / f"kt-{os.getpid()}-{secrets.token_hex(12)}"
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                             stdin=subprocess.PIPE)
+    # A file named after a live process but older than it: left by an earlier owner of
+    # that pid, which died.
+    stale = shm.SHM_DIR / f"kt-{child.pid}-{secrets.token_hex(12)}"
+    try:
+        mine.write_bytes(b"live")
+        stale.write_bytes(b"stale")
+        an_hour_ago = time.time() - 3600
+        os.utime(stale, (an_hour_ago, an_hour_ago))
+        assert shm.sweep_dead_owners() >= 1
+        assert mine.exists()
+        assert not stale.exists()
+    finally:
+        mine.unlink(missing_ok=True)
+        stale.unlink(missing_ok=True)
+        child.communicate(b"")
