@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 
+from . import settings
 from .protocol import shm
 from .server import PodServer
 
@@ -25,13 +26,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pod_runtime", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=0, help="TCP port; 0 picks a free one")
-    parser.add_argument("--name", default=os.environ.get("KT_POD_NAME", "pod"))
+    parser.add_argument("--name", default=settings.get("KT_POD_NAME"))
     parser.add_argument("--ready-fd", type=int, default=None)
     parser.add_argument("--inactivity-ttl", type=float, default=None, metavar="SECONDS")
     parser.add_argument("--max-workers", type=int, default=64)
     args = parser.parse_args(argv)
 
-    token = os.environ.pop("KT_POD_TOKEN", "")
+    token = settings.get("KT_POD_TOKEN")
+    os.environ.pop("KT_POD_TOKEN", None)  # code run on the pod never sees it
     if not token:
         print("pod_runtime: KT_POD_TOKEN is not set; refusing to serve without a token",
               file=sys.stderr)

@@ -50,7 +50,7 @@ import sys
 import threading
 from typing import Any
 
-from . import capture, mimebundle, protocol
+from . import capture, mimebundle, protocol, settings
 from .executor import CallRecord, Executor
 from .registry import register
 
@@ -96,8 +96,7 @@ class CellRuntime:
         self.ns.setdefault("___", "")
         _use_pod_backend()
         if use_ipython is None:
-            wanted = os.environ.get("KT_POD_IPYTHON", "1").strip().lower()
-            use_ipython = wanted not in ("0", "false", "no", "off") and (
+            use_ipython = bool(settings.get("KT_POD_IPYTHON")) and (
                 importlib.util.find_spec("IPython") is not None)
         self.shell = _make_shell(self) if use_ipython else None
         if self.shell is None:

@@ -258,7 +258,9 @@ class PodServer:
 
     def _janitor(self) -> None:
         """Expire old results; stop the pod after ``inactivity_ttl`` idle seconds."""
-        period = 30.0 if self.inactivity_ttl is None else min(30.0, self.inactivity_ttl / 4)
+        period = min(30.0, self.executor.result_ttl / 4)
+        if self.inactivity_ttl is not None:
+            period = min(period, self.inactivity_ttl / 4)
         while not self.stopped.wait(max(period, 0.05)):
             self.executor.expire()
             if self.inactivity_ttl is None:
@@ -404,8 +406,11 @@ class PodServer:
             self.executor.acknowledge([int(i) for i in frame.json()["ids"]])
         elif ftype == FrameType.COLLECT:
             for key, last_seq in frame.json()["calls"].items():
+                lost = self.executor.lost_result(int(key))
                 rec = self.executor.records.get(int(key))
-                if rec is None:
+                if lost is not None:  # dropped by a bound: the client is told which
+                    conn.post(protocol.encode_frame(FrameType.RESULT, int(key), *lost))
+                elif rec is None:
                     conn.post(protocol.encode_frame(FrameType.UNKNOWN, int(key),
                                                     protocol.dump_json({})))
                 else:

@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from . import reload as _reload
-from . import treeimport
+from . import settings, treeimport
 from .executor import CallRecord, Executor
 from .registry import register
 
@@ -68,10 +68,10 @@ SAVE_DELAY = 0.5
 
 def sync_home(pod_name: str) -> Path:
     """Where this pod keeps synced trees (read from the environment when first needed)."""
-    explicit = os.environ.get("KT_SYNC_DIR")
+    explicit = settings.get("KT_SYNC_DIR")
     if explicit:
         return Path(explicit)
-    state = os.environ.get("KT_STATE_DIR") or str(
+    state = settings.get("KT_STATE_DIR") or str(
         Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
         / "kubetorch-jupyter")
     safe = re.sub(r"[^A-Za-z0-9._-]", "-", pod_name) or "pod"

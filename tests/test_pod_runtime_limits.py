@@ -59,6 +59,31 @@ class RawClient:
         assert n < 65536
         self.sock.sendall(head + mask + apply_mask(bytes(payload), mask))
 
+    def _exact(self, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = self.sock.recv(n - len(data))
+            assert chunk, "the pod closed the connection"
+            data += chunk
+        return data
+
+    def read_frame(self) -> protocol.Frame:
+        """Read one whole message from the pod (unmasked frames) and decode it."""
+        parts: list[bytes] = []
+        while True:
+            head1, head2 = self._exact(2)
+            length = head2 & 0x7F
+            if length == 126:
+                length = struct.unpack("!H", self._exact(2))[0]
+            elif length == 127:
+                length = struct.unpack("!Q", self._exact(8))[0]
+            payload = self._exact(length)
+            if head1 & 0x0F in (0x9, 0xA):  # ping, pong
+                continue
+            parts.append(payload)
+            if head1 & 0x80:
+                return protocol.decode_frame(parts)
+
     def read_until_closed(self) -> int:
         """Read (and drop) everything until the pod closes the connection; bytes read."""
         total = 0
@@ -348,3 +373,105 @@ def test_the_sweep_keeps_live_owners_files_and_removes_those_of_a_reused_pid() -
         mine.unlink(missing_ok=True)
         stale.unlink(missing_ok=True)
         child.communicate(b"")
+
+
+# ------------------------------------------------------------------- memory bounds
+_ALTERNATING = """
+import sys
+for i in range(100):
+    (sys.stdout if i % 2 else sys.stderr).write(f"{i}\\n")
+"""
+_LONG = """
+for i in range(2000):
+    print(f"{i:04d}" + "x" * 96)
+"""
+_GATE = """
+with open({fifo!r}, "w") as gate:
+    gate.write("printed")
+"""
+
+
+def _detached_output(pod: RawPod, source: str, fifo: Path) -> list[dict[str, Any]]:
+    """Run ``source`` as a detached cell (nobody reads its output), then collect it."""
+    os.mkfifo(fifo)
+    conn = PodConnection(pod.url, pod.token, name="bounds", use_shm=False)
+    try:
+        body = pickle.dumps({"kind": "cell", "source": source + _GATE.format(fifo=str(fifo)),
+                             "detach": True}, protocol=5)
+        run = conn.call(body, [], flags=protocol.FLAG_MAIN_THREAD).result(timeout(30))["run"]
+        with open(fifo) as gate:  # the cell has written all its output once this opens
+            assert gate.read() == "printed"
+        events: list[dict[str, Any]] = []
+        conn.attach(run, sink=events.append).result(timeout(30))
+        return events
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("pod", [{"KT_POD_MAX_EVENTS": "10", "KT_POD_MAX_EVENT_BYTES": "64Ki"}],
+                         indirect=True)
+def test_events_past_the_count_bound_are_dropped_with_a_marker(pod: RawPod, tmp_path: Path
+                                                               ) -> None:
+    events = _detached_output(pod, _ALTERNATING, tmp_path / "gate")
+    texts = [e["text"] for e in events if e["kind"] == "stream"]
+    assert texts[0].startswith("... ") and "earlier lines dropped (KT_POD_MAX_EVENTS)" in texts[0]
+    assert int(texts[0].split()[1]) > 80  # about 90 of the 100 lines
+    assert texts[-1] == "99\n"
+    assert len(events) <= 11
+
+
+@pytest.mark.parametrize("pod", [{"KT_POD_MAX_EVENT_BYTES": "16Ki"}], indirect=True)
+def test_events_past_the_byte_bound_are_dropped_with_a_marker(pod: RawPod, tmp_path: Path
+                                                              ) -> None:
+    events = _detached_output(pod, _LONG, tmp_path / "gate")
+    text = "".join(e["text"] for e in events if e["kind"] == "stream")
+    first, _, rest = text.partition("\n")
+    assert "earlier lines dropped (KT_POD_MAX_EVENT_BYTES)" in first
+    assert rest.endswith("1999" + "x" * 96 + "\n")
+    assert len(rest) <= 16 * 1024
+
+
+def _block(n: int) -> bytes:
+    return b"r" * n
+
+
+@pytest.mark.parametrize("pod", [{"KT_POD_MAX_RETAINED_BYTES": "1Mi"}], indirect=True)
+def test_results_past_the_retained_bound_are_lost_with_the_setting_named(pod: RawPod) -> None:
+    from kernel_bridge import CallLostError
+
+    stuck = RawClient(pod)  # reads, but never acknowledges
+    stuck.send_call(21, _fn_call(_block, 800 << 10))
+    stuck.send_call(22, _fn_call(_block, 800 << 10))
+    results = set()
+    while results != {21, 22}:
+        frame = stuck.read_frame()
+        if frame.type == FrameType.RESULT:
+            results.add(frame.call_id)
+    conn = PodConnection(pod.url, pod.token, name="collector", use_shm=False)
+    try:
+        assert conn.attach(22).result(timeout(30)) == b"r" * (800 << 10)
+        with pytest.raises(CallLostError, match="KT_POD_MAX_RETAINED_BYTES"):
+            conn.attach(21).result(timeout(30))
+    finally:
+        conn.close()
+        stuck.close()
+
+
+@pytest.mark.parametrize("pod", [{"KT_POD_RESULT_TTL": "0.3"}], indirect=True)
+def test_results_past_their_ttl_are_lost_with_the_setting_named(pod: RawPod) -> None:
+    import time
+
+    from kernel_bridge import CallLostError
+
+    conn = PodConnection(pod.url, pod.token, name="collector", use_shm=False)
+    try:
+        stuck = RawClient(pod)
+        stuck.send_call(32, _fn_call(_block, 10))
+        while stuck.read_frame().type != FrameType.RESULT:
+            pass  # WELCOME, output
+        stuck.close()  # before acknowledging: the pod keeps the result a while ...
+        time.sleep(0.5)  # ... and lost once older than KT_POD_RESULT_TTL
+        with pytest.raises(CallLostError, match="KT_POD_RESULT_TTL"):
+            conn.attach(32).result(timeout(30))
+    finally:
+        conn.close()
