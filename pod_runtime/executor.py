@@ -32,7 +32,7 @@ import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 import cloudpickle
 
@@ -200,7 +200,10 @@ class Executor:
 
     # ----------------------------------------------------------------- events
     def _emit_stream(self, record: CallRecord, name: str, text: str) -> None:
-        record.add_event({"kind": "stream", "name": name, "text": text})
+        event: messages.StreamEvent = {"kind": "stream",
+                                       "name": "stderr" if name == "stderr" else "stdout",
+                                       "text": text}
+        record.add_event(dict(event))
         self.notify(record)
 
     def emit(self, record: CallRecord, event: dict[str, Any]) -> None:
@@ -443,7 +446,8 @@ class Executor:
             "type": "kernel_bridge.errors.CallLostError", "message": message,
             "traceback": f"CallLostError: {message}\n", "frames": None, "exc": blob,
             "category": messages.ErrorKind.CALL_LOST.value}
-        return protocol.dumps({"ok": False, "error": error})
+        result: messages.Result = {"ok": False, "error": error}
+        return protocol.dumps(result)
 
     def acknowledge(self, call_ids: list[int]) -> None:
         """The client has these results: forget them."""
@@ -486,7 +490,7 @@ def _pack_error_safely(exc: BaseException, pod: str) -> tuple[bytes, list[memory
         return _pack_error(exc, pod)
     except BaseException:  # noqa: BLE001 - e.g. an exception whose __str__ raises
         typ = type(exc)
-        error = {"type": f"{typ.__module__}.{typ.__qualname__}",
+        error: messages.ErrorInfo = {"type": f"{typ.__module__}.{typ.__qualname__}",
                  "message": "<the exception could not be turned into a message>",
                  "traceback": "".join(traceback.format_exception_only(typ, None)),
                  "frames": None, "exc": None, "category": None}
@@ -495,14 +499,15 @@ def _pack_error_safely(exc: BaseException, pod: str) -> tuple[bytes, list[memory
 
 def _pack_ok(value: Any) -> tuple[bytes, list[memoryview]]:
     try:
-        return protocol.dumps({"ok": True, "value": value})
+        ok: messages.Result = {"ok": True, "value": value}
+        return protocol.dumps(ok)
     except Exception as exc:  # noqa: BLE001
         err = TypeError(
             f"the call's result ({type(value).__module__}.{type(value).__qualname__}) "
             f"cannot be pickled: {exc}. Return plain data (numbers, arrays, dicts) or keep "
             "the object on the pod with kt.cls"
         )
-        return _pack_error(err, None, kind="SerializationError")
+        return _pack_error(err, None, kind=messages.ErrorKind.SERIALIZATION)
 
 
 _INTERNAL = os.path.dirname(os.path.abspath(__file__))
@@ -522,8 +527,8 @@ def _plain(exc: BaseException) -> bool:
     return sum(len(repr(a)) for a in exc.args) < 100_000
 
 
-def _pack_error(exc: BaseException, pod: str | None, kind: str | None = None
-                ) -> tuple[bytes, list[memoryview]]:
+def _pack_error(exc: BaseException, pod: str | None,
+                kind: messages.ErrorKind | None = None) -> tuple[bytes, list[memoryview]]:
     exc.__traceback__ = _user_frames(exc.__traceback__)
     tb_text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     typ = type(exc)
@@ -542,16 +547,20 @@ def _pack_error(exc: BaseException, pod: str | None, kind: str | None = None
     frames = None if chained else [
         (f.filename, f.lineno, f.name, f.line) for f in traceback.extract_tb(exc.__traceback__)
     ]
-    error = {
+    found = getattr(exc, "kind", None)  # e.g. NotCachedError's
+    if kind is None and isinstance(found, messages.ErrorKind):
+        kind = found
+    error: messages.ErrorInfo = {
         "type": f"{typ.__module__}.{typ.__qualname__}" if typ.__module__ != "builtins"
         else typ.__qualname__,
         "message": str(exc),
         "traceback": tb_text,
         "frames": frames,
         "exc": blob,
-        "category": kind,
+        "category": kind.value if kind is not None else None,
     }
-    return protocol.dumps({"ok": False, "error": error})
+    result: messages.Result = {"ok": False, "error": error}
+    return protocol.dumps(result)
 
 
 # ---------------------------------------------------------------- handlers
@@ -563,18 +572,20 @@ def _cached(ex: Executor, table: dict[str, Any], key: str, blob: bytes | None) -
     try:
         return table[key]
     except KeyError:
-        raise LookupError(f"kt-not-cached:{key}") from None
+        raise messages.NotCachedError(key) from None
 
 
 @register("fn")
-def _run_fn(ex: Executor, msg: dict[str, Any], record: CallRecord) -> Any:
+def _run_fn(ex: Executor, body: dict[str, Any], record: CallRecord) -> Any:
+    msg = cast(messages.FnCall, body)
     fn = _cached(ex, ex.functions, msg["fn_id"], msg.get("fn_blob"))
     record.label = getattr(fn, "__qualname__", "function")
     return fn(*msg.get("args", ()), **msg.get("kwargs", {}))
 
 
 @register("init")
-def _run_init(ex: Executor, msg: dict[str, Any], record: CallRecord) -> Any:
+def _run_init(ex: Executor, body: dict[str, Any], record: CallRecord) -> Any:
+    msg = cast(messages.InitCall, body)
     cls = _cached(ex, ex.functions, msg["cls_id"], msg.get("cls_blob"))
     record.label = f"{cls.__qualname__}()"
     ex.instances[msg["instance"]] = cls(*msg.get("args", ()), **msg.get("kwargs", {}))
@@ -582,7 +593,8 @@ def _run_init(ex: Executor, msg: dict[str, Any], record: CallRecord) -> Any:
 
 
 @register("method")
-def _run_method(ex: Executor, msg: dict[str, Any], record: CallRecord) -> Any:
+def _run_method(ex: Executor, body: dict[str, Any], record: CallRecord) -> Any:
+    msg = cast(messages.MethodCall, body)
     name = msg["instance"]
     try:
         obj = ex.instances[name]

@@ -4,6 +4,8 @@
   sockets, no threads; tested without a network).
 - :mod:`.wire`: websocket framing over a socket (threaded, on websockets' Sans-I/O core).
 - :mod:`.shm`: the shared-memory side channel for bulk buffers between local processes.
+- :mod:`.messages`: the typed bodies of CALL, EVENTS and RESULT messages, and
+  :class:`~.messages.ErrorKind`, the failures a client acts on.
 
 ``kernel_bridge`` imports this package and nothing else of ``pod_runtime``.
 """

@@ -33,6 +33,9 @@ __all__ = [
     "NotCachedError",
     "Result",
     "StreamEvent",
+    "SyncApplyCall",
+    "SyncBlobs",
+    "SyncBlobsCall",
     "SyncCall",
     "TypeByName",
     "import_type",
@@ -85,7 +88,11 @@ class MethodCall(TypedDict):
 
 
 class CellCall(TypedDict):
-    """Run a notebook cell's source in the pod's namespace (on its main thread)."""
+    """Run a notebook cell's source in the pod's namespace (on its main thread).
+
+    ``push`` holds variables set before it runs (also sent as ``kwargs``, so that they
+    pickle like call arguments); ``pull`` names variables returned after it.
+    """
 
     kind: Literal["cell"]
     source: str
@@ -93,7 +100,8 @@ class CellCall(TypedDict):
     first_line: NotRequired[int]
     label: NotRequired[str]
     push: NotRequired[dict[str, Any]]
-    pull: NotRequired[list[str] | tuple[str, ...]]
+    pull: NotRequired[list[str]]
+    kwargs: NotRequired[dict[str, Any]]
     detach: NotRequired[bool]
 
 
@@ -102,7 +110,8 @@ class CellVarsCall(TypedDict):
 
     kind: Literal["cell_vars"]
     push: NotRequired[dict[str, Any]]
-    pull: NotRequired[list[str] | tuple[str, ...]]
+    pull: NotRequired[list[str]]
+    kwargs: NotRequired[dict[str, Any]]
 
 
 class CellRunsCall(TypedDict):
@@ -111,18 +120,49 @@ class CellRunsCall(TypedDict):
     kind: Literal["cell_runs"]
 
 
-class SyncCall(TypedDict):
-    """A code-sync operation (``op``: what to do; the other keys depend on it)."""
+class SyncBlobsCall(TypedDict):
+    """Store file contents: ``index`` rows ``[sha, offset, size]`` into ``data``."""
 
     kind: Literal["sync"]
-    op: str
-    target: NotRequired[dict[str, Any]]
-    index: NotRequired[list[Any]]
-    data: NotRequired[Any]
+    op: Literal["blobs"]
+    index: list[list[Any]]
+    data: Any  # a PickleBuffer on the client, a buffer on the pod
 
+
+class SyncBlobs(TypedDict):
+    """Blobs carried inside an apply message."""
+
+    index: list[list[Any]]
+    data: Any
+
+
+class SyncApplyCall(TypedDict):
+    """Make a project's tree match a manifest, then reload what changed.
+
+    The manifest is whole (``files``) or a change (``changed``/``deleted``) against
+    ``base``.
+    """
+
+    kind: Literal["sync"]
+    op: Literal["apply"]
+    project: str
+    manifest_id: str
+    paths: list[str]
+    cwd: str
+    root: str
+    files: NotRequired[dict[str, Any]]
+    base: NotRequired[str | None]
+    changed: NotRequired[dict[str, Any]]
+    deleted: NotRequired[list[str]]
+    blobs: NotRequired[SyncBlobs]
+
+
+#: A code-sync CALL body.
+SyncCall = SyncBlobsCall | SyncApplyCall
 
 #: Any CALL body.
-CallBody = FnCall | InitCall | MethodCall | CellCall | CellVarsCall | CellRunsCall | SyncCall
+CallBody = (FnCall | InitCall | MethodCall | CellCall | CellVarsCall | CellRunsCall
+            | SyncBlobsCall | SyncApplyCall)
 
 
 # ----------------------------------------------------------------------- events
@@ -139,10 +179,11 @@ class DisplayEvent(TypedDict):
     """Rich output (``display`` or a cell's ``result``) as a MIME bundle."""
 
     seq: NotRequired[int]
-    kind: Literal["display", "result", "update_display"]
+    kind: Literal["display", "result"]
     data: dict[str, Any]
-    metadata: NotRequired[dict[str, Any]]
+    metadata: dict[str, Any]
     transient: NotRequired[dict[str, Any]]
+    update: NotRequired[bool]
 
 
 class ClearOutputEvent(TypedDict):
