@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 
+from . import settings
 from .protocol import shm
 from .server import PodServer
 
@@ -25,13 +26,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pod_runtime", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=0, help="TCP port; 0 picks a free one")
-    parser.add_argument("--name", default=os.environ.get("KT_POD_NAME", "pod"))
+    parser.add_argument("--name", default=settings.get("KT_POD_NAME"))
     parser.add_argument("--ready-fd", type=int, default=None)
     parser.add_argument("--inactivity-ttl", type=float, default=None, metavar="SECONDS")
     parser.add_argument("--max-workers", type=int, default=64)
     args = parser.parse_args(argv)
 
-    token = os.environ.pop("KT_POD_TOKEN", "")
+    token = settings.get("KT_POD_TOKEN")
+    os.environ.pop("KT_POD_TOKEN", None)  # code run on the pod never sees it
     if not token:
         print("pod_runtime: KT_POD_TOKEN is not set; refusing to serve without a token",
               file=sys.stderr)
@@ -39,9 +41,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.__stderr__,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("websockets").setLevel(logging.WARNING)
+    swept = shm.sweep_dead_owners()  # files of clients and pods killed by SIGKILL
+    if swept:
+        logging.getLogger("kubetorch.pod").info(
+            "removed %d shared-memory files of processes that are gone", swept)
     # Signals go to the main thread only: it waits on a lock for cells, and a SIGTERM
     # the kernel delivered to some reader thread instead would never wake it. Threads
     # inherit the mask of the thread that starts them, so block first, unblock below.
+    # (The executor clears the mask while a call's own code runs: see Executor._run.)
     handled = {signal.SIGTERM, signal.SIGINT}
     signal.pthread_sigmask(signal.SIG_BLOCK, handled)
     server = PodServer(token, name=args.name, host=args.host, port=args.port,

@@ -48,10 +48,11 @@ import os
 import secrets
 import sys
 import threading
-from typing import Any
+from typing import Any, cast
 
-from . import capture, mimebundle, protocol
+from . import capture, mimebundle, protocol, settings
 from .executor import CallRecord, Executor
+from .protocol import messages
 from .registry import register
 
 __all__ = ["CellRuntime", "get_runtime", "show_figures"]
@@ -96,8 +97,7 @@ class CellRuntime:
         self.ns.setdefault("___", "")
         _use_pod_backend()
         if use_ipython is None:
-            wanted = os.environ.get("KT_POD_IPYTHON", "1").strip().lower()
-            use_ipython = wanted not in ("0", "false", "no", "off") and (
+            use_ipython = bool(settings.get("KT_POD_IPYTHON")) and (
                 importlib.util.find_spec("IPython") is not None)
         self.shell = _make_shell(self) if use_ipython else None
         if self.shell is None:
@@ -173,7 +173,7 @@ class CellRuntime:
             plt.close("all")
 
     # -------------------------------------------------------------- running
-    def run(self, msg: dict[str, Any], record: CallRecord) -> dict[str, Any]:
+    def run(self, msg: messages.CellCall, record: CallRecord) -> dict[str, Any]:
         """Run one cell message; return the pulled variables."""
         self.ns.update(msg.get("push") or {})
         source = str(msg.get("source", ""))
@@ -283,7 +283,8 @@ def pull(executor: Executor, names: Any) -> dict[str, Any] | None:
 
 # ---------------------------------------------------------------- handlers
 @register("cell", main_thread=True)
-def _run_cell(ex: Executor, msg: dict[str, Any], record: CallRecord) -> Any:
+def _run_cell(ex: Executor, body: dict[str, Any], record: CallRecord) -> Any:
+    msg = cast(messages.CellCall, body)
     if msg.get("detach"):
         return _detach(ex, msg)
     record.label = str(msg.get("label") or "%%kt cell")
@@ -299,9 +300,10 @@ def _run_cell(ex: Executor, msg: dict[str, Any], record: CallRecord) -> Any:
     return value
 
 
-def _detach(ex: Executor, msg: dict[str, Any]) -> dict[str, int]:
+def _detach(ex: Executor, msg: messages.CellCall) -> dict[str, int]:
     """Queue the cell as a call of its own that no connection is subscribed to."""
-    body, buffers = protocol.dumps({**msg, "detach": False})
+    queued: messages.CellCall = {**msg, "detach": False}
+    body, buffers = protocol.dumps(queued)
     refs = [protocol.BufferRef(protocol.BUFFER_INLINE, b.nbytes, view=b) for b in buffers]
     with _runs_lock:
         run_id = secrets.randbits(63)
@@ -315,7 +317,8 @@ def _detach(ex: Executor, msg: dict[str, Any]) -> dict[str, int]:
 
 
 @register("cell_vars")
-def _cell_vars(ex: Executor, msg: dict[str, Any], record: CallRecord) -> Any:
+def _cell_vars(ex: Executor, body: dict[str, Any], record: CallRecord) -> Any:
+    msg = cast(messages.CellVarsCall, body)
     record.label = "%kt push/pull"
     ex.namespace.update(msg.get("push") or {})
     return {"pulled": pull(ex, msg.get("pull") or ())}
@@ -357,7 +360,8 @@ def _make_shell(runtime: CellRuntime) -> Any | None:
             runtime.publish(data, metadata, transient=transient, update=update)
 
         def clear_output(self, wait: bool = False) -> None:
-            runtime.emit({"kind": "clear_output", "wait": bool(wait)})
+            event: messages.ClearOutputEvent = {"kind": "clear_output", "wait": bool(wait)}
+            runtime.emit(dict(event))
 
     class PodShell(InteractiveShell):  # type: ignore[misc]
         """The pod's shell: IPython syntax and formatters, output through the bridge."""

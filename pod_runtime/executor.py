@@ -20,7 +20,10 @@ which the server imports).
 
 from __future__ import annotations
 
+import collections
 import ctypes
+import functools
+import logging
 import os
 import queue
 import signal
@@ -29,24 +32,44 @@ import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 import cloudpickle
 
-from . import capture, protocol
-from .protocol import shm
+from . import capture, protocol, settings
+from .protocol import messages, shm
 from .registry import HANDLERS, register
 
 __all__ = ["CallRecord", "Executor"]
 
-#: Events kept per call for replay; older ones are dropped with a marker.
-MAX_EVENTS_PER_CALL = 20_000
-#: Finished results kept unacknowledged for at most this long (seconds).
-RESULT_TTL = 24 * 3600.0
+log = logging.getLogger("kubetorch.pod")
+
+@functools.cache
+def _event_limits() -> tuple[int, int]:
+    """(events, bytes) kept per call: KT_POD_MAX_EVENTS, KT_POD_MAX_EVENT_BYTES."""
+    return settings.get("KT_POD_MAX_EVENTS"), settings.get("KT_POD_MAX_EVENT_BYTES")
+
+
+def _event_size(event: dict[str, Any]) -> int:
+    """Roughly what an event holds in memory (its text, or its display data)."""
+    text = event.get("text")
+    if isinstance(text, str):
+        return len(text) + 64
+    return len(repr(event.get("data"))) + 64
+
+
+def _lines(event: dict[str, Any]) -> int:
+    text = event.get("text")
+    return max(1, text.count("\n")) if isinstance(text, str) else 1
 
 
 class CallRecord:
-    """One call: its state, its events and its result."""
+    """One call: its state, its events and its result.
+
+    At most ``KT_POD_MAX_EVENTS`` events and ``KT_POD_MAX_EVENT_BYTES`` bytes of them
+    are kept per call; older ones are dropped, and the client is told how many lines
+    it missed and which setting dropped them.
+    """
 
     def __init__(self, call_id: int, owner: Any) -> None:
         self.call_id = call_id
@@ -55,11 +78,15 @@ class CallRecord:
         self.label = ""
         self.state = "queued"  # queued | running | done
         self.events: list[dict[str, Any]] = []
+        self.event_bytes = 0
+        self.max_events, self.max_event_bytes = _event_limits()
         self.seq = 0
         self.sent_seq = 0
-        self.dropped = 0
+        self.dropped_lines = 0
         self.dropped_upto = 0
+        self.dropped_by = ""
         self.result: tuple[bytes, list[memoryview]] | None = None
+        self.result_bytes = 0
         self.created = time.time()
         self.finished = 0.0
         self.thread_id: int | None = None
@@ -84,24 +111,46 @@ class CallRecord:
             ):
                 last["text"] += event["text"]
                 last["seq"] = self.seq
-                return
-            event["seq"] = self.seq
-            self.events.append(event)
-            if len(self.events) > MAX_EVENTS_PER_CALL:
-                drop = len(self.events) - MAX_EVENTS_PER_CALL
-                self.dropped += drop
-                self.dropped_upto = self.events[drop - 1]["seq"]
-                del self.events[:drop]
+                self.event_bytes += len(event["text"])
+            else:
+                event["seq"] = self.seq
+                self.events.append(event)
+                self.event_bytes += _event_size(event)
+            self._bound()
+
+    def _bound(self) -> None:
+        """Drop the oldest events past either bound (call with ``lock`` held)."""
+        while len(self.events) > 1 and (len(self.events) > self.max_events
+                                        or self.event_bytes > self.max_event_bytes):
+            self.dropped_by = ("KT_POD_MAX_EVENTS" if len(self.events) > self.max_events
+                               else "KT_POD_MAX_EVENT_BYTES")
+            old = self.events.pop(0)
+            self.event_bytes -= _event_size(old)
+            if old["seq"] > self.sent_seq:  # the client never got it
+                self.dropped_lines += _lines(old)
+            self.dropped_upto = old["seq"]
+        last = self.events[-1] if self.events else None
+        if last is not None and self.event_bytes > self.max_event_bytes and "text" in last:
+            # One stream event larger than the bound itself: keep its tail.
+            keep = max(0, self.max_event_bytes - 64)
+            cut = last["text"][:-keep] if keep else last["text"]
+            if last["seq"] > self.sent_seq:
+                self.dropped_lines += _lines({"text": cut})
+            self.dropped_by = "KT_POD_MAX_EVENT_BYTES"
+            self.dropped_upto = max(self.dropped_upto, last["seq"] - 1)
+            last["text"] = last["text"][-keep:] if keep else ""
+            self.event_bytes = _event_size(last)
 
     def take_unsent(self) -> list[dict[str, Any]]:
         """Events not yet sent to the owner, marking them sent. Call with ``lock`` held."""
         seq = self.sent_seq
         out = [dict(e) for e in self.events if e["seq"] > seq]
-        if self.dropped_upto > seq:
-            note = f"[kubetorch: {self.dropped} earlier output chunks were not kept]\n"
+        if self.dropped_lines:
+            note = (f"... {self.dropped_lines} earlier lines dropped ({self.dropped_by})\n")
             out.insert(0, {"seq": seq + 1, "kind": "stream", "name": "stderr", "text": note})
+            self.dropped_lines = 0
         if out:
-            self.sent_seq = out[-1]["seq"]
+            self.sent_seq = max(out[-1]["seq"], seq + 1)
         return out
 
 
@@ -142,11 +191,19 @@ class Executor:
         self.last_activity = time.monotonic()
         self.calls_total = 0
         self.calls_failed = 0
+        self.result_ttl: float = settings.get("KT_POD_RESULT_TTL")
+        self.max_retained: int = settings.get("KT_POD_MAX_RETAINED_BYTES")
+        self.retained_bytes = 0  # results finished and not yet acknowledged
+        #: Calls whose results were dropped unacknowledged: id -> the setting that did it.
+        self.lost: collections.OrderedDict[int, str] = collections.OrderedDict()
         capture.install(self._emit_stream)
 
     # ----------------------------------------------------------------- events
     def _emit_stream(self, record: CallRecord, name: str, text: str) -> None:
-        record.add_event({"kind": "stream", "name": name, "text": text})
+        event: messages.StreamEvent = {"kind": "stream",
+                                       "name": "stderr" if name == "stderr" else "stdout",
+                                       "text": text}
+        record.add_event(dict(event))
         self.notify(record)
 
     def emit(self, record: CallRecord, event: dict[str, Any]) -> None:
@@ -189,6 +246,7 @@ class Executor:
             record.result = _pack_error_safely(exc, self.pod_name)
             record.state = "done"
             record.finished = time.time()
+        self._retain(record)  # before anyone can see the result: bounds hold at once
         self.on_finished(record)
 
     def reserve_inline(self) -> bool:
@@ -295,6 +353,10 @@ class Executor:
                 raise ValueError(f"unknown call kind {msg.get('kind')!r}; is the pod older "
                                  "than the client? Upgrade kubetorch-jupyter on the pod")
             record.kind = msg["kind"]
+            # The pod's own threads block SIGINT and SIGTERM (so that those reach the
+            # main thread); user code runs with the empty mask of a normal process, or the
+            # processes it starts inherit the block and Popen.terminate() cannot stop them.
+            saved_mask = None if on_main else signal.pthread_sigmask(signal.SIG_SETMASK, ())
             with record.lock:
                 record.in_user_code = True
             try:
@@ -304,6 +366,8 @@ class Executor:
                     record.in_user_code = False
                     if not on_main:
                         _set_async_exc(record.thread_id or 0, None)  # a late one: drop it
+                if saved_mask is not None:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, saved_mask)
             result = _pack_ok(value)
         except BaseException as exc:  # noqa: BLE001 - everything goes back to the caller
             self.calls_failed += 1
@@ -318,25 +382,90 @@ class Executor:
             record.state = "done"
             record.finished = time.time()
         self.last_activity = time.monotonic()
+        self._retain(record)  # before anyone can see the result: bounds hold at once
         self.on_finished(record)
 
     # ------------------------------------------------------------ retention
+    def _retain(self, record: CallRecord) -> None:
+        """Count a finished result; evict the oldest past the cap.
+
+        Past ``KT_POD_MAX_RETAINED_BYTES`` of unacknowledged results, the oldest go
+        first; a client that collects one later gets :meth:`lost_result`.
+        """
+        body, buffers = record.result or (b"", [])
+        size = len(body) + sum(b.nbytes for b in buffers)
+        evicted = []
+        with self._lock:
+            if self.records.get(record.call_id) is not record:
+                return  # acknowledged already
+            record.result_bytes = size
+            self.retained_bytes += size
+            if self.retained_bytes > self.max_retained:
+                for cid, rec in list(self.records.items()):
+                    if self.retained_bytes <= self.max_retained:
+                        break
+                    if rec.state == "done":
+                        self._forget(cid, "KT_POD_MAX_RETAINED_BYTES")
+                        evicted.append(cid)
+        if evicted:
+            log.warning("dropped %d unacknowledged results to stay under "
+                        "KT_POD_MAX_RETAINED_BYTES=%d", len(evicted), self.max_retained)
+
+    def _forget(self, call_id: int, reason: str | None) -> None:
+        """Drop a finished record (with ``_lock`` held); ``reason``: it was not collected."""
+        rec = self.records.pop(call_id)
+        self.retained_bytes -= rec.result_bytes
+        if reason is not None:
+            self.lost[call_id] = reason
+            while len(self.lost) > 10_000:
+                self.lost.popitem(last=False)
+
+    def lost_result(self, call_id: int) -> tuple[bytes, list[memoryview]] | None:
+        """The RESULT body for a call whose result was dropped, or None if it was not.
+
+        A result past ``KT_POD_RESULT_TTL`` that the janitor has not dropped yet is
+        dropped now. The client raises the answer as ``kernel_bridge.CallLostError``
+        naming the setting.
+        """
+        with self._lock:
+            rec = self.records.get(call_id)
+            if rec is not None and rec.state == "done" and (
+                    time.time() - rec.finished > self.result_ttl):
+                self._forget(call_id, "KT_POD_RESULT_TTL")
+        reason = self.lost.get(call_id)
+        if reason is None:
+            return None
+        why = ("they were older than" if reason == "KT_POD_RESULT_TTL"
+               else "unacknowledged results passed")
+        message = (f"pod {self.pod_name!r} dropped the result of call {call_id:x} before "
+                   f"it was collected: {why} {reason}. Run the call again, or raise "
+                   f"{reason} on the pod")
+        blob = protocol.dumps((messages.TypeByName("kernel_bridge.errors", "CallLostError"),
+                               (message,), {"pod": self.pod_name}), min_oob=1 << 62)[0]
+        error: messages.ErrorInfo = {
+            "type": "kernel_bridge.errors.CallLostError", "message": message,
+            "traceback": f"CallLostError: {message}\n", "frames": None, "exc": blob,
+            "category": messages.ErrorKind.CALL_LOST.value}
+        result: messages.Result = {"ok": False, "error": error}
+        return protocol.dumps(result)
+
     def acknowledge(self, call_ids: list[int]) -> None:
         """The client has these results: forget them."""
         with self._lock:
             for cid in call_ids:
                 rec = self.records.get(cid)
                 if rec is not None and rec.state == "done":
-                    del self.records[cid]
+                    self._forget(cid, None)
+                self.lost.pop(cid, None)
 
     def expire(self, now: float | None = None) -> int:
-        """Drop finished, unacknowledged results older than :data:`RESULT_TTL`."""
+        """Drop finished, unacknowledged results older than ``KT_POD_RESULT_TTL``."""
         now = now or time.time()
         with self._lock:
             old = [c for c, r in self.records.items()
-                   if r.state == "done" and now - r.finished > RESULT_TTL]
+                   if r.state == "done" and now - r.finished > self.result_ttl]
             for cid in old:
-                del self.records[cid]
+                self._forget(cid, "KT_POD_RESULT_TTL")
         return len(old)
 
     def busy(self) -> bool:
@@ -361,7 +490,7 @@ def _pack_error_safely(exc: BaseException, pod: str) -> tuple[bytes, list[memory
         return _pack_error(exc, pod)
     except BaseException:  # noqa: BLE001 - e.g. an exception whose __str__ raises
         typ = type(exc)
-        error = {"type": f"{typ.__module__}.{typ.__qualname__}",
+        error: messages.ErrorInfo = {"type": f"{typ.__module__}.{typ.__qualname__}",
                  "message": "<the exception could not be turned into a message>",
                  "traceback": "".join(traceback.format_exception_only(typ, None)),
                  "frames": None, "exc": None, "category": None}
@@ -370,14 +499,15 @@ def _pack_error_safely(exc: BaseException, pod: str) -> tuple[bytes, list[memory
 
 def _pack_ok(value: Any) -> tuple[bytes, list[memoryview]]:
     try:
-        return protocol.dumps({"ok": True, "value": value})
+        ok: messages.Result = {"ok": True, "value": value}
+        return protocol.dumps(ok)
     except Exception as exc:  # noqa: BLE001
         err = TypeError(
             f"the call's result ({type(value).__module__}.{type(value).__qualname__}) "
             f"cannot be pickled: {exc}. Return plain data (numbers, arrays, dicts) or keep "
             "the object on the pod with kt.cls"
         )
-        return _pack_error(err, None, kind="SerializationError")
+        return _pack_error(err, None, kind=messages.ErrorKind.SERIALIZATION)
 
 
 _INTERNAL = os.path.dirname(os.path.abspath(__file__))
@@ -397,8 +527,8 @@ def _plain(exc: BaseException) -> bool:
     return sum(len(repr(a)) for a in exc.args) < 100_000
 
 
-def _pack_error(exc: BaseException, pod: str | None, kind: str | None = None
-                ) -> tuple[bytes, list[memoryview]]:
+def _pack_error(exc: BaseException, pod: str | None,
+                kind: messages.ErrorKind | None = None) -> tuple[bytes, list[memoryview]]:
     exc.__traceback__ = _user_frames(exc.__traceback__)
     tb_text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     typ = type(exc)
@@ -417,16 +547,20 @@ def _pack_error(exc: BaseException, pod: str | None, kind: str | None = None
     frames = None if chained else [
         (f.filename, f.lineno, f.name, f.line) for f in traceback.extract_tb(exc.__traceback__)
     ]
-    error = {
+    found = getattr(exc, "kind", None)  # e.g. NotCachedError's
+    if kind is None and isinstance(found, messages.ErrorKind):
+        kind = found
+    error: messages.ErrorInfo = {
         "type": f"{typ.__module__}.{typ.__qualname__}" if typ.__module__ != "builtins"
         else typ.__qualname__,
         "message": str(exc),
         "traceback": tb_text,
         "frames": frames,
         "exc": blob,
-        "category": kind,
+        "category": kind.value if kind is not None else None,
     }
-    return protocol.dumps({"ok": False, "error": error})
+    result: messages.Result = {"ok": False, "error": error}
+    return protocol.dumps(result)
 
 
 # ---------------------------------------------------------------- handlers
@@ -438,18 +572,20 @@ def _cached(ex: Executor, table: dict[str, Any], key: str, blob: bytes | None) -
     try:
         return table[key]
     except KeyError:
-        raise LookupError(f"kt-not-cached:{key}") from None
+        raise messages.NotCachedError(key) from None
 
 
 @register("fn")
-def _run_fn(ex: Executor, msg: dict[str, Any], record: CallRecord) -> Any:
+def _run_fn(ex: Executor, body: dict[str, Any], record: CallRecord) -> Any:
+    msg = cast(messages.FnCall, body)
     fn = _cached(ex, ex.functions, msg["fn_id"], msg.get("fn_blob"))
     record.label = getattr(fn, "__qualname__", "function")
     return fn(*msg.get("args", ()), **msg.get("kwargs", {}))
 
 
 @register("init")
-def _run_init(ex: Executor, msg: dict[str, Any], record: CallRecord) -> Any:
+def _run_init(ex: Executor, body: dict[str, Any], record: CallRecord) -> Any:
+    msg = cast(messages.InitCall, body)
     cls = _cached(ex, ex.functions, msg["cls_id"], msg.get("cls_blob"))
     record.label = f"{cls.__qualname__}()"
     ex.instances[msg["instance"]] = cls(*msg.get("args", ()), **msg.get("kwargs", {}))
@@ -457,7 +593,8 @@ def _run_init(ex: Executor, msg: dict[str, Any], record: CallRecord) -> Any:
 
 
 @register("method")
-def _run_method(ex: Executor, msg: dict[str, Any], record: CallRecord) -> Any:
+def _run_method(ex: Executor, body: dict[str, Any], record: CallRecord) -> Any:
+    msg = cast(messages.MethodCall, body)
     name = msg["instance"]
     try:
         obj = ex.instances[name]

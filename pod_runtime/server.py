@@ -1,19 +1,21 @@
 """The pod's network side: one websocket endpoint for the bridge, plain HTTP for probes.
 
 ``GET /healthz``, ``/ready`` and ``/metrics`` answer without authentication.
-``/bridge`` upgrades to a websocket only for a request carrying the pod's token
-(compared in constant time); any other request is answered 401 before a single frame
-is read, so nothing from an unauthenticated peer is ever unpickled.
+``/bridge`` upgrades to a websocket only for a request carrying the pod's token in
+``X-KT-Token`` or, without that header, in ``Authorization: Bearer`` (compared in
+constant time; see :func:`pod_runtime.protocol.presented_token`); any other request
+is answered 401 before a single frame is read, so nothing from an unauthenticated peer
+is ever unpickled.
 
-Threads: one acceptor; one reader per connection (parses frames, queues calls); the
-executor's workers, which send their own results; one flusher that sends stream output
-as it is written, coalescing what piles up while it sends. A connection's ``order``
-lock makes "take the unsent events, send them, send the result" atomic, so a call's
-events always precede its result on the wire.
+Threads: one acceptor; per connection a reader (parses frames, queues calls) and a
+writer, the only thread that writes to its socket (results in the order they finished,
+stream output as it is written, coalescing what piles up while it sends; a call's
+events always precede its result). The executor's threads never block on a socket.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -21,11 +23,11 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from . import cells as _cells  # noqa: F401 - registers the notebook cell call kinds
-from . import protocol
+from . import protocol, settings
 from . import sync as _sync  # noqa: F401 - registers the "sync" call kind
 from .executor import CallRecord, Executor
 from .protocol import FrameType, shm, wire
@@ -35,59 +37,156 @@ __all__ = ["PodServer"]
 log = logging.getLogger("kubetorch.pod")
 
 class _Conn:
-    """One authenticated client connection, with its own output flusher.
+    """One authenticated client connection, with its own outbound queue and writer.
 
-    One flusher per connection: a client that stops reading (a suspended laptop, a
-    stuck port-forward) blocks only its own output, never other clients'.
+    Only the writer thread writes to the socket. The executor's threads (the main
+    thread running a cell, workers running calls) and the reader only queue: a client
+    that stops reading (a suspended laptop, a stuck port-forward) blocks its own
+    writer, never a call, another client, or this connection's reader.
+
+    The queue holds results in the order they finished; a record with new output is
+    marked (coalesced) and the writer sends its unsent events. Before a result the
+    writer sends that call's unsent events, so a call's events precede its result.
+
+    Args:
+        client_id: The client's id (from its upgrade request), for logs.
+        use_shm: Whether large result buffers go through shared memory.
+        max_outbound: Bytes of queued results, beyond the one being written, past which
+            the client counts as not reading and its connection is closed.
     """
 
-    def __init__(self, client_id: str, use_shm: bool,
-                 flush: Callable[[_Conn, CallRecord], None]) -> None:
+    def __init__(self, client_id: str, use_shm: bool, *, max_outbound: int) -> None:
         self.wire: wire.WireConnection | None = None
         self.client_id = client_id
         self.use_shm = use_shm
+        self.max_outbound = max_outbound
         self.shm_writer = shm.ShmWriter()
-        self.order = threading.Lock()
-        self._flush = flush
-        self._dirty: set[CallRecord] = set()
-        self._dirty_cv = threading.Condition()
-        self._flusher: threading.Thread | None = None
+        self._cv = threading.Condition()
+        self._queue: collections.deque[_Outbound] = collections.deque()
+        self._queued_bytes = 0
+        self._dirty: dict[CallRecord, None] = {}  # ordered set
+        self._ended = False
+        self._writer: threading.Thread | None = None
 
     @property
     def closed(self) -> bool:
-        return self.wire is None or self.wire.closed
+        return self._ended or self.wire is None or self.wire.closed
 
-    def send(self, frame: list[bytes | memoryview]) -> None:
+    def start(self, ws: wire.WireConnection) -> None:
+        """Attach the websocket and start the writer."""
+        self.wire = ws
+        self._writer = threading.Thread(target=self._write_loop, daemon=True,
+                                        name=f"kt-send-{self.client_id[:8]}")
+        self._writer.start()
+
+    def post(self, frame: list[bytes | memoryview]) -> None:
+        """Queue a control frame (WELCOME, UNKNOWN)."""
+        self._put(_Outbound(frame, None, 0))
+
+    def post_result(self, record: CallRecord, frame: list[bytes | memoryview]) -> None:
+        """Queue a call's result; its unsent events go out just before it."""
+        nbytes = sum(memoryview(f).nbytes for f in frame)
+        self._put(_Outbound(frame, record, nbytes))
+
+    def mark(self, record: CallRecord) -> None:
+        """The record has output to send on this connection (coalesced)."""
+        with self._cv:
+            if record not in self._dirty:
+                self._dirty[record] = None
+                self._cv.notify()
+
+    def wake(self) -> None:
+        """The connection closed: the writer drops what is queued and exits."""
+        with self._cv:
+            self._ended = True
+            self._queue.clear()
+            self._dirty.clear()
+            self._queued_bytes = 0
+            self._cv.notify()
+
+    def _put(self, item: _Outbound) -> None:
+        with self._cv:
+            if self._ended:
+                return
+            self._queue.append(item)
+            self._queued_bytes += item.nbytes
+            lagging = self._queued_bytes > self.max_outbound
+            self._cv.notify()
+        if lagging:
+            log.warning("client %s is not reading: %d bytes of results wait for it (over "
+                        "KT_POD_MAX_OUTBOUND_BYTES=%d); closing its connection, the results "
+                        "are kept for it to collect", self.client_id[:8], self._queued_bytes,
+                        self.max_outbound)
+            assert self.wire is not None
+            self.wire.close(1008, "client not reading: over KT_POD_MAX_OUTBOUND_BYTES; "
+                                  "reconnect to collect")
+            self.wake()
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._queue and not self._dirty and not self._ended:
+                    self._cv.wait()
+                if self._ended:
+                    return
+                item: _Outbound | None = None
+                batch: list[CallRecord] = []
+                if self._queue:
+                    item = self._queue.popleft()
+                    self._queued_bytes -= item.nbytes
+                else:
+                    batch = list(self._dirty)
+                    self._dirty.clear()
+            if item is not None:
+                self._write_item(item)
+            for record in batch:
+                self._write_events(record)
+
+    def _send(self, frame: list[bytes | memoryview]) -> None:
         assert self.wire is not None
         with contextlib.suppress(wire.ConnectionClosedError):
             self.wire.send(frame)
 
-    def mark(self, record: CallRecord) -> None:
-        """The record has output to send on this connection (coalesced)."""
-        with self._dirty_cv:
-            if record in self._dirty:
+    def _write_events(self, record: CallRecord) -> None:
+        with record.lock:
+            if record.owner is not self or self.closed:
+                return  # re-subscribed elsewhere meanwhile: that connection sends
+            events = record.take_unsent()
+        if events:
+            self._send(_events_frame(record.call_id, events))
+
+    def _write_item(self, item: _Outbound) -> None:
+        record = item.record
+        if record is None:
+            self._send(item.frame)
+            return
+        with record.lock:
+            if record.result_sent or record.owner is not self:
                 return
-            self._dirty.add(record)
-            if self._flusher is None:
-                self._flusher = threading.Thread(target=self._flush_loop, daemon=True,
-                                                 name=f"kt-flush-{self.client_id[:8]}")
-                self._flusher.start()
-            else:
-                self._dirty_cv.notify()
+            record.result_sent = True
+            events = record.take_unsent()
+        if events:
+            self._send(_events_frame(record.call_id, events))
+        self._send(item.frame)
 
-    def wake(self) -> None:
-        """Let the flusher notice that the connection closed."""
 
-    def _flush_loop(self) -> None:
-        while True:
-            with self._dirty_cv:
-                while not self._dirty and not self.closed:
-                    self._dirty_cv.wait()
-                if self.closed:
-                    return
-                batch, self._dirty = self._dirty, set()
-            for record in batch:
-                self._flush(self, record)
+@dataclass(slots=True)
+class _Outbound:
+    """A frame queued for a connection (``record``: the call whose result it is)."""
+
+    frame: list[bytes | memoryview]
+    record: CallRecord | None
+    nbytes: int
+
+
+def _label_value(text: str) -> str:
+    """Escape a Prometheus label value (text format: backslash, double quote, newline)."""
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _events_frame(call_id: int, events: list[dict[str, Any]]) -> list[bytes | memoryview]:
+    return protocol.encode_frame(FrameType.EVENTS, call_id,
+                                 protocol.dump_json({"events": events}))
 
 
 class PodServer:
@@ -159,7 +258,9 @@ class PodServer:
 
     def _janitor(self) -> None:
         """Expire old results; stop the pod after ``inactivity_ttl`` idle seconds."""
-        period = 30.0 if self.inactivity_ttl is None else min(30.0, self.inactivity_ttl / 4)
+        period = min(30.0, self.executor.result_ttl / 4)
+        if self.inactivity_ttl is not None:
+            period = min(period, self.inactivity_ttl / 4)
         while not self.stopped.wait(max(period, 0.05)):
             self.executor.expire()
             if self.inactivity_ttl is None:
@@ -199,7 +300,8 @@ class PodServer:
                                 {"Content-Type": "text/plain; version=0.0.4"})
         if path != protocol.BRIDGE_PATH:
             return wire.respond(sock, proto, 404, f"no such endpoint: {path}\n")
-        presented = protocol.bearer(request.headers.get(protocol.TOKEN_HEADER))
+        presented = protocol.presented_token(request.headers.get(protocol.POD_TOKEN_HEADER),
+                                             request.headers.get(protocol.TOKEN_HEADER))
         if not protocol.check_token(self.token, presented):
             log.warning("refused a connection with a %s token",
                         "missing" if presented is None else "wrong")
@@ -211,7 +313,8 @@ class PodServer:
         probe = headers.get(protocol.SHM_PROBE_HEADER)
         probe_payload = shm.probe_check(probe) if probe else None
         conn = _Conn(headers.get(protocol.CLIENT_ID_HEADER, ""), probe_payload is not None,
-                     self._send_events)
+                     max_outbound=settings.get("KT_POD_MAX_OUTBOUND_BYTES"))
+        threading.current_thread().name = f"kt-conn-{conn.client_id[:8]}"
         ws = wire.server_accept(
             sock, proto, request,
             on_message=lambda parts: self._on_message(conn, parts),
@@ -225,7 +328,7 @@ class PodServer:
         )
         if ws is None:
             return
-        conn.wire = ws
+        conn.start(ws)
         self._conns.add(conn)
         self.executor.last_activity = time.monotonic()
         welcome = {
@@ -239,7 +342,7 @@ class PodServer:
             # other clients connected now: a client that would restart the pod asks first
             "clients": sum(1 for c in self._conns if c is not conn and not c.closed),
         }
-        conn.send(protocol.encode_frame(FrameType.WELCOME, 0, protocol.dump_json(welcome)))
+        conn.post(protocol.encode_frame(FrameType.WELCOME, 0, protocol.dump_json(welcome)))
         try:
             ws.run()
         finally:
@@ -254,7 +357,7 @@ class PodServer:
     def _metrics(self) -> str:
         ex = self.executor
         running = sum(1 for r in list(ex.records.values()) if r.state != "done")
-        labels = f'{{pod="{self.name}"}}'
+        labels = f'{{pod="{_label_value(self.name)}"}}'
         rows = [
             ("kt_calls_total", "counter", ex.calls_total),
             ("kt_calls_failed_total", "counter", ex.calls_failed),
@@ -303,9 +406,12 @@ class PodServer:
             self.executor.acknowledge([int(i) for i in frame.json()["ids"]])
         elif ftype == FrameType.COLLECT:
             for key, last_seq in frame.json()["calls"].items():
+                lost = self.executor.lost_result(int(key))
                 rec = self.executor.records.get(int(key))
-                if rec is None:
-                    conn.send(protocol.encode_frame(FrameType.UNKNOWN, int(key),
+                if lost is not None:  # dropped by a bound: the client is told which
+                    conn.post(protocol.encode_frame(FrameType.RESULT, int(key), *lost))
+                elif rec is None:
+                    conn.post(protocol.encode_frame(FrameType.UNKNOWN, int(key),
                                                     protocol.dump_json({})))
                 else:
                     self._subscribe(conn, rec, int(last_seq))
@@ -323,27 +429,20 @@ class PodServer:
         if done:
             self._finished(rec)
         else:
-            self._send_events(conn, rec)
+            conn.mark(rec)
 
     # --------------------------------------------------------------- output
     def _notify(self, record: CallRecord) -> None:
-        """A call printed something: its connection's flusher sends it (coalesced)."""
+        """A call printed something: its connection's writer sends it (coalesced)."""
         conn = record.owner
         if conn is not None and not conn.closed:
             conn.mark(record)
 
-    def _send_events(self, conn: _Conn, record: CallRecord) -> None:
-        with conn.order:
-            with record.lock:
-                if record.owner is not conn or conn.closed:
-                    return  # re-subscribed elsewhere meanwhile: that connection sends
-                events = record.take_unsent()
-            if events:
-                conn.send(protocol.encode_frame(FrameType.EVENTS, record.call_id,
-                                                protocol.dump_json({"events": events})))
-
     def _finished(self, record: CallRecord) -> None:
-        """On the call's own thread: send what it printed last, then its result."""
+        """A call finished (on its own thread): queue its result for its connection.
+
+        Never writes to a socket: only the connection's writer does.
+        """
         conn = record.owner
         if conn is None or conn.closed or record.result is None:
             return
@@ -351,14 +450,5 @@ class PodServer:
         names: list[str | None] = []
         if conn.use_shm and any(b.nbytes >= shm.SHM_THRESHOLD for b in buffers):
             names = conn.shm_writer.place(buffers)
-        with conn.order:
-            with record.lock:
-                if record.result_sent or record.owner is not conn:
-                    return
-                record.result_sent = True
-                events = record.take_unsent()
-            if events:
-                conn.send(protocol.encode_frame(FrameType.EVENTS, record.call_id,
-                                                protocol.dump_json({"events": events})))
-            conn.send(protocol.encode_frame(FrameType.RESULT, record.call_id, body, buffers,
-                                            shm_names=names))
+        conn.post_result(record, protocol.encode_frame(FrameType.RESULT, record.call_id, body,
+                                                       buffers, shm_names=names))

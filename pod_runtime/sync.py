@@ -49,11 +49,12 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from . import reload as _reload
-from . import treeimport
+from . import settings, treeimport
 from .executor import CallRecord, Executor
+from .protocol import messages
 from .registry import register
 
 __all__ = ["SyncTarget", "sync_home", "target"]
@@ -68,10 +69,10 @@ SAVE_DELAY = 0.5
 
 def sync_home(pod_name: str) -> Path:
     """Where this pod keeps synced trees (read from the environment when first needed)."""
-    explicit = os.environ.get("KT_SYNC_DIR")
+    explicit = settings.get("KT_SYNC_DIR")
     if explicit:
         return Path(explicit)
-    state = os.environ.get("KT_STATE_DIR") or str(
+    state = settings.get("KT_STATE_DIR") or str(
         Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
         / "kubetorch-jupyter")
     safe = re.sub(r"[^A-Za-z0-9._-]", "-", pod_name) or "pod"
@@ -255,7 +256,8 @@ class SyncTarget:
             proj = self._projects[name] = _Project(self.trees, name)
         return proj
 
-    def apply(self, msg: dict[str, Any], executor: Executor | None = None) -> dict[str, Any]:
+    def apply(self, msg: messages.SyncApplyCall, executor: Executor | None = None
+              ) -> dict[str, Any]:
         """Make a project's tree equal to the manifest in ``msg`` and reload what changed."""
         t0 = time.perf_counter()
         if msg.get("blobs"):
@@ -448,12 +450,13 @@ def target(pod_name: str) -> SyncTarget:
 
 
 @register("sync")
-def _run_sync(ex: Executor, msg: dict[str, Any], record: CallRecord) -> Any:
+def _run_sync(ex: Executor, body: dict[str, Any], record: CallRecord) -> Any:
+    msg = cast(messages.SyncCall, body)
     op = msg.get("op")
     record.label = f"sync {op}"
     tgt = target(ex.pod_name)
-    if op == "blobs":
+    if msg["op"] == "blobs":
         return tgt.store(msg["index"], msg["data"])
-    if op == "apply":
+    if msg["op"] == "apply":
         return tgt.apply(msg, ex)
     raise ValueError(f"unknown sync op {op!r}; is the pod older than the client?")

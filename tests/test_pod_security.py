@@ -46,7 +46,8 @@ def _masked_frame(payload: bytes) -> bytes:
     return bytes(head) + mask + masked
 
 
-def _upgrade_then_send(pod: RawPod, auth: str | None, payload: bytes) -> bytes:
+def _upgrade_then_send(pod: RawPod, auth: str | None, payload: bytes,
+                       headers: dict[str, str] | None = None) -> bytes:
     """Send an upgrade request and, without waiting, a CALL frame; return the response."""
     key = base64.b64encode(os.urandom(16)).decode()
     lines = [
@@ -59,6 +60,7 @@ def _upgrade_then_send(pod: RawPod, auth: str | None, payload: bytes) -> bytes:
     ]
     if auth is not None:
         lines.append(f"Authorization: {auth}")
+    lines.extend(f"{key}: {value}" for key, value in (headers or {}).items())
     request = ("\r\n".join(lines) + "\r\n\r\n").encode()
     with socket.create_connection(("127.0.0.1", pod.port), timeout=timeout(10)) as sock:
         sock.sendall(request + _masked_frame(payload))
@@ -95,6 +97,40 @@ def test_connection_without_the_token_is_refused_before_unpickling(
     assert response.startswith(b"HTTP/1.1 401"), response[:200]
     assert _healthz(raw_pod) == "ok\n"  # the pod has certainly processed our socket by now
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(("auth", "x_kt_token"), [
+    (None, "wrong-token"),
+    ("Bearer {token}", "wrong-token"),  # X-KT-Token decides when it is there
+    ("Bearer wrong-token", ""),
+    (None, ""),
+])
+def test_a_wrong_x_kt_token_is_refused_before_unpickling(
+    raw_pod: RawPod, tmp_path: Path, auth: str | None, x_kt_token: str
+) -> None:
+    marker = tmp_path / "unpickled"
+    response = _upgrade_then_send(
+        raw_pod, auth.format(token=raw_pod.token) if auth else None, _bomb_call(marker),
+        {protocol.POD_TOKEN_HEADER: x_kt_token})
+    assert response.startswith(b"HTTP/1.1 401"), response[:200]
+    assert _healthz(raw_pod) == "ok\n"
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(("auth", "x_kt_token"), [
+    (None, "{token}"),
+    ("Bearer {token}", None),
+    ("Bearer a-proxy-credential", "{token}"),  # Authorization belongs to a proxy then
+    ("Basic dXNlcjpwYXNz", "{token}"),
+])
+def test_the_token_is_accepted_in_x_kt_token_or_authorization(
+    raw_pod: RawPod, auth: str | None, x_kt_token: str | None
+) -> None:
+    headers = {} if x_kt_token is None else {
+        protocol.POD_TOKEN_HEADER: x_kt_token.format(token=raw_pod.token)}
+    response = _upgrade_then_send(raw_pod, auth.format(token=raw_pod.token) if auth else None,
+                                  b"", headers)
+    assert response.startswith(b"HTTP/1.1 101"), response[:200]
 
 
 def test_the_same_payload_with_the_token_is_loaded(raw_pod: RawPod, tmp_path: Path) -> None:

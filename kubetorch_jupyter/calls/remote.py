@@ -18,7 +18,8 @@ from collections.abc import Callable, Mapping
 from types import CodeType, FunctionType
 from typing import Any, Generic, TypeVar
 
-from kernel_bridge import CallHandle, RemoteError
+from kernel_bridge import CallHandle
+from pod_runtime.protocol import messages
 
 from ..core.compute import Compute
 from ..exceptions import ConfigError
@@ -30,11 +31,11 @@ from .serialize import dump_call, dump_callable
 __all__ = ["Cls", "Fn", "RemoteFn", "RemoteInstance", "RemoteMethod", "cls", "fn"]
 
 T = TypeVar("T")
-_NOT_CACHED = "kt-not-cached:"
+_Call = messages.FnCall | messages.InitCall | messages.MethodCall
 
 
-def _invoke(compute: Compute, msg: dict[str, Any], label: str, blob_key: str,
-            blob: tuple[str, bytes] | None, *, shipping: bool = False) -> CallHandle:
+def _invoke(compute: Compute, msg: _Call, label: str, blob: tuple[str, bytes] | None,
+            *, shipping: bool = False) -> CallHandle:
     """Send a call; includes the function/class blob when the pod may not have it.
 
     The caller syncs the project first (:func:`.sync.ensure`), before pickling, so that
@@ -43,9 +44,13 @@ def _invoke(compute: Compute, msg: dict[str, Any], label: str, blob_key: str,
     """
     conn = compute.connection()
     _versions.check(conn)  # once per pod process: can the two sides exchange pickles?
+    send_blob = blob is not None and blob[0] not in conn.known
     if blob is not None:
-        digest, data = blob
-        msg[blob_key] = None if digest in conn.known else data
+        data = blob[1] if send_blob else None
+        if msg["kind"] == "fn":
+            msg["fn_blob"] = data
+        elif msg["kind"] == "init":
+            msg["cls_blob"] = data
     if shipping:
         body, buffers = dump_call(msg, label)
     else:
@@ -53,7 +58,7 @@ def _invoke(compute: Compute, msg: dict[str, Any], label: str, blob_key: str,
             body, buffers = dump_call(msg, label)
     # output goes to the cell that started the call, whichever cell waits for it
     handle = conn.call(body, buffers, label=label, sink=cell_sink())
-    if blob is not None and msg[blob_key] is not None:
+    if blob is not None and send_blob:
         digest = blob[0]
         handle.on_answer.append(lambda: conn.known.add(digest))  # cached on the pod now
     return handle
@@ -65,9 +70,7 @@ def _retrying(send: Callable[[bool], CallHandle]) -> Callable[[CallHandle], Any]
     def wait(handle: CallHandle) -> Any:
         try:
             return handle.result()
-        except RemoteError as exc:
-            if not exc.remote_message.startswith(_NOT_CACHED):
-                raise
+        except messages.NotCachedError:  # the pod lost its copy: send it with the blob
             return send(True).result()
 
     return wait
@@ -138,9 +141,10 @@ class RemoteFn(Generic[T]):
             digest, data = self._blob()
             if force_blob:
                 self.compute.connection().known.discard(digest)
-            msg = {"kind": "fn", "fn_id": digest, "args": args, "kwargs": kwargs}
-            return _invoke(self.compute, msg, f"{self.__qualname__}()", "fn_blob",
-                           (digest, data), shipping=True)
+            msg: messages.FnCall = {"kind": "fn", "fn_id": digest, "args": args,
+                                    "kwargs": kwargs}
+            return _invoke(self.compute, msg, f"{self.__qualname__}()", (digest, data),
+                           shipping=True)
 
     def __call__(self, *args: Any, **kwargs: Any) -> T:
         """Run on the pod and return the result; output streams back while it runs."""
@@ -233,14 +237,14 @@ class Cls:
         _sync.ensure(compute)
         with _sync.shipping_to(compute):
             blob = dump_callable(self.klass)
-        msg = {"kind": "init", "cls_id": blob[0], "instance": instance, "args": tuple(args),
-               "kwargs": dict(init_args or {})}
+        msg: messages.InitCall = {"kind": "init", "cls_id": blob[0], "instance": instance,
+                                  "args": tuple(args), "kwargs": dict(init_args or {})}
         label = f"{self.klass.__qualname__}()"
 
         def send(force: bool) -> CallHandle:
             if force:
                 compute.connection().known.discard(blob[0])
-            return _invoke(compute, dict(msg), label, "cls_blob", blob)
+            return _invoke(compute, msg.copy(), label, blob)
 
         _retrying(send)(send(False))
         return RemoteInstance(self.klass, compute, instance)
@@ -264,10 +268,10 @@ class RemoteMethod:
     def submit(self, *args: Any, **kwargs: Any) -> CallHandle:
         """Start the call and return at once."""
         _sync.ensure(self.owner.compute)
-        msg = {"kind": "method", "instance": self.owner.instance, "method": self.method,
-               "args": args, "kwargs": kwargs}
+        msg: messages.MethodCall = {"kind": "method", "instance": self.owner.instance,
+                                    "method": self.method, "args": args, "kwargs": kwargs}
         label = f"{self.owner.klass.__qualname__}.{self.method}()"
-        return _invoke(self.owner.compute, msg, label, "", None)
+        return _invoke(self.owner.compute, msg, label, None)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run the method on the pod and return its result."""
@@ -297,9 +301,9 @@ class RemoteInstance:
     def getattr(self, name: str) -> Any:
         """Read an attribute of the remote instance (``counter.getattr("n")``)."""
         _sync.ensure(self.compute)
-        msg = {"kind": "method", "instance": self.instance, "method": name, "get_attr": True}
-        return _invoke(self.compute, msg, f"{self.klass.__qualname__}.{name}", "",
-                       None).result()
+        msg: messages.MethodCall = {"kind": "method", "instance": self.instance,
+                                    "method": name, "get_attr": True}
+        return _invoke(self.compute, msg, f"{self.klass.__qualname__}.{name}", None).result()
 
     def teardown(self) -> None:
         """Stop the compute this instance lives on."""

@@ -16,15 +16,16 @@ import os
 import sys
 import sysconfig
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 import cloudpickle
 
 from kernel_bridge import SerializationError
 from pod_runtime import protocol
+from pod_runtime.protocol import messages
 
 from ..sync.session import synced_module
 
@@ -90,13 +91,16 @@ def dump_callable(obj: Any) -> tuple[str, bytes]:
     return hashlib.sha256(blob).hexdigest()[:32], blob
 
 
-def dump_call(msg: dict[str, Any], label: str) -> tuple[bytes, list[memoryview]]:
+def dump_call(msg: messages.CallBody, label: str) -> tuple[bytes, list[memoryview]]:
     """Pickle a call request; an unpicklable argument is named in the error."""
+    fields = cast(Mapping[str, Any], msg)
+    args: tuple[Any, ...] = fields.get("args", ())
+    kwargs: dict[str, Any] = fields.get("kwargs", {})
     try:
-        with _by_value_all(msg.get("args", ()), msg.get("kwargs", {})):
+        with _by_value_all(args, kwargs):
             return protocol.dumps(msg)
     except Exception as exc:
-        culprit = _culprit(msg.get("args", ()), msg.get("kwargs", {}))
+        culprit = _culprit(args, kwargs)
         raise SerializationError(
             f"cannot call {label} on the pod: {culprit or 'an argument'} cannot be pickled "
             f"({type(exc).__name__}: {exc}). Locks, open files, sockets, generators and "

@@ -22,6 +22,7 @@ from typing import Any
 from kernel_bridge import CallHandle, CallLostError, EventSink, PodConnection, RemoteError
 from kernel_bridge.calls import CANCEL_GRACE
 from pod_runtime import protocol
+from pod_runtime.protocol import messages
 
 from .. import config
 from ..calls import versions as _versions
@@ -83,12 +84,14 @@ def _connect(compute: Compute) -> PodConnection:
     return conn
 
 
-def _dump(compute: Compute, msg: dict[str, Any], label: str
+def _dump(compute: Compute, msg: messages.CellCall | messages.CellVarsCall, label: str
           ) -> tuple[bytes, list[memoryview]]:
     """Pickle a cell message; its pushed variables travel like call arguments."""
+    msg = msg.copy()
+    msg["kwargs"] = msg.get("push") or {}
     try:
         with _sync.shipping_to(compute):  # objects of synced modules go by reference
-            return dump_call({**msg, "kwargs": msg.get("push") or {}}, label)
+            return dump_call(msg, label)
     except SerializationError as exc:
         what = exc.target.replace("argument", "variable", 1)
         raise SerializationError(
@@ -104,13 +107,14 @@ def _label(source: str, prefix: str) -> str:
 
 def _cell_message(source: str, filename: str | None, first_line: int,
                   push: dict[str, Any] | None, pull: Iterable[str], *, detach: bool,
-                  ) -> tuple[dict[str, Any], str]:
+                  ) -> tuple[messages.CellCall, str]:
     """The CALL message of a cell (its source registered for tracebacks), and its label."""
     filename = filename or cell_filename(source, None, first_line)
     register_source(filename, source, first_line)
     label = _label(source, "%%kt --detach" if detach else "%%kt")
-    msg = {"kind": "cell", "source": source, "filename": filename, "first_line": first_line,
-           "push": push or {}, "pull": list(pull), "label": label}
+    msg: messages.CellCall = {"kind": "cell", "source": source, "filename": filename,
+                              "first_line": first_line, "push": push or {},
+                              "pull": list(pull), "label": label}
     if detach:
         msg["detach"] = True
     return msg, label
@@ -264,7 +268,8 @@ def cancel_run(run_id: str) -> None:
 def list_runs(compute: Compute) -> list[dict[str, Any]]:
     """The detached runs ``compute``'s pod holds (running, or finished and not collected)."""
     conn = _connect(compute)
-    body, buffers = protocol.dumps({"kind": "cell_runs"})
+    runs_call: messages.CellRunsCall = {"kind": "cell_runs"}
+    body, buffers = protocol.dumps(runs_call)
     runs: list[dict[str, Any]] = conn.call(body, buffers, label="%kt runs").result()
     for run in runs:
         run["id"] = RunId.make(compute.name, int(run["run"]))
@@ -278,7 +283,7 @@ def vars_call(compute: Compute, *, push: dict[str, Any] | None = None,
     Runs beside cells, not after them: it works while a (detached) cell is running.
     """
     conn = _connect(compute)
-    msg = {"kind": "cell_vars", "push": push or {}, "pull": list(pull)}
+    msg: messages.CellVarsCall = {"kind": "cell_vars", "push": push or {}, "pull": list(pull)}
     body, buffers = _dump(compute, msg, "%kt push/pull")
     value = conn.call(body, buffers, label="%kt push/pull").result()
     return (value or {}).get("pulled") or {}

@@ -18,6 +18,7 @@ from typing import Any
 
 from kernel_bridge import PodConnection
 from pod_runtime import protocol
+from pod_runtime.protocol import messages
 
 from ..calls.display import event_sink
 from ..core.progress import progress_bar
@@ -98,7 +99,7 @@ class Job:
         return int(self.scan.files[self.source(sha)][1])
 
 
-def call(conn: PodConnection, msg: dict[str, Any]) -> Any:
+def call(conn: PodConnection, msg: messages.SyncCall | dict[str, Any]) -> Any:
     """Send one sync message to the pod and wait for its reply."""
     body, buffers = protocol.dumps(msg)
     return conn.call(body, buffers, label=f"sync {msg['op']}", sink=event_sink).result()
@@ -148,8 +149,9 @@ def upload(conn: PodConnection, job: Job, missing: list[str]) -> tuple[int, int]
     try:
         for group in groups:
             index, data = pack(job.root, [(sha, job.source(sha), size[sha]) for sha in group])
-            body, buffers = protocol.dumps({"kind": "sync", "op": "blobs", "index": index,
-                                            "data": pickle.PickleBuffer(data)})
+            blobs: messages.SyncBlobsCall = {"kind": "sync", "op": "blobs", "index": index,
+                                             "data": pickle.PickleBuffer(data)}
+            body, buffers = protocol.dumps(blobs)
             in_flight.append((conn.call(body, buffers, label="sync blobs", sink=event_sink),
                               len(data)))
             if len(in_flight) >= PACK_WINDOW:

@@ -4,6 +4,8 @@
   sockets, no threads; tested without a network).
 - :mod:`.wire`: websocket framing over a socket (threaded, on websockets' Sans-I/O core).
 - :mod:`.shm`: the shared-memory side channel for bulk buffers between local processes.
+- :mod:`.messages`: the typed bodies of CALL, EVENTS and RESULT messages, and
+  :class:`~.messages.ErrorKind`, the failures a client acts on.
 
 ``kernel_bridge`` imports this package and nothing else of ``pod_runtime``.
 """
@@ -16,6 +18,7 @@ from .frames import (
     FLAG_MAIN_THREAD,
     MAGIC,
     NONCE_HEADER,
+    POD_TOKEN_HEADER,
     PROTOCOL_VERSION,
     SHM_PROBE_HEADER,
     TOKEN_HEADER,
@@ -34,6 +37,7 @@ from .frames import (
     load_json,
     loads,
     package_versions,
+    presented_token,
     release_buffers,
     resolve_buffers,
     token_proof,
@@ -47,6 +51,7 @@ __all__ = [
     "FLAG_MAIN_THREAD",
     "MAGIC",
     "NONCE_HEADER",
+    "POD_TOKEN_HEADER",
     "PROTOCOL_VERSION",
     "SHM_PROBE_HEADER",
     "TOKEN_HEADER",
@@ -65,6 +70,7 @@ __all__ = [
     "load_json",
     "loads",
     "package_versions",
+    "presented_token",
     "release_buffers",
     "resolve_buffers",
     "token_proof",

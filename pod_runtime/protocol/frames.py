@@ -31,8 +31,9 @@ RESULT     pod    pickle: ``{"ok": True, "value": v}`` or ``{"ok": False, "error
 UNKNOWN    pod    JSON ``{}``: the pod holds no call with this id (COLLECT reply)
 =========  =====  ==========================================================
 
-Authentication happens in the HTTP upgrade (``Authorization: Bearer <token>``) before
-any frame is read, so nothing is unpickled for a peer that has not proved the token.
+Authentication happens in the HTTP upgrade (``X-KT-Token: <token>``, or
+``Authorization: Bearer <token>`` where no proxy needs that header) before any frame is
+read, so nothing is unpickled for a peer that has not proved the token.
 The pod proves it holds the token too: WELCOME carries ``HMAC(token, client nonce)``.
 """
 
@@ -56,6 +57,7 @@ from typing import Any
 import cloudpickle
 
 __all__ = [
+    "POD_TOKEN_HEADER",
     "PROTOCOL_VERSION",
     "BufferRef",
     "Frame",
@@ -67,6 +69,7 @@ __all__ = [
     "encode_frame",
     "load_json",
     "loads",
+    "presented_token",
     "token_proof",
 ]
 
@@ -81,6 +84,10 @@ FLAG_MAIN_THREAD = 1
 
 #: HTTP header names used in the websocket upgrade.
 TOKEN_HEADER = "Authorization"
+#: The pod's own token header, which no ingress or API-server proxy uses for itself.
+#: When a request carries it, it alone decides (a proxy may put its own credentials in
+#: ``Authorization``); otherwise ``Authorization: Bearer <token>`` does.
+POD_TOKEN_HEADER = "X-KT-Token"
 CLIENT_ID_HEADER = "X-KT-Client"
 NONCE_HEADER = "X-KT-Nonce"
 SHM_PROBE_HEADER = "X-KT-Shm-Probe"
@@ -368,6 +375,18 @@ def check_token(expected: str, presented: str | None) -> bool:
     if not expected or presented is None:
         return False
     return hmac.compare_digest(expected.encode(), presented.encode())
+
+
+def presented_token(x_kt_token: str | None, authorization: str | None) -> str | None:
+    """The token a request presents: its ``X-KT-Token`` if it has one, else its bearer token.
+
+    ``X-KT-Token`` wins outright, so a wrong one is refused even beside a right
+    ``Authorization``, and a right one is accepted whatever a proxy put in
+    ``Authorization``.
+    """
+    if x_kt_token is not None:
+        return x_kt_token.strip()
+    return bearer(authorization)
 
 
 def bearer(header: str | None) -> str | None:

@@ -35,10 +35,15 @@ __all__ = [
     "probe_check",
     "probe_create",
     "shm_available",
+    "sweep_dead_owners",
 ]
 
 SHM_DIR = Path("/dev/shm")
 _NAME = re.compile(r"^kt-\d+-[0-9a-f]{16,64}$")
+_OWNER = re.compile(r"^kt-(\d+)-[0-9a-f]{16,64}$")
+#: Seconds of slack when comparing a file's mtime with its owner's start time (the
+#: boot time in /proc/stat has whole seconds).
+_START_SLACK = 2.0
 #: Buffers at least this large go through shared memory when it is available.
 SHM_THRESHOLD = 256 * 1024
 #: Buffers at least this large get a pre-allocated spare file for the next send.
@@ -211,6 +216,63 @@ class ShmWriter:
         for name in self._pending:
             (SHM_DIR / name).unlink(missing_ok=True)
         self._pending.clear()
+
+
+def _process_start(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch); None when it does not run.
+
+    Raises:
+        OSError: When the start time cannot be read (not Linux): the caller keeps files.
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # another user's process: alive
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    # Field 22 (starttime, in clock ticks after boot); the name field may hold spaces.
+    ticks = int(stat.rsplit(")", 1)[1].split()[19])
+    boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                if line.startswith("btime "))
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def sweep_dead_owners() -> int:
+    """Remove the shared-memory files of processes that died without cleaning up.
+
+    A client or pod killed with SIGKILL leaves its ``kt-<pid>-*`` files (buffers never
+    claimed, spares) in ``/dev/shm``, which is memory. A file is removed when its owner
+    pid no longer runs, or runs but started after the file was last written (the pid was
+    reused). Files of live owners are never touched; files this user may not remove are
+    skipped. Assumes that the processes sharing this ``/dev/shm`` share a pid namespace
+    (true of the local backend; a cluster pod has a ``/dev/shm`` of its own).
+
+    Returns:
+        How many files were removed.
+    """
+    if not SHM_DIR.is_dir():
+        return 0
+    removed = 0
+    starts: dict[int, float | None] = {}
+    for entry in os.scandir(SHM_DIR):
+        match = _OWNER.match(entry.name)
+        if match is None:
+            continue
+        pid = int(match.group(1))
+        try:
+            if pid not in starts:
+                starts[pid] = _process_start(pid)
+            started = starts[pid]
+            if started is not None:
+                st = entry.stat(follow_symlinks=False)
+                if st.st_mtime >= started - _START_SLACK:
+                    continue  # written by the process that runs now
+            os.unlink(entry.path)
+            removed += 1
+        except (OSError, ValueError, IndexError, StopIteration):
+            continue  # gone meanwhile, not ours to remove, or no /proc: keep it
+    return removed
 
 
 def claim(name: str) -> int:

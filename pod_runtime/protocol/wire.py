@@ -136,7 +136,7 @@ class WireConnection:
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.name = name
-        self.closed = False
+        self._closed = threading.Event()  # set once; the keepalive waits on it
         # Two locks, so that the reader never waits for a writer: if both ends were
         # blocked writing a large message while their readers waited for the writer's
         # lock, neither would ever read again. The reader only takes _proto (short),
@@ -157,6 +157,17 @@ class WireConnection:
         self._ended = threading.Event()
         self._masked = protocol.side is Side.CLIENT  # RFC 6455: clients mask their frames
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    @property
+    def closed(self) -> bool:
+        """Whether the connection is closed (or closing): nothing more can be sent."""
+        return self._closed.is_set()
+
+    @closed.setter
+    def closed(self, value: bool) -> None:
+        if not value:
+            raise ValueError("a closed connection cannot be reopened")
+        self._closed.set()
 
     def start(self) -> None:
         """Start reading on a new thread (and the keepalive, when configured)."""
@@ -409,10 +420,8 @@ class WireConnection:
 
     def _keepalive(self) -> None:
         assert self.ping_interval is not None
-        while not self.closed:
-            time.sleep(self.ping_interval)
-            if self.closed:
-                return
+        # Waits on the closed event, not a sleep: the thread ends when the connection does.
+        while not self._closed.wait(self.ping_interval):
             silent = time.monotonic() - self._last_seen
             if self.ping_timeout is not None and silent > self.ping_timeout:
                 log.warning("no data from %s for %.0fs: dropping the connection",

@@ -1,0 +1,262 @@
+"""The bodies of the messages a client and a pod exchange, typed once for both sides.
+
+A CALL frame's body is a pickled dict whose ``kind`` says which of the call types
+below it is; the pod's handler for that kind reads it (see
+:data:`pod_runtime.registry.HANDLERS`). EVENTS bodies hold :class:`StreamEvent` and
+:class:`DisplayEvent` dicts; a RESULT body is a :class:`Result`, whose failures carry
+an :class:`ErrorInfo` with an :class:`ErrorKind` where the failure is one the client
+acts on (resend, report as lost) rather than a plain remote exception.
+
+These are ``TypedDict`` types: on the wire they are plain dicts with the same keys as
+before (so PROTOCOL_VERSION is unchanged); mypy checks the builders and the readers.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib
+from typing import Any, Literal, NotRequired, TypedDict
+
+__all__ = [
+    "CallBody",
+    "CellCall",
+    "CellRunsCall",
+    "CellVarsCall",
+    "ClearOutputEvent",
+    "DisplayEvent",
+    "ErrorInfo",
+    "ErrorKind",
+    "Event",
+    "FnCall",
+    "InitCall",
+    "MethodCall",
+    "NotCachedError",
+    "Result",
+    "StreamEvent",
+    "SyncApplyCall",
+    "SyncBlobs",
+    "SyncBlobsCall",
+    "SyncCall",
+    "TypeByName",
+    "import_type",
+]
+
+
+class ErrorKind(enum.StrEnum):
+    """Failures a client recognises by kind rather than by the remote exception's text."""
+
+    #: The pod has no cached copy of the function or class the call names: resend it
+    #: with its blob (the pod restarted, or another client's call evicted it).
+    NOT_CACHED = "not_cached"
+    #: The pod no longer holds the call's result (evicted by a bound, or expired).
+    CALL_LOST = "call_lost"
+    #: The result could not be pickled on the pod.
+    SERIALIZATION = "SerializationError"
+
+
+# ------------------------------------------------------------------ call bodies
+class FnCall(TypedDict):
+    """Run a function: ``fn_blob`` is its pickle, or None when the pod has ``fn_id`` cached."""
+
+    kind: Literal["fn"]
+    fn_id: str
+    fn_blob: NotRequired[bytes | None]
+    args: NotRequired[tuple[Any, ...]]
+    kwargs: NotRequired[dict[str, Any]]
+
+
+class InitCall(TypedDict):
+    """Create (or replace) the instance named ``instance`` of a class."""
+
+    kind: Literal["init"]
+    cls_id: str
+    cls_blob: NotRequired[bytes | None]
+    instance: str
+    args: NotRequired[tuple[Any, ...]]
+    kwargs: NotRequired[dict[str, Any]]
+
+
+class MethodCall(TypedDict):
+    """Call a method of a named instance, or read an attribute (``get_attr``)."""
+
+    kind: Literal["method"]
+    instance: str
+    method: str
+    get_attr: NotRequired[bool]
+    args: NotRequired[tuple[Any, ...]]
+    kwargs: NotRequired[dict[str, Any]]
+
+
+class CellCall(TypedDict):
+    """Run a notebook cell's source in the pod's namespace (on its main thread).
+
+    ``push`` holds variables set before it runs (also sent as ``kwargs``, so that they
+    pickle like call arguments); ``pull`` names variables returned after it.
+    """
+
+    kind: Literal["cell"]
+    source: str
+    filename: NotRequired[str | None]
+    first_line: NotRequired[int]
+    label: NotRequired[str]
+    push: NotRequired[dict[str, Any]]
+    pull: NotRequired[list[str]]
+    kwargs: NotRequired[dict[str, Any]]
+    detach: NotRequired[bool]
+
+
+class CellVarsCall(TypedDict):
+    """Push variables into / pull variables from the pod's notebook namespace."""
+
+    kind: Literal["cell_vars"]
+    push: NotRequired[dict[str, Any]]
+    pull: NotRequired[list[str]]
+    kwargs: NotRequired[dict[str, Any]]
+
+
+class CellRunsCall(TypedDict):
+    """List the detached cell runs the pod knows."""
+
+    kind: Literal["cell_runs"]
+
+
+class SyncBlobsCall(TypedDict):
+    """Store file contents: ``index`` rows ``[sha, offset, size]`` into ``data``."""
+
+    kind: Literal["sync"]
+    op: Literal["blobs"]
+    index: list[list[Any]]
+    data: Any  # a PickleBuffer on the client, a buffer on the pod
+
+
+class SyncBlobs(TypedDict):
+    """Blobs carried inside an apply message."""
+
+    index: list[list[Any]]
+    data: Any
+
+
+class SyncApplyCall(TypedDict):
+    """Make a project's tree match a manifest, then reload what changed.
+
+    The manifest is whole (``files``) or a change (``changed``/``deleted``) against
+    ``base``.
+    """
+
+    kind: Literal["sync"]
+    op: Literal["apply"]
+    project: str
+    manifest_id: str
+    paths: list[str]
+    cwd: str
+    root: str
+    files: NotRequired[dict[str, Any]]
+    base: NotRequired[str | None]
+    changed: NotRequired[dict[str, Any]]
+    deleted: NotRequired[list[str]]
+    blobs: NotRequired[SyncBlobs]
+
+
+#: A code-sync CALL body.
+SyncCall = SyncBlobsCall | SyncApplyCall
+
+#: Any CALL body.
+CallBody = (FnCall | InitCall | MethodCall | CellCall | CellVarsCall | CellRunsCall
+            | SyncBlobsCall | SyncApplyCall)
+
+
+# ----------------------------------------------------------------------- events
+class StreamEvent(TypedDict):
+    """Text a call wrote to stdout or stderr."""
+
+    seq: NotRequired[int]
+    kind: Literal["stream"]
+    name: Literal["stdout", "stderr"]
+    text: str
+
+
+class DisplayEvent(TypedDict):
+    """Rich output (``display`` or a cell's ``result``) as a MIME bundle."""
+
+    seq: NotRequired[int]
+    kind: Literal["display", "result"]
+    data: dict[str, Any]
+    metadata: dict[str, Any]
+    transient: NotRequired[dict[str, Any]]
+    update: NotRequired[bool]
+
+
+class ClearOutputEvent(TypedDict):
+    """``clear_output()`` on the pod."""
+
+    seq: NotRequired[int]
+    kind: Literal["clear_output"]
+    wait: bool
+
+
+Event = StreamEvent | DisplayEvent | ClearOutputEvent
+
+
+# ----------------------------------------------------------------------- result
+class ErrorInfo(TypedDict):
+    """Why a call failed.
+
+    ``exc`` is the pickled ``(type, args, attributes)`` of the exception when that
+    pickles; ``category`` is the :class:`ErrorKind` value when the failure has one.
+    """
+
+    type: str
+    message: str
+    traceback: str
+    frames: list[tuple[str, int | None, str, str | None]] | None
+    exc: bytes | None
+    category: str | None
+
+
+class Result(TypedDict):
+    """A RESULT body: ``value`` when ``ok``, else ``error``."""
+
+    ok: bool
+    value: NotRequired[Any]
+    error: NotRequired[ErrorInfo]
+
+
+# ------------------------------------------------------------------- exceptions
+class NotCachedError(LookupError):
+    """The pod does not hold the function or class ``key`` (the client resends it).
+
+    Raised on the pod; it crosses by reference, so the client receives it as this type
+    (``kind`` is :attr:`ErrorKind.NOT_CACHED`).
+    """
+
+    kind = ErrorKind.NOT_CACHED
+
+    def __init__(self, key: str) -> None:
+        # The message keeps the prefix older clients matched on.
+        super().__init__(f"kt-not-cached:{key}")
+        self.key = key
+
+
+def import_type(module: str, qualname: str) -> type:
+    """The class ``module.qualname``, imported (what a :class:`TypeByName` unpickles to)."""
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    if not isinstance(obj, type):
+        raise TypeError(f"{module}.{qualname} is not a class")
+    return obj
+
+
+class TypeByName:
+    """Pickles as the class ``module.qualname`` without importing it on this side.
+
+    The pod names client-side exception types this way (``kernel_bridge.errors``'s
+    ``CallLostError``) in an :class:`ErrorInfo`'s ``exc``; the client imports it.
+    """
+
+    def __init__(self, module: str, qualname: str) -> None:
+        self.module = module
+        self.qualname = qualname
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        return (import_type, (self.module, self.qualname))
