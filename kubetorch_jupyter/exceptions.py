@@ -99,12 +99,22 @@ class ImageBuildError(KtError):
 
 
 class PodStartError(KtError):
-    """A pod did not come up. ``log_tail`` holds the last lines it printed."""
+    """A pod did not come up.
 
-    def __init__(self, message: str, *, pod: str, log_tail: str = "") -> None:
+    Attributes:
+        pod: The compute's name.
+        reason: Why, as a word a program can branch on (the pod status's reason:
+            ``"Unschedulable"``, ``"ImagePullBackOff"``, ``"OOMKilled"``, ``"Killed"``,
+            ``"Error"``, ``"StartTimeout"``), or None when not known.
+        log_tail: The last lines the pod printed.
+    """
+
+    def __init__(self, message: str, *, pod: str, log_tail: str = "",
+                 reason: str | None = None) -> None:
         super().__init__(f"{message}\n--- last lines of the pod's log ---\n{log_tail}"
                          if log_tail else message)
         self.pod = pod
+        self.reason = reason
         self.log_tail = log_tail
 
 

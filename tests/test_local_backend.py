@@ -107,7 +107,7 @@ def test_start_warm_find_from_another_process_and_down(backend, state):
 
     backend.down("dev")
     assert not record.exists()
-    assert backend.status(info) == local.PodStatus(alive=False, exit_status=0)
+    assert backend.status(info) == local.PodStatus("gone", "Completed", "exit status 0", 0)
     assert "listening" in backend.logs("dev")  # the log outlives the pod
     with pytest.raises(ComputeNotFoundError):
         backend.get("dev")
@@ -117,7 +117,10 @@ def test_dead_pod_and_foreign_pid_records_are_pruned(backend, state):
     info = backend.up(compute())
     os.kill(info.pid, signal.SIGKILL)
     local._CHILDREN[info.pid].wait(timeout=30)
-    assert backend.status(info) == local.PodStatus(alive=False, exit_status=-signal.SIGKILL)
+    status = backend.status(info)
+    assert (status.phase, status.reason, status.message) == ("failed", "Killed",
+                                                             "killed by SIGKILL")
+    assert status.exit_status == -signal.SIGKILL and not status.alive
     assert backend.list() == []
     assert not (state / "pods" / "dev.json").exists()
 
@@ -194,7 +197,7 @@ def test_pod_that_exits_at_start(backend, state, tmp_path, monkeypatch):
     monkeypatch.setenv("KT_PYTHON", str(python))
     with pytest.raises(PodStartError) as err:
         backend.up(compute())
-    assert err.value.pod == "dev"
+    assert err.value.pod == "dev" and err.value.reason == "Error"
     assert "exited with status 3 before it was ready" in str(err.value)
     assert "no module named torch" in err.value.log_tail
     assert not (state / "pods" / "dev.json").exists()
@@ -208,7 +211,7 @@ def test_pod_that_never_gets_ready(backend, state, tmp_path, monkeypatch):
     monkeypatch.setenv("KT_START_TIMEOUT", "0.5")
     with pytest.raises(PodStartError, match=r"did not become ready within 0.5s") as err:
         backend.up(compute())
-    assert "thinking..." in err.value.log_tail
+    assert "thinking..." in err.value.log_tail and err.value.reason == "StartTimeout"
     assert all(p.poll() is not None for p in local._CHILDREN.values())  # it was killed
 
 
@@ -276,3 +279,25 @@ def test_a_dead_pods_children_are_ended_when_it_is_forgotten(tmp_path, monkeypat
     finally:
         with contextlib.suppress(kt.KtError):
             compute.teardown()
+
+
+def test_pod_status_says_why() -> None:
+    assert [local.PodStatus(p).alive for p in ("pending", "starting", "running")] == [True] * 3
+    assert not local.PodStatus("failed").alive and not local.PodStatus("gone").alive
+    oom = local.PodStatus("failed", "OOMKilled", "used more than 4Gi", 137)
+    assert oom.describe() == "failed (OOMKilled: used more than 4Gi)"
+    assert local.PodStatus.from_exit(3).describe() == "failed (Error: exit status 3)"
+    assert local.PodStatus.from_exit(-signal.SIGTERM).message == "killed by SIGTERM"
+    assert local.PodStatus.from_exit(None).phase == "gone"
+    with pytest.raises(ValueError, match="unknown pod phase 'dead'"):
+        local.PodStatus("dead")  # type: ignore[arg-type]
+
+
+def test_a_pod_killed_at_start_says_by_what(backend, tmp_path, monkeypatch):
+    python = tmp_path / "killed-python"
+    python.write_text("#!/bin/sh\nkill -9 $$\n")
+    python.chmod(0o755)
+    monkeypatch.setenv("KT_PYTHON", str(python))
+    with pytest.raises(PodStartError, match="was killed by SIGKILL before it was ready") as err:
+        backend.up(compute())
+    assert err.value.reason == "Killed"

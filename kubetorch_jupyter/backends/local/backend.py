@@ -266,15 +266,27 @@ class LocalBackend(Backend):
             self._stop(info)
 
     def status(self, info: PodInfo) -> PodStatus:
-        """Whether the pod is alive, and if not its exit status when known.
+        """Running, or how the pod ended.
 
-        The exit status (negative: killed by that signal) is known for pods this process
-        started; for others it is None.
+        The exit status (a signal: ``failed``, reason ``Killed``; a non-zero code:
+        ``failed``, reason ``Error``) is known for pods this process started; of others
+        only that they are ``gone``. (A SIGKILL from the kernel's OOM killer cannot be
+        told apart from any other SIGKILL here.)
         """
         if self._alive(info):
-            return PodStatus(alive=True)
+            return PodStatus("running")
         child = _CHILDREN.get(info.pid) if info.pid is not None else None
-        return PodStatus(alive=False, exit_status=child.returncode if child else None)
+        return PodStatus.from_exit(child.returncode if child is not None else None)
+
+    def settle(self, info: PodInfo, timeout: float) -> PodStatus:
+        """The status once the pod's exit is visible, waiting up to ``timeout`` seconds for it.
+
+        A SIGKILLed pod's sockets reset before its exit can be seen (waitpid for our
+        children, a pidfd for others): without this a dead pod looks unreachable.
+        """
+        if info.pid is not None and self._alive(info):
+            wait_gone(info.pid, timeout, _CHILDREN.get(info.pid))
+        return self.status(info)
 
     def logs(self, name: str, tail: int = 200) -> str:
         """The last ``tail`` lines of the pod's log (kept after it exits).
@@ -363,7 +375,7 @@ class LocalBackend(Backend):
             except OSError as exc:
                 os.close(read_fd)
                 raise PodStartError(f"could not run {python!r} for pod {name!r}: {exc}",
-                                    pod=name) from exc
+                                    pod=name, reason="Error") from exc
             finally:
                 os.close(write_fd)
             _CHILDREN[proc.pid] = proc
@@ -402,20 +414,23 @@ class LocalBackend(Backend):
         except TimeoutError:
             raise PodStartError(
                 f"pod {name!r} did not become ready within {timeout:g}s (KT_START_TIMEOUT)",
-                pod=name, log_tail=read_tail(log_path, LOG_TAIL_LINES, offset)) from None
+                pod=name, reason="StartTimeout",
+                log_tail=read_tail(log_path, LOG_TAIL_LINES, offset)) from None
         with contextlib.suppress(ValueError):
             line = json.loads(data.split(b"\n", 1)[0])
             if isinstance(line, dict) and isinstance(line.get("port"), int):
                 return line
         try:
-            code = proc.wait(timeout=2)
-            why = f"exited with status {code}" if code >= 0 else f"was killed by signal {-code}"
-            with contextlib.suppress(ValueError):
-                why = why if code >= 0 else f"was killed by {signal.Signals(-code).name}"
+            code: int | None = proc.wait(timeout=2)
         except subprocess.TimeoutExpired:
-            why = "closed its ready pipe without reporting its port"
+            code = None
+        why, reason = "closed its ready pipe without reporting its port", "Error"
+        if code is not None:
+            status = PodStatus.from_exit(code)
+            why = f"exited with status {code}" if code >= 0 else f"was {status.message}"
+            reason = status.reason or "Error"
         raise PodStartError(f"pod {name!r} {why} before it was ready", pod=name,
-                            log_tail=read_tail(log_path, LOG_TAIL_LINES, offset))
+                            reason=reason, log_tail=read_tail(log_path, LOG_TAIL_LINES, offset))
 
 
 def _check_name(name: str) -> str:
