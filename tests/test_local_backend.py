@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from kubetorch_jupyter.backends import get_backend
+from kubetorch_jupyter.backends import Backend, get_backend, register_backend
 from kubetorch_jupyter.backends.local import backend as local
 from kubetorch_jupyter.backends.local import gpus
 from kubetorch_jupyter.backends.local.backend import LocalBackend
@@ -247,6 +247,65 @@ def test_get_backend():
         get_backend("kubernetes")
     with pytest.raises(ConfigError, match="valid backends: local, kubernetes"):
         get_backend("slurm")
+    own = LocalBackend("/nonexistent/state")
+    assert get_backend(own) is own
+    with pytest.raises(ConfigError, match="registered already"):
+        register_backend("local", LocalBackend)
+
+
+class WrappedBackend(Backend):
+    """A backend of the test's own: a real LocalBackend on its own state dir, counting ups."""
+
+    name = "wrapped"
+
+    def __init__(self, state_dir: Path) -> None:
+        self.inner = LocalBackend(state_dir)
+        self.ups: list[str] = []
+
+    def up(self, spec, *, progress=True):
+        self.ups.append(spec.name)
+        return self.inner.up(spec, progress=progress)
+
+    def check(self, spec, *, progress=True):
+        self.inner.check(spec, progress=progress)
+
+    def get(self, name):
+        return self.inner.get(name)
+
+    def list(self):
+        return self.inner.list()
+
+    def down(self, name):
+        self.inner.down(name)
+
+    def status(self, info):
+        return self.inner.status(info)
+
+    def settle(self, info, timeout):
+        return self.inner.settle(info, timeout)
+
+    def logs(self, name, tail=200):
+        return self.inner.logs(name, tail)
+
+
+def test_a_backend_instance_or_a_registered_one_runs_the_compute(state, tmp_path):
+    import kubetorch_jupyter as kt
+
+    own = WrappedBackend(tmp_path / "own-state")
+    compute = kt.Compute(name="injected", backend=own)
+    try:
+        assert compute.backend is own and compute.backend_name == "wrapped"
+        pid = kt.fn(os.getpid).to(compute)()
+        assert own.ups == ["injected"] and own.inner.get("injected").pid == pid
+        assert (tmp_path / "own-state" / "pods" / "injected.json").exists()
+        assert not (state / "pods" / "injected.json").exists()  # not the default backend's
+
+        register_backend("wrapped-test", lambda: own)
+        by_name = kt.Compute.from_name("injected", backend="wrapped-test")
+        assert by_name.backend is own and by_name.pod.pid == pid
+    finally:
+        compute.teardown()
+    assert own.list() == []
 
 
 def test_a_dead_pods_children_are_ended_when_it_is_forgotten(tmp_path, monkeypatch) -> None:

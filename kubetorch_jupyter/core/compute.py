@@ -52,7 +52,8 @@ class Compute:
         env: Environment variables of the pod.
         name: The name to reach the pod by (default ``"default"``).
         inactivity_ttl: Stop the pod after this long without calls ("30m", "2h", 600).
-        backend: ``"local"`` or ``"kubernetes"`` (default: ``KT_BACKEND``, else local).
+        backend: ``"local"``, ``"kubernetes"`` (default: ``KT_BACKEND``, else local), the
+            name of another registered backend, or a :class:`Backend` instance.
 
     Example:
         >>> compute = kt.Compute(cpus="2", memory="4Gi", name="dev")
@@ -68,7 +69,7 @@ class Compute:
         env: Mapping[str, str] | None = None,
         name: str | None = None,
         inactivity_ttl: str | float | None = None,
-        backend: str | None = None,
+        backend: str | Backend | None = None,
     ) -> None:
         self.cpus = parse_cpus(cpus)
         self.memory = parse_memory(memory)
@@ -81,7 +82,11 @@ class Compute:
         self.env = {str(k): str(v) for k, v in (env or {}).items()}
         self.name = _check_name(name or "default")
         self.inactivity_ttl = parse_duration(inactivity_ttl)
-        self.backend_name = backend or config.get("backend")
+        if backend is not None and not isinstance(backend, str | Backend):
+            raise ConfigError(f"backend must be a name or a Backend, got {type(backend).__name__}")
+        self._backend: Backend | None = backend if isinstance(backend, Backend) else None
+        self._backend_name = (self._backend.name if self._backend is not None
+                              else (backend or config.get("backend")).strip().lower())
         self._info: PodInfo | None = None
         self._from_name = False
 
@@ -99,13 +104,20 @@ class Compute:
         return f"Compute({', '.join(parts)}) [{state}]"
 
     @property
+    def backend_name(self) -> str:
+        """The name of the backend that runs this compute's pod."""
+        return self._backend_name
+
+    @property
     def backend(self) -> Backend:
         """The backend that runs this compute's pod."""
-        return get_backend(self.backend_name)
+        if self._backend is None:
+            self._backend = get_backend(self._backend_name)
+        return self._backend
 
     # --------------------------------------------------------------- lifecycle
     @classmethod
-    def from_name(cls, name: str, backend: str | None = None) -> Compute:
+    def from_name(cls, name: str, backend: str | Backend | None = None) -> Compute:
         """Find a running compute by name (from any process on this machine or cluster).
 
         Raises:
@@ -125,7 +137,7 @@ class Compute:
             env=definition["env"] if "env" in definition else spec.get("env") or {},
             name=name,
             inactivity_ttl=spec.get("inactivity_ttl"),
-            backend=be.name,
+            backend=be,
         )
         compute._info = info
         compute._from_name = True  # reuse the pod as is; a restart keeps its definition
