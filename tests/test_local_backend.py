@@ -13,7 +13,6 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -22,6 +21,7 @@ from kubetorch_jupyter.backends.local import backend as local
 from kubetorch_jupyter.backends.local import gpus
 from kubetorch_jupyter.backends.local.backend import LocalBackend
 from kubetorch_jupyter.core.image import Image
+from kubetorch_jupyter.core.spec import ComputeSpec
 from kubetorch_jupyter.exceptions import (
     ComputeNotFoundError,
     ConfigError,
@@ -33,8 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def compute(name="dev", *, cpus=None, memory=None, gpus=0, image=None, env=None, ttl=None):
-    return SimpleNamespace(name=name, cpus=cpus, memory=memory, gpus=gpus,
-                           image=image or Image(), env=env or {}, inactivity_ttl=ttl)
+    return ComputeSpec(name=name, cpus=cpus, memory=memory, gpus=gpus,
+                       image=(image or Image()).to_json(), env=env or {}, inactivity_ttl=ttl)
 
 
 def environ(pid: int) -> dict[str, str]:
@@ -145,13 +145,16 @@ def test_unknown_and_invalid_names(backend):
         backend.get("../etc")
 
 
-def test_spec_change_restarts(backend, caplog):
+def test_up_with_another_spec_replaces_the_pod(backend, caplog):
+    """Whether it may is the core's decision (test_spec_policy); up does what it is told."""
     first = backend.up(compute(env={"A": "1"}))
-    with caplog.at_level(logging.WARNING, logger="kubetorch_jupyter.backends.local.backend"):
+    assert ComputeSpec.from_json(first.spec) == compute(env={"A": "1"})
+    assert first.spec_hash == compute(env={"A": "1"}).spec_hash()
+    with caplog.at_level(logging.INFO, logger="kubetorch_jupyter.backends.local.backend"):
         second = backend.up(compute(env={"A": "2"}, cpus=1, ttl=600.0))
     assert second.pid != first.pid
-    assert ("restarting compute 'dev': its spec changed "
-            "(cpus None -> 1; env A; inactivity_ttl None -> 600.0)") in caplog.text
+    assert ("replacing pod 'dev': cpus default -> 1; inactivity_ttl default -> 600s; "
+            "env A changed") in caplog.text
     argv = Path(f"/proc/{second.pid}/cmdline").read_bytes().split(b"\0")
     assert argv[argv.index(b"--inactivity-ttl") + 1] == b"600.0"
     assert not backend.status(first).alive
@@ -226,12 +229,9 @@ def test_image_with_build_steps_runs_in_its_environment(backend, state, monkeypa
 
 
 def test_two_processes_asking_at_once_get_one_pod(backend, state):
-    code = ("from types import SimpleNamespace as N\n"
-            "from kubetorch_jupyter import Image\n"
+    code = ("from kubetorch_jupyter.core.spec import ComputeSpec\n"
             "from kubetorch_jupyter.backends.local import LocalBackend\n"
-            "c = N(name='shared', cpus=None, memory=None, gpus=0, image=Image(), env={},"
-            " inactivity_ttl=None)\n"
-            "print(LocalBackend().up(c).pid)\n")
+            "print(LocalBackend().up(ComputeSpec(name='shared')).pid)\n")
     env = dict(os.environ, PYTHONPATH=str(REPO))
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
                               text=True) for _ in range(2)]

@@ -1,6 +1,7 @@
 """The interface every backend implements: where pods come from.
 
-A backend turns a :class:`~kubetorch_jupyter.Compute` into a running pod and tells the
+A backend turns a :class:`~kubetorch_jupyter.core.spec.ComputeSpec` (what a
+:class:`~kubetorch_jupyter.Compute` asks for) into a running pod and tells the
 bridge how to reach it (``PodInfo.url`` and ``token``). The local backend runs pods as
 processes on this machine; the Kubernetes backend as Deployments, Knative services,
 RayClusters or CronJobs.
@@ -14,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 if TYPE_CHECKING:
-    from ..core.compute import Compute
+    from ..core.spec import ComputeSpec
 
 __all__ = ["PHASES", "Backend", "Phase", "PodInfo", "PodStatus"]
 
@@ -38,8 +39,8 @@ class PodInfo:
         pid: Process id (local backend), else None.
         started_at: Unix time the pod started.
         gpus: GPU indices handed to the pod (``CUDA_VISIBLE_DEVICES``).
-        spec: What it was started with: cpus, memory, gpus, image hash, env.
-        spec_hash: Hash of ``spec``; a compute asking for a different one restarts it.
+        spec: What it was started with: :meth:`ComputeSpec.to_json` of its spec.
+        spec_hash: :meth:`ComputeSpec.spec_hash` of that spec.
         log_path: Where the pod's stdout/stderr go (local backend).
     """
 
@@ -120,14 +121,14 @@ class Backend(abc.ABC):
     name: str = "abstract"
 
     @abc.abstractmethod
-    def up(self, compute: Compute, *, progress: bool = True) -> PodInfo:
+    def up(self, spec: ComputeSpec, *, progress: bool = True) -> PodInfo:
         """Return a warm pod running ``spec``: the one running it, else a new one.
 
         A pod of that name running another spec is stopped and replaced; whether that
         may happen is decided before, by :func:`kubetorch_jupyter.core.policy.decide`.
         """
 
-    def check(self, compute: Compute, *, progress: bool = True) -> None:
+    def check(self, spec: ComputeSpec, *, progress: bool = True) -> None:
         """Everything that can fail before a running pod is replaced by one for ``spec``.
 
         (No such GPUs, an image that does not build.) Called before a restart so that

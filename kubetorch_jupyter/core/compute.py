@@ -11,7 +11,6 @@ import re
 import threading
 import warnings
 from collections.abc import Mapping
-from typing import Any
 
 from kernel_bridge import PodConnection, PodUnreachableError
 
@@ -21,6 +20,7 @@ from ..backends.base import Backend, PodInfo
 from ..exceptions import ConfigError
 from .image import Image
 from .resources import format_bytes, parse_cpus, parse_duration, parse_memory
+from .spec import ComputeSpec
 
 __all__ = ["Compute"]
 
@@ -85,8 +85,8 @@ class Compute:
         if backend is not None and not isinstance(backend, str | Backend):
             raise ConfigError(f"backend must be a name or a Backend, got {type(backend).__name__}")
         self._backend: Backend | None = backend if isinstance(backend, Backend) else None
-        self._backend_name = (self._backend.name if self._backend is not None
-                              else (backend or config.get("backend")).strip().lower())
+        self._backend_name = (backend.name if isinstance(backend, Backend)
+                              else str(backend or config.get("backend")).strip().lower())
         self._info: PodInfo | None = None
         self._from_name = False
 
@@ -115,30 +115,38 @@ class Compute:
             self._backend = get_backend(self._backend_name)
         return self._backend
 
+    @property
+    def spec(self) -> ComputeSpec:
+        """What this compute asks a backend for (see :class:`ComputeSpec`)."""
+        return ComputeSpec(name=self.name, cpus=self.cpus, memory=self.memory, gpus=self.gpus,
+                           image=self.image.to_json(), env=self.env,
+                           inactivity_ttl=self.inactivity_ttl, backend=self.backend_name)
+
     # --------------------------------------------------------------- lifecycle
+    @classmethod
+    def from_spec(cls, spec: ComputeSpec, backend: str | Backend | None = None) -> Compute:
+        """The compute ``spec`` describes (on ``backend``, default the spec's own)."""
+        return cls(cpus=spec.cpus, memory=spec.memory, gpus=spec.gpus,
+                   image=spec.build_image(), env=dict(spec.env), name=spec.name,
+                   inactivity_ttl=spec.inactivity_ttl, backend=backend or spec.backend)
+
     @classmethod
     def from_name(cls, name: str, backend: str | Backend | None = None) -> Compute:
         """Find a running compute by name (from any process on this machine or cluster).
+
+        The compute is rebuilt from the spec the pod was started with, so a restart
+        (after the pod died) keeps its definition.
 
         Raises:
             ComputeNotFoundError: When no compute of that name is running.
         """
         be = get_backend(backend)
         info = be.get(name)
-        spec: dict[str, Any] = info.spec
-        definition = spec.get("definition") or {}
-        image = Image.from_json(definition["image"]) if "image" in definition else None
-        compute = cls(
-            cpus=spec.get("cpus"),
-            memory=spec.get("memory"),
-            gpus=int(spec.get("gpus") or 0),
-            image=image,
-            # with the image known, its own variables come from it again
-            env=definition["env"] if "env" in definition else spec.get("env") or {},
-            name=name,
-            inactivity_ttl=spec.get("inactivity_ttl"),
-            backend=be,
-        )
+        try:
+            spec = ComputeSpec.from_json(info.spec)
+        except (ValueError, TypeError):  # a record without a spec: only its name is known
+            spec = ComputeSpec(name=name, backend=be.name)
+        compute = cls.from_spec(spec, backend=be)
         compute._info = info
         compute._from_name = True  # reuse the pod as is; a restart keeps its definition
         return compute
@@ -149,7 +157,7 @@ class Compute:
                 and self.backend.status(self._info).alive):
             return self
         show = config.get("progress") if progress is None else progress
-        self._info = self.backend.up(self, progress=show)
+        self._info = self.backend.up(self.spec, progress=show)
         return self
 
     @property
