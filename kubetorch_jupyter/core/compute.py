@@ -7,7 +7,6 @@ there is none. ``Compute.from_name("dev")`` finds a running one from any process
 
 from __future__ import annotations
 
-import re
 import threading
 import warnings
 from collections.abc import Mapping
@@ -19,26 +18,14 @@ from ..backends import get_backend
 from ..backends.base import Backend, PodInfo
 from ..exceptions import ConfigError
 from .image import Image
+from .names import check_name
 from .resources import format_bytes, parse_cpus, parse_duration, parse_memory
 from .spec import ComputeSpec
 
 __all__ = ["Compute"]
 
-_NAME = re.compile(r"^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$")
 _connections: dict[tuple[str, str, str], PodConnection] = {}
 _connections_lock = threading.Lock()
-
-
-def _check_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
-        suggestion = re.sub(r"[^a-z0-9-]+", "-", str(name).lower()).strip("-")[:40] or "dev"
-        if not suggestion[0].isalpha():
-            suggestion = f"c-{suggestion}"[:40]
-        raise ConfigError(
-            f"compute name {name!r} is not valid: use lowercase letters, digits and '-', "
-            f"starting with a letter, at most 40 characters (e.g. {suggestion!r})"
-        )
-    return name
 
 
 class Compute:
@@ -80,7 +67,7 @@ class Compute:
             raise ConfigError(f"image must be a kt.Image, got {type(image).__name__}")
         self.image = image or Image()
         self.env = {str(k): str(v) for k, v in (env or {}).items()}
-        self.name = _check_name(name or "default")
+        self.name = check_name(name or "default")
         self.inactivity_ttl = parse_duration(inactivity_ttl)
         if backend is not None and not isinstance(backend, str | Backend):
             raise ConfigError(f"backend must be a name or a Backend, got {type(backend).__name__}")

@@ -26,7 +26,6 @@ import json
 import logging
 import math
 import os
-import re
 import secrets
 import signal
 import subprocess
@@ -39,8 +38,9 @@ from typing import Any
 import psutil
 
 from ... import config
+from ...core.names import check_name as _check_name
 from ...core.spec import ComputeSpec
-from ...exceptions import ComputeNotFoundError, ConfigError, PodStartError
+from ...exceptions import ComputeNotFoundError, PodStartError
 from ..base import Backend, PodInfo, PodStatus
 from . import gpus as _gpus
 from . import venvs
@@ -53,7 +53,6 @@ logger = logging.getLogger(__name__)
 
 #: Popen objects of the pods this process started, by pid, for their exit status.
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 #: Seconds a pod gets to exit after SIGTERM before SIGKILL.
 TERM_GRACE = 5.0
@@ -418,10 +417,3 @@ class LocalBackend(Backend):
             reason = status.reason or "Error"
         raise PodStartError(f"pod {name!r} {why} before it was ready", pod=name,
                             reason=reason, log_tail=read_tail(log_path, LOG_TAIL_LINES, offset))
-
-
-def _check_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise ConfigError(f"compute name {name!r} is not valid: use letters, digits, '.', "
-                          "'_' and '-', starting with a letter or digit, at most 63 characters")
-    return name
