@@ -16,16 +16,14 @@ from kernel_bridge import PodConnection, PodUnreachableError
 from .. import config
 from ..backends import get_backend
 from ..backends.base import Backend, PodInfo
-from ..exceptions import ConfigError
+from ..exceptions import ComputeNotFoundError, ConfigError
+from . import connections, policy
 from .image import Image
 from .names import check_name
 from .resources import format_bytes, parse_cpus, parse_duration, parse_memory
 from .spec import ComputeSpec
 
 __all__ = ["Compute"]
-
-_connections: dict[tuple[str, str, str], PodConnection] = {}
-_connections_lock = threading.Lock()
 
 
 class Compute:
@@ -75,7 +73,9 @@ class Compute:
         self._backend_name = (backend.name if isinstance(backend, Backend)
                               else str(backend or config.get("backend")).strip().lower())
         self._info: PodInfo | None = None
+        self._adopted: ComputeSpec | None = None  # the spec of the pod it reuses
         self._from_name = False
+        self._lock = threading.RLock()
 
     def __repr__(self) -> str:
         parts = [f"name={self.name!r}"]
@@ -139,13 +139,60 @@ class Compute:
         return compute
 
     def up(self, *, progress: bool | None = None) -> Compute:
-        """Make sure a warm pod runs for this compute (start one if needed)."""
-        if (self._from_name and self._info is not None
-                and self.backend.status(self._info).alive):
+        """Make sure a warm pod runs for this compute (start one if needed).
+
+        A pod of this name that runs another spec is reused when this compute asks for
+        nothing it lacks, restarted (with a warning) when it does and no other client is
+        connected, and left alone otherwise (see :mod:`.policy`).
+
+        Raises:
+            ComputeInUseError: When it would restart a pod other clients are using.
+            ResourceUnavailableError, ImageBuildError, PodStartError: When the pod
+                cannot start (a running one is left running).
+        """
+        backend = self.backend
+        if self._from_name and self._info is not None and backend.status(self._info).alive:
             return self
-        show = config.get("progress") if progress is None else progress
-        self._info = self.backend.up(self.spec, progress=show)
+        show = bool(config.get("progress") if progress is None else progress)
+        with self._lock:
+            wanted = self._wanted()
+            try:
+                running: PodInfo | None = backend.get(self.name)
+            except ComputeNotFoundError:
+                running = None
+            status = backend.status(running) if running is not None else None
+
+            def others() -> int:
+                assert running is not None
+                return connections.other_clients(backend, running)
+
+            decision = policy.decide(running, status, wanted, others)
+            if isinstance(decision, policy.Refuse):
+                raise decision.error
+            if isinstance(decision, policy.Reuse):
+                self._info, self._adopted = decision.info, decision.spec
+                return self
+            if isinstance(decision, policy.Restart):
+                backend.check(decision.spec, progress=show)  # a restart that cannot happen
+                warnings.warn(f"restarting compute {self.name!r}: its spec changed "
+                              f"({'; '.join(decision.changes)}); no other client was "
+                              "connected", RuntimeWarning, stacklevel=2)
+                connections.drop(self.name, backend.name)
+            self._info = backend.up(decision.spec, progress=show)
+            self._adopted = decision.spec
         return self
+
+    def _wanted(self) -> ComputeSpec:
+        """What to ask for: the spec of the pod this compute reuses, while it still fits.
+
+        So a compute that reused a pod started with more (``Compute(name="dev")`` after
+        ``Compute(name="dev", cpus=1)``) brings that pod back as it was if it dies.
+        """
+        own = self.spec
+        adopted = self._adopted
+        if adopted is not None and not policy.requested_changes(adopted, own):
+            return adopted
+        return own
 
     @property
     def pod(self) -> PodInfo:
@@ -156,60 +203,34 @@ class Compute:
         return self._info
 
     def connection(self) -> PodConnection:
-        """The process-wide connection to this compute's pod (connecting if needed)."""
+        """The process-wide connection to this compute's pod (connecting if needed).
+
+        A pod that died is started again (once), with a warning.
+        """
         info = self.pod
-        key = (self.backend_name, info.name, info.url)
-        with _connections_lock:
-            conn = _connections.get(key)
-            if conn is not None and conn.dead is None:
-                return conn
-            if conn is not None:  # the pod died: start a fresh one
-                reason = str(conn.dead).split(" while calls")[0]
-                warnings.warn(f"{reason}; starting a new pod {info.name!r}", RuntimeWarning,
-                              stacklevel=4)
-                _connections.pop(key, None)
         backend = self.backend
-        if conn is not None or not backend.status(info).alive:
-            self._info = None  # it died (perhaps while nobody was connected): a fresh one
-            info = self.pod
-            key = (self.backend_name, info.name, info.url)
+        died = connections.take_dead(backend, info)
+        if died is not None:
+            reason = str(died).split(" while calls")[0]
+            warnings.warn(f"{reason}; starting a new pod {info.name!r}", RuntimeWarning,
+                          stacklevel=2)
+        if died is not None or not backend.status(info).alive:
+            info = self._start_again()  # it died (perhaps while nobody was connected)
         try:
-            new = self._connect(info)
+            return connections.pooled(backend, info)
         except PodUnreachableError:
             if backend.status(info).alive:
                 raise
-            self._info = None  # it died just now: start it again, once
-            info = self.pod
-            key = (self.backend_name, info.name, info.url)
-            new = self._connect(info)
-        with _connections_lock:
-            existing = _connections.get(key)
-            if existing is not None and existing.dead is None:
-                new.close()
-                return existing
-            _connections[key] = new
-        return new
+            info = self._start_again()  # it died just now: start it again, once
+            return connections.pooled(backend, info)
 
-    def _connect(self, info: PodInfo) -> PodConnection:
-        backend = self.backend
-
-        def status() -> tuple[bool, int | None]:
-            st = backend.status(info)
-            return st.alive, st.exit_status
-
-        return PodConnection(
-            info.url,
-            info.token,
-            name=info.name,
-            status=status,
-            connect_timeout=config.get("connect_timeout"),
-            reconnect_timeout=config.get("reconnect_timeout"),
-            use_shm=config.get("shm"),
-        )
+    def _start_again(self) -> PodInfo:
+        self._info = None
+        return self.pod
 
     def teardown(self) -> None:
         """Stop this compute's pod; the next use starts a fresh one."""
-        _drop_connections(self.name)
+        connections.drop(self.name, self.backend_name)
         self.backend.down(self.name)
         self._info = None
 
@@ -224,9 +245,3 @@ class Compute:
         except LookupError:
             return False
         return self.backend.status(info).alive
-
-
-def _drop_connections(name: str) -> None:
-    with _connections_lock:
-        for key in [k for k in _connections if k[1] == name]:
-            _connections.pop(key).close()
