@@ -360,3 +360,52 @@ def test_a_pod_killed_at_start_says_by_what(backend, tmp_path, monkeypatch):
     with pytest.raises(PodStartError, match="was killed by SIGKILL before it was ready") as err:
         backend.up(compute())
     assert err.value.reason == "Killed"
+
+
+def close_the_door_then_die(delay: float) -> int:
+    """On the pod: stop accepting connections now, die by SIGKILL ``delay`` seconds later.
+
+    What a SIGKILLed pod looks like from outside for a moment: its sockets reset before
+    its exit can be seen.
+    """
+    import os
+    import signal
+    import socket
+    import threading
+    import time
+
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            sock = socket.socket(fileno=os.dup(int(fd)))
+        except OSError:
+            continue
+        try:
+            if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                sock.shutdown(socket.SHUT_RDWR)  # new connections are refused from now on
+        except OSError:
+            pass
+        finally:
+            sock.close()
+
+    def die() -> None:
+        time.sleep(delay)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=die, daemon=True).start()
+    return os.getpid()
+
+
+def test_a_pod_that_resets_before_its_exit_shows_is_dead_not_unreachable(state):
+    """Regression: a refused connection to a dying pod raised PodUnreachableError."""
+    import kubetorch_jupyter as kt
+    from kubetorch_jupyter.core import connections
+
+    compute = kt.Compute(name="dying")
+    try:
+        pid = kt.fn(close_the_door_then_die).to(compute)(0.5)
+        connections.drop("dying")  # as in a process that has not connected yet
+        found = kt.Compute.from_name("dying")
+        assert found.pod.pid == pid and found.backend.status(found.pod).alive
+        assert kt.fn(os.getpid).to(found)() != pid  # dead, so started again: not unreachable
+    finally:
+        compute.teardown()

@@ -46,7 +46,7 @@ class PodInfo:
 
     name: str
     url: str
-    token: str
+    token: str = field(repr=False)  # never shown
     backend: str
     pid: int | None = None
     started_at: float = 0.0

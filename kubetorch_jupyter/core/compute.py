@@ -25,6 +25,9 @@ from .spec import ComputeSpec
 
 __all__ = ["Compute"]
 
+#: Seconds a failed connection waits for the pod's exit to show before calling it unreachable.
+EXIT_WAIT = 5.0
+
 
 class Compute:
     """Where code runs: resources, environment and a name to find it again.
@@ -219,7 +222,10 @@ class Compute:
         try:
             return connections.pooled(backend, info)
         except PodUnreachableError:
-            if backend.status(info).alive:
+            # A SIGKILLed pod resets its sockets before its exit can be seen: wait for the
+            # exit (an event, bounded) before calling a dead pod unreachable.
+            wait = min(float(config.get("connect_timeout")), EXIT_WAIT)
+            if backend.settle(info, wait).alive:
                 raise
             info = self._start_again()  # it died just now: start it again, once
             return connections.pooled(backend, info)
