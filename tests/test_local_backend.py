@@ -409,3 +409,41 @@ def test_a_pod_that_resets_before_its_exit_shows_is_dead_not_unreachable(state):
         assert kt.fn(os.getpid).to(found)() != pid  # dead, so started again: not unreachable
     finally:
         compute.teardown()
+
+
+def test_threads_asking_at_once_open_exactly_one_connection(state):
+    """Regression: two callers could each open a connection (one of them thrown away)."""
+    import sys
+    import threading
+
+    import kubetorch_jupyter as kt
+    from kernel_bridge import PodConnection
+
+    compute = kt.Compute(name="pooled")
+    try:
+        compute.up()
+        opened: list[int] = []
+        init = PodConnection.__init__.__code__
+
+        def count(frame, event, arg):  # a profiler, not a stand-in: the real code runs
+            if event == "call" and frame.f_code is init:
+                opened.append(1)
+
+        barrier = threading.Barrier(4)
+        got: list[object] = []
+
+        def ask() -> None:
+            sys.setprofile(count)
+            barrier.wait()
+            got.append(compute.connection())
+            sys.setprofile(None)
+
+        threads = [threading.Thread(target=ask) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert len(got) == 4 and len({id(c) for c in got}) == 1
+        assert len(opened) == 1
+    finally:
+        compute.teardown()
