@@ -68,8 +68,10 @@ def test_list_logs_teardown(backend):
     listing = kt("list")
     assert listing.returncode == 0, listing.stderr
     header, row = listing.stdout.splitlines()
-    assert header.split() == ["NAME", "STATUS", "PID", "URL", "GPUS", "CPUS", "MEMORY", "AGE"]
-    assert row.split()[:7] == ["dev", "ready", str(dev.pid), dev.url, "-", "1", "512Mi"]
+    assert header.split() == ["NAME", "BACKEND", "PHASE", "REASON", "PID", "URL", "GPUS", "CPUS",
+                              "MEMORY", "AGE"]
+    assert row.split()[:9] == ["dev", "local", "running", "-", str(dev.pid), dev.url, "-", "1",
+                               "512Mi"]
 
     logs = kt("logs", "dev", "-n", "1")
     assert logs.returncode == 0 and len(logs.stdout.splitlines()) == 1

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import abc
 import signal
+import threading
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
@@ -172,3 +174,21 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def logs(self, name: str, tail: int = 200) -> str:
         """The last ``tail`` lines the pod printed."""
+
+    def ready(self, info: PodInfo) -> Literal["ready", "starting", "unresponsive"] | None:
+        """What the pod's readiness check answers: ready, starting, or nothing (unresponsive).
+
+        None when this backend cannot ask (the default).
+        """
+        return None
+
+    def follow_logs(self, name: str, tail: int = 10,
+                    stop: threading.Event | None = None) -> Iterator[str]:
+        """The last ``tail`` lines of the pod's log, then each new line, until ``stop`` is set.
+
+        Raises:
+            ConfigError: When this backend cannot follow logs (the default).
+        """
+        from ..exceptions import ConfigError
+
+        raise ConfigError(f"following logs is not supported by the {self.name} backend")

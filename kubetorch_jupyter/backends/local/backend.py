@@ -30,10 +30,13 @@ import secrets
 import signal
 import subprocess
 import tempfile
+import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Literal
 
 import psutil
 
@@ -285,6 +288,36 @@ class LocalBackend(Backend):
             raise ComputeNotFoundError(name, [p.name for p in self.list()])
         return read_tail(path, tail)
 
+    def ready(self, info: PodInfo) -> Literal["ready", "starting", "unresponsive"] | None:
+        """Ask the pod's ``/ready`` endpoint (it needs no token)."""
+        url = info.url.replace("ws://", "http://", 1).replace("wss://", "https://", 1)
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback
+        try:
+            with opener.open(f"{url}/ready", timeout=1) as resp:
+                return "ready" if resp.status == 200 else "starting"
+        except urllib.error.HTTPError:
+            return "starting"
+        except OSError:
+            return "unresponsive"
+
+    def follow_logs(self, name: str, tail: int = 10,
+                    stop: threading.Event | None = None) -> Iterator[str]:
+        """The last ``tail`` lines of the pod's log, then each line appended, until ``stop``.
+
+        A file has no "appended" event in the stdlib: new data is looked for every
+        quarter second (waiting on ``stop``, so setting it ends the wait at once). A
+        truncated log (a restarted pod) is read again from its start.
+
+        Raises:
+            ComputeNotFoundError: When the pod never wrote a log.
+        """
+        path = self.log_path(name)
+        if not path.exists():
+            raise ComputeNotFoundError(name, [p.name for p in self.list()])
+        f = open(path, "rb")  # noqa: SIM115  (closed by the generator)
+        end = f.seek(0, os.SEEK_END)  # now, not at the first next(): no line is missed
+        return _follow(path, f, read_tail(path, tail, end=end), stop or threading.Event())
+
     # ---- processes ------------------------------------------------------------------------
 
     def _stop(self, info: PodInfo) -> None:
@@ -417,3 +450,24 @@ class LocalBackend(Backend):
             reason = status.reason or "Error"
         raise PodStartError(f"pod {name!r} {why} before it was ready", pod=name,
                             reason=reason, log_tail=read_tail(log_path, LOG_TAIL_LINES, offset))
+
+
+def _follow(path: Path, f: BinaryIO, first: str, stop: threading.Event) -> Iterator[str]:
+    """``first``'s lines, then each line appended to ``f`` (``path``), until ``stop``."""
+    try:
+        yield from first.splitlines(keepends=True)
+        partial = b""
+        while not stop.is_set():
+            chunk = f.read(65536)
+            if chunk:
+                *lines, partial = (partial + chunk).split(b"\n")
+                for line in lines:
+                    yield line.decode(errors="replace") + "\n"
+                continue
+            if path.exists() and path.stat().st_size < f.tell():  # truncated: start over
+                f.close()
+                f = open(path, "rb")  # noqa: SIM115
+                partial = b""
+            stop.wait(0.25)  # a file has no "appended" event in the stdlib
+    finally:
+        f.close()
