@@ -5,6 +5,7 @@ Hierarchy (the bridge's part is in :mod:`kernel_bridge.errors`)::
     KtError
     ├── ConfigError                 a malformed setting or argument ("8Gb", a bad cron)
     ├── ComputeNotFoundError        no compute of that name
+    ├── ComputeInUseError           a different spec asked for a pod other clients use
     ├── ResourceUnavailableError    asked for more than there is (GPUs)
     ├── ImageBuildError             an Image's pip_install / run_bash step failed
     ├── PodStartError               a pod did not come up; carries its log tail
@@ -40,6 +41,7 @@ __all__ = [
     "AuthenticationError",
     "BridgeError",
     "CallLostError",
+    "ComputeInUseError",
     "ComputeNotFoundError",
     "ConfigError",
     "ImageBuildError",
@@ -80,6 +82,26 @@ class ComputeNotFoundError(KtError, LookupError):
         self.available = available
 
 
+class ComputeInUseError(KtError):
+    """A pod runs another spec and other clients use it, so it is not restarted for this one.
+
+    Attributes:
+        name: The compute's name.
+        changes: What the request would change, one human line each ("memory 4Gi -> 8Gi").
+        clients: How many other clients were connected.
+    """
+
+    def __init__(self, name: str, changes: list[str], clients: int) -> None:
+        who = "another client uses it" if clients == 1 else f"{clients} other clients use it"
+        super().__init__(
+            f"compute {name!r} runs another spec ({'; '.join(changes)}) and {who}, so it was "
+            f"not restarted: use it as it runs with kt.Compute.from_name({name!r}), stop it "
+            f"with `kt teardown {name}`, or pick another name")
+        self.name = name
+        self.changes = changes
+        self.clients = clients
+
+
 class ResourceUnavailableError(KtError):
     """More of a resource was asked for than exists (e.g. GPUs on this machine)."""
 
@@ -99,12 +121,22 @@ class ImageBuildError(KtError):
 
 
 class PodStartError(KtError):
-    """A pod did not come up. ``log_tail`` holds the last lines it printed."""
+    """A pod did not come up.
 
-    def __init__(self, message: str, *, pod: str, log_tail: str = "") -> None:
+    Attributes:
+        pod: The compute's name.
+        reason: Why, as a word a program can branch on (the pod status's reason:
+            ``"Unschedulable"``, ``"ImagePullBackOff"``, ``"OOMKilled"``, ``"Killed"``,
+            ``"Error"``, ``"StartTimeout"``), or None when not known.
+        log_tail: The last lines the pod printed.
+    """
+
+    def __init__(self, message: str, *, pod: str, log_tail: str = "",
+                 reason: str | None = None) -> None:
         super().__init__(f"{message}\n--- last lines of the pod's log ---\n{log_tail}"
                          if log_tail else message)
         self.pod = pod
+        self.reason = reason
         self.log_tail = log_tail
 
 

@@ -9,21 +9,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from kubetorch_jupyter.backends.local import backend as local
 from kubetorch_jupyter.backends.local.backend import LocalBackend
 from kubetorch_jupyter.cli import main as cli_main
-from kubetorch_jupyter.core.image import Image
+from kubetorch_jupyter.core.spec import ComputeSpec
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def compute(name: str, **kwargs):
-    fields = dict(cpus=None, memory=None, gpus=0, image=Image(), env={}, inactivity_ttl=None)
-    return SimpleNamespace(name=name, **{**fields, **kwargs})
+    return ComputeSpec(name=name, **kwargs)
 
 
 def kt(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -70,8 +68,10 @@ def test_list_logs_teardown(backend):
     listing = kt("list")
     assert listing.returncode == 0, listing.stderr
     header, row = listing.stdout.splitlines()
-    assert header.split() == ["NAME", "STATUS", "PID", "URL", "GPUS", "CPUS", "MEMORY", "AGE"]
-    assert row.split()[:7] == ["dev", "ready", str(dev.pid), dev.url, "-", "1", "512Mi"]
+    assert header.split() == ["NAME", "BACKEND", "PHASE", "REASON", "PID", "URL", "GPUS", "CPUS",
+                              "MEMORY", "AGE"]
+    assert row.split()[:9] == ["dev", "local", "running", "-", str(dev.pid), dev.url, "-", "1",
+                               "512Mi"]
 
     logs = kt("logs", "dev", "-n", "1")
     assert logs.returncode == 0 and len(logs.stdout.splitlines()) == 1

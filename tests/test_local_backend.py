@@ -13,15 +13,15 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
-from kubetorch_jupyter.backends import get_backend
+from kubetorch_jupyter.backends import Backend, get_backend, register_backend
 from kubetorch_jupyter.backends.local import backend as local
 from kubetorch_jupyter.backends.local import gpus
 from kubetorch_jupyter.backends.local.backend import LocalBackend
 from kubetorch_jupyter.core.image import Image
+from kubetorch_jupyter.core.spec import ComputeSpec
 from kubetorch_jupyter.exceptions import (
     ComputeNotFoundError,
     ConfigError,
@@ -33,8 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def compute(name="dev", *, cpus=None, memory=None, gpus=0, image=None, env=None, ttl=None):
-    return SimpleNamespace(name=name, cpus=cpus, memory=memory, gpus=gpus,
-                           image=image or Image(), env=env or {}, inactivity_ttl=ttl)
+    return ComputeSpec(name=name, cpus=cpus, memory=memory, gpus=gpus,
+                       image=(image or Image()).to_json(), env=env or {}, inactivity_ttl=ttl)
 
 
 def environ(pid: int) -> dict[str, str]:
@@ -107,7 +107,7 @@ def test_start_warm_find_from_another_process_and_down(backend, state):
 
     backend.down("dev")
     assert not record.exists()
-    assert backend.status(info) == local.PodStatus(alive=False, exit_status=0)
+    assert backend.status(info) == local.PodStatus("gone", "Completed", "exit status 0", 0)
     assert "listening" in backend.logs("dev")  # the log outlives the pod
     with pytest.raises(ComputeNotFoundError):
         backend.get("dev")
@@ -117,7 +117,10 @@ def test_dead_pod_and_foreign_pid_records_are_pruned(backend, state):
     info = backend.up(compute())
     os.kill(info.pid, signal.SIGKILL)
     local._CHILDREN[info.pid].wait(timeout=30)
-    assert backend.status(info) == local.PodStatus(alive=False, exit_status=-signal.SIGKILL)
+    status = backend.status(info)
+    assert (status.phase, status.reason, status.message) == ("failed", "Killed",
+                                                             "killed by SIGKILL")
+    assert status.exit_status == -signal.SIGKILL and not status.alive
     assert backend.list() == []
     assert not (state / "pods" / "dev.json").exists()
 
@@ -142,13 +145,16 @@ def test_unknown_and_invalid_names(backend):
         backend.get("../etc")
 
 
-def test_spec_change_restarts(backend, caplog):
+def test_up_with_another_spec_replaces_the_pod(backend, caplog):
+    """Whether it may is the core's decision (test_spec_policy); up does what it is told."""
     first = backend.up(compute(env={"A": "1"}))
-    with caplog.at_level(logging.WARNING, logger="kubetorch_jupyter.backends.local.backend"):
+    assert ComputeSpec.from_json(first.spec) == compute(env={"A": "1"})
+    assert first.spec_hash == compute(env={"A": "1"}).spec_hash()
+    with caplog.at_level(logging.INFO, logger="kubetorch_jupyter.backends.local.backend"):
         second = backend.up(compute(env={"A": "2"}, cpus=1, ttl=600.0))
     assert second.pid != first.pid
-    assert ("restarting compute 'dev': its spec changed "
-            "(cpus None -> 1; env A; inactivity_ttl None -> 600.0)") in caplog.text
+    assert ("replacing pod 'dev': cpus default -> 1; inactivity_ttl default -> 600s; "
+            "env A changed") in caplog.text
     argv = Path(f"/proc/{second.pid}/cmdline").read_bytes().split(b"\0")
     assert argv[argv.index(b"--inactivity-ttl") + 1] == b"600.0"
     assert not backend.status(first).alive
@@ -194,7 +200,7 @@ def test_pod_that_exits_at_start(backend, state, tmp_path, monkeypatch):
     monkeypatch.setenv("KT_PYTHON", str(python))
     with pytest.raises(PodStartError) as err:
         backend.up(compute())
-    assert err.value.pod == "dev"
+    assert err.value.pod == "dev" and err.value.reason == "Error"
     assert "exited with status 3 before it was ready" in str(err.value)
     assert "no module named torch" in err.value.log_tail
     assert not (state / "pods" / "dev.json").exists()
@@ -208,7 +214,7 @@ def test_pod_that_never_gets_ready(backend, state, tmp_path, monkeypatch):
     monkeypatch.setenv("KT_START_TIMEOUT", "0.5")
     with pytest.raises(PodStartError, match=r"did not become ready within 0.5s") as err:
         backend.up(compute())
-    assert "thinking..." in err.value.log_tail
+    assert "thinking..." in err.value.log_tail and err.value.reason == "StartTimeout"
     assert all(p.poll() is not None for p in local._CHILDREN.values())  # it was killed
 
 
@@ -223,12 +229,9 @@ def test_image_with_build_steps_runs_in_its_environment(backend, state, monkeypa
 
 
 def test_two_processes_asking_at_once_get_one_pod(backend, state):
-    code = ("from types import SimpleNamespace as N\n"
-            "from kubetorch_jupyter import Image\n"
+    code = ("from kubetorch_jupyter.core.spec import ComputeSpec\n"
             "from kubetorch_jupyter.backends.local import LocalBackend\n"
-            "c = N(name='shared', cpus=None, memory=None, gpus=0, image=Image(), env={},"
-            " inactivity_ttl=None)\n"
-            "print(LocalBackend().up(c).pid)\n")
+            "print(LocalBackend().up(ComputeSpec(name='shared')).pid)\n")
     env = dict(os.environ, PYTHONPATH=str(REPO))
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
                               text=True) for _ in range(2)]
@@ -244,6 +247,65 @@ def test_get_backend():
         get_backend("kubernetes")
     with pytest.raises(ConfigError, match="valid backends: local, kubernetes"):
         get_backend("slurm")
+    own = LocalBackend("/nonexistent/state")
+    assert get_backend(own) is own
+    with pytest.raises(ConfigError, match="registered already"):
+        register_backend("local", LocalBackend)
+
+
+class WrappedBackend(Backend):
+    """A backend of the test's own: a real LocalBackend on its own state dir, counting ups."""
+
+    name = "wrapped"
+
+    def __init__(self, state_dir: Path) -> None:
+        self.inner = LocalBackend(state_dir)
+        self.ups: list[str] = []
+
+    def up(self, spec, *, progress=True):
+        self.ups.append(spec.name)
+        return self.inner.up(spec, progress=progress)
+
+    def check(self, spec, *, progress=True):
+        self.inner.check(spec, progress=progress)
+
+    def get(self, name):
+        return self.inner.get(name)
+
+    def list(self):
+        return self.inner.list()
+
+    def down(self, name):
+        self.inner.down(name)
+
+    def status(self, info):
+        return self.inner.status(info)
+
+    def settle(self, info, timeout):
+        return self.inner.settle(info, timeout)
+
+    def logs(self, name, tail=200):
+        return self.inner.logs(name, tail)
+
+
+def test_a_backend_instance_or_a_registered_one_runs_the_compute(state, tmp_path):
+    import kubetorch_jupyter as kt
+
+    own = WrappedBackend(tmp_path / "own-state")
+    compute = kt.Compute(name="injected", backend=own)
+    try:
+        assert compute.backend is own and compute.backend_name == "wrapped"
+        pid = kt.fn(os.getpid).to(compute)()
+        assert own.ups == ["injected"] and own.inner.get("injected").pid == pid
+        assert (tmp_path / "own-state" / "pods" / "injected.json").exists()
+        assert not (state / "pods" / "injected.json").exists()  # not the default backend's
+
+        register_backend("wrapped-test", lambda: own)
+        by_name = kt.Compute.from_name("injected", backend="wrapped-test")
+        assert by_name.backend is own and by_name.pod.pid == pid
+    finally:
+        compute.teardown()
+    assert own.list() == []
 
 
 def test_a_dead_pods_children_are_ended_when_it_is_forgotten(tmp_path, monkeypatch) -> None:
@@ -276,3 +338,112 @@ def test_a_dead_pods_children_are_ended_when_it_is_forgotten(tmp_path, monkeypat
     finally:
         with contextlib.suppress(kt.KtError):
             compute.teardown()
+
+
+def test_pod_status_says_why() -> None:
+    assert [local.PodStatus(p).alive for p in ("pending", "starting", "running")] == [True] * 3
+    assert not local.PodStatus("failed").alive and not local.PodStatus("gone").alive
+    oom = local.PodStatus("failed", "OOMKilled", "used more than 4Gi", 137)
+    assert oom.describe() == "failed (OOMKilled: used more than 4Gi)"
+    assert local.PodStatus.from_exit(3).describe() == "failed (Error: exit status 3)"
+    assert local.PodStatus.from_exit(-signal.SIGTERM).message == "killed by SIGTERM"
+    assert local.PodStatus.from_exit(None).phase == "gone"
+    with pytest.raises(ValueError, match="unknown pod phase 'dead'"):
+        local.PodStatus("dead")  # type: ignore[arg-type]
+
+
+def test_a_pod_killed_at_start_says_by_what(backend, tmp_path, monkeypatch):
+    python = tmp_path / "killed-python"
+    python.write_text("#!/bin/sh\nkill -9 $$\n")
+    python.chmod(0o755)
+    monkeypatch.setenv("KT_PYTHON", str(python))
+    with pytest.raises(PodStartError, match="was killed by SIGKILL before it was ready") as err:
+        backend.up(compute())
+    assert err.value.reason == "Killed"
+
+
+def close_the_door_then_die(delay: float) -> int:
+    """On the pod: stop accepting connections now, die by SIGKILL ``delay`` seconds later.
+
+    What a SIGKILLed pod looks like from outside for a moment: its sockets reset before
+    its exit can be seen.
+    """
+    import os
+    import signal
+    import socket
+    import threading
+    import time
+
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            sock = socket.socket(fileno=os.dup(int(fd)))
+        except OSError:
+            continue
+        try:
+            if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                sock.shutdown(socket.SHUT_RDWR)  # new connections are refused from now on
+        except OSError:
+            pass
+        finally:
+            sock.close()
+
+    def die() -> None:
+        time.sleep(delay)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=die, daemon=True).start()
+    return os.getpid()
+
+
+def test_a_pod_that_resets_before_its_exit_shows_is_dead_not_unreachable(state):
+    """Regression: a refused connection to a dying pod raised PodUnreachableError."""
+    import kubetorch_jupyter as kt
+    from kubetorch_jupyter.core import connections
+
+    compute = kt.Compute(name="dying")
+    try:
+        pid = kt.fn(close_the_door_then_die).to(compute)(0.5)
+        connections.drop("dying")  # as in a process that has not connected yet
+        found = kt.Compute.from_name("dying")
+        assert found.pod.pid == pid and found.backend.status(found.pod).alive
+        assert kt.fn(os.getpid).to(found)() != pid  # dead, so started again: not unreachable
+    finally:
+        compute.teardown()
+
+
+def test_threads_asking_at_once_open_exactly_one_connection(state):
+    """Regression: two callers could each open a connection (one of them thrown away)."""
+    import sys
+    import threading
+
+    import kubetorch_jupyter as kt
+    from kernel_bridge import PodConnection
+
+    compute = kt.Compute(name="pooled")
+    try:
+        compute.up()
+        opened: list[int] = []
+        init = PodConnection.__init__.__code__
+
+        def count(frame, event, arg):  # a profiler, not a stand-in: the real code runs
+            if event == "call" and frame.f_code is init:
+                opened.append(1)
+
+        barrier = threading.Barrier(4)
+        got: list[object] = []
+
+        def ask() -> None:
+            sys.setprofile(count)
+            barrier.wait()
+            got.append(compute.connection())
+            sys.setprofile(None)
+
+        threads = [threading.Thread(target=ask) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert len(got) == 4 and len({id(c) for c in got}) == 1
+        assert len(opened) == 1
+    finally:
+        compute.teardown()

@@ -13,8 +13,9 @@ DOCUMENTED = {
     "Compute", "Image", "fn", "cls", "Fn", "Cls", "RemoteFn", "RemoteInstance", "RemoteMethod",
     "CallHandle",
     # errors
-    "KtError", "ConfigError", "ComputeNotFoundError", "ResourceUnavailableError",
-    "ImageBuildError", "PodStartError", "BridgeError", "AuthenticationError",
+    "KtError", "ConfigError", "ComputeNotFoundError", "ComputeInUseError",
+    "ResourceUnavailableError", "ImageBuildError", "PodStartError", "BridgeError",
+    "AuthenticationError",
     "PodUnreachableError", "PodDiedError", "CallLostError", "SerializationError", "RemoteError",
     "SyncError", "SyncLimitError", "ReloadError", "VersionMismatchError", "VersionMismatchWarning",
     "__version__",

@@ -103,3 +103,25 @@ def test_notebooks_show_our_errors_without_our_stack() -> None:
         "ResourceUnavailableError: asked for 1 GPU; this machine has 0 GPUs"]
     remote = as_remote(None, "ValueError", "bad", "Traceback...\nValueError: bad", "p")
     assert "Traceback..." in remote._render_traceback_()[1]  # remote ones keep theirs
+
+
+def test_one_name_rule_and_the_username_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kubetorch_jupyter.core import names
+
+    monkeypatch.setenv("KT_USERNAME", "alice")
+    assert names.pod_name("dev") == "alice-dev"
+    assert names.pod_name("dev", "bob") == "bob-dev"
+    longest = "a" * (63 - len("alice-"))
+    assert len(names.pod_name(longest)) == 63  # a DNS-1123 label's limit, exactly
+    for bad, hint in (("My Pod", "'my-pod'"), ("1st", "'c-1st'"), ("dev-", "'dev'"),
+                      ("a_b.c", "'a-b-c'"), (longest + "a", f"{longest!r}"), ("", "'dev'")):
+        with pytest.raises(kt.ConfigError, match=f"compute name .* is not valid.*{hint}"):
+            names.check_name(bad)
+    with pytest.raises(kt.ConfigError, match="at most 57 characters"):
+        kt.Compute(name=longest + "a")  # the Compute and the backends share the rule
+    from kubetorch_jupyter.backends.local.backend import LocalBackend
+    with pytest.raises(kt.ConfigError, match="'my-pod'"):
+        LocalBackend().get("My_Pod")
+    monkeypatch.setenv("KT_USERNAME", "Not Valid")
+    with pytest.raises(kt.ConfigError, match=r"KT_USERNAME='Not Valid' is not valid.*'not-valid'"):
+        names.pod_name("dev")

@@ -1,6 +1,7 @@
 """The interface every backend implements: where pods come from.
 
-A backend turns a :class:`~kubetorch_jupyter.Compute` into a running pod and tells the
+A backend turns a :class:`~kubetorch_jupyter.core.spec.ComputeSpec` (what a
+:class:`~kubetorch_jupyter.Compute` asks for) into a running pod and tells the
 bridge how to reach it (``PodInfo.url`` and ``token``). The local backend runs pods as
 processes on this machine; the Kubernetes backend as Deployments, Knative services,
 RayClusters or CronJobs.
@@ -9,13 +10,23 @@ RayClusters or CronJobs.
 from __future__ import annotations
 
 import abc
+import signal
+import threading
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 if TYPE_CHECKING:
-    from ..core.compute import Compute
+    from ..core.spec import ComputeSpec
 
-__all__ = ["Backend", "PodInfo", "PodStatus"]
+__all__ = ["PHASES", "Backend", "Phase", "PodInfo", "PodStatus"]
+
+#: Where a pod is in its life. pending: accepted, not yet placed or pulling its image;
+#: starting: its process runs but is not ready; running: ready for calls; failed: it
+#: ended badly (see the reason); gone: it ended normally, or nothing is known of it.
+Phase = Literal["pending", "starting", "running", "failed", "gone"]
+PHASES: tuple[Phase, ...] = get_args(Phase)
+_ALIVE = frozenset({"pending", "starting", "running"})
 
 
 @dataclass
@@ -30,14 +41,14 @@ class PodInfo:
         pid: Process id (local backend), else None.
         started_at: Unix time the pod started.
         gpus: GPU indices handed to the pod (``CUDA_VISIBLE_DEVICES``).
-        spec: What it was started with: cpus, memory, gpus, image hash, env.
-        spec_hash: Hash of ``spec``; a compute asking for a different one restarts it.
+        spec: What it was started with: :meth:`ComputeSpec.to_json` of its spec.
+        spec_hash: :meth:`ComputeSpec.spec_hash` of that spec.
         log_path: Where the pod's stdout/stderr go (local backend).
     """
 
     name: str
     url: str
-    token: str
+    token: str = field(repr=False)  # never shown
     backend: str
     pid: int | None = None
     started_at: float = 0.0
@@ -59,10 +70,51 @@ class PodInfo:
 
 @dataclass(frozen=True)
 class PodStatus:
-    """Whether a pod process is alive; when it is not, its exit status if known."""
+    """Where a pod is in its life and, when it ended or is stuck, why.
 
-    alive: bool
+    Attributes:
+        phase: One of :data:`PHASES`.
+        reason: A word a program can branch on: ``"OOMKilled"``, ``"Unschedulable"``,
+            ``"ImagePullBackOff"``, ``"Evicted"``, ``"Killed"`` (by a signal; the message
+            names it), ``"Error"`` (a non-zero exit; the message has the code),
+            ``"Completed"`` (exit status 0); None when there is nothing to say.
+        message: A line for people, e.g. ``"killed by SIGKILL"``.
+        exit_status: The process exit status (negative: killed by that signal), when known.
+    """
+
+    phase: Phase
+    reason: str | None = None
+    message: str = ""
     exit_status: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.phase not in PHASES:
+            raise ValueError(f"unknown pod phase {self.phase!r}; phases: {', '.join(PHASES)}")
+
+    @property
+    def alive(self) -> bool:
+        """Whether the pod is (or will be) there to take calls: pending, starting, running."""
+        return self.phase in _ALIVE
+
+    def describe(self) -> str:
+        """``phase`` with its reason and message, e.g. ``"failed (Killed: killed by SIGKILL)"``."""
+        why = ": ".join(p for p in (self.reason or "", self.message) if p)
+        return f"{self.phase} ({why})" if why else self.phase
+
+    @classmethod
+    def from_exit(cls, exit_status: int | None) -> PodStatus:
+        """The status of a pod process that ended with ``exit_status`` (None: unknown)."""
+        if exit_status is None:
+            return cls("gone", message="the pod's process is gone (its exit status is unknown)")
+        if exit_status == 0:
+            return cls("gone", "Completed", "exit status 0", 0)
+        if exit_status < 0:
+            try:
+                sig = signal.Signals(-exit_status).name
+            except ValueError:
+                sig = f"signal {-exit_status}"
+            return cls("failed", "Killed", f"killed by {sig}", exit_status)
+        return cls("failed", "Error", f"exit status {exit_status}", exit_status)
 
 
 class Backend(abc.ABC):
@@ -71,8 +123,20 @@ class Backend(abc.ABC):
     name: str = "abstract"
 
     @abc.abstractmethod
-    def up(self, compute: Compute, *, progress: bool = True) -> PodInfo:
-        """Return a warm pod for ``compute``, starting one (or restarting a stale one)."""
+    def up(self, spec: ComputeSpec, *, progress: bool = True) -> PodInfo:
+        """Return a warm pod running ``spec``: the one running it, else a new one.
+
+        A pod of that name running another spec is stopped and replaced; whether that
+        may happen is decided before, by :func:`kubetorch_jupyter.core.policy.decide`.
+        """
+
+    def check(self, spec: ComputeSpec, *, progress: bool = True) -> None:
+        """Everything that can fail before a running pod is replaced by one for ``spec``.
+
+        (No such GPUs, an image that does not build.) Called before a restart so that
+        one that cannot happen leaves the warm pod running. The default checks nothing.
+        """
+        return None
 
     @abc.abstractmethod
     def get(self, name: str) -> PodInfo:
@@ -96,8 +160,35 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def status(self, info: PodInfo) -> PodStatus:
-        """Whether the pod is alive (cheap; called when a connection drops)."""
+        """The pod's phase, and why it ended when it did (cheap; called when a connection drops)."""
+
+    def settle(self, info: PodInfo, timeout: float) -> PodStatus:
+        """The pod's status once a failed connection's cause can be seen.
+
+        A pod that is dying closes its sockets before its exit is visible; this waits up to
+        ``timeout`` seconds for the exit (on an event, not a poll) before answering, so a
+        dead pod is not taken for an unreachable one. The default does not wait.
+        """
+        return self.status(info)
 
     @abc.abstractmethod
     def logs(self, name: str, tail: int = 200) -> str:
         """The last ``tail`` lines the pod printed."""
+
+    def ready(self, info: PodInfo) -> Literal["ready", "starting", "unresponsive"] | None:
+        """What the pod's readiness check answers: ready, starting, or nothing (unresponsive).
+
+        None when this backend cannot ask (the default).
+        """
+        return None
+
+    def follow_logs(self, name: str, tail: int = 10,
+                    stop: threading.Event | None = None) -> Iterator[str]:
+        """The last ``tail`` lines of the pod's log, then each new line, until ``stop`` is set.
+
+        Raises:
+            ConfigError: When this backend cannot follow logs (the default).
+        """
+        from ..exceptions import ConfigError
+
+        raise ConfigError(f"following logs is not supported by the {self.name} backend")

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Callable, Mapping
 from types import CodeType, FunctionType
@@ -152,8 +153,20 @@ class RemoteFn(Generic[T]):
         return _retrying(lambda force: self._send(args, kwargs, force_blob=force))(handle)
 
     async def acall(self, *args: Any, **kwargs: Any) -> T:
-        """Run on the pod without blocking the caller's event loop."""
-        return await self.submit(*args, **kwargs).aresult()
+        """Run on the pod without blocking the caller's event loop.
+
+        Pickling, connecting (or starting the pod) and sending run on a worker thread;
+        the loop only awaits the result.
+        """
+        handle = await asyncio.to_thread(self.submit, *args, **kwargs)
+        try:
+            result: T = await handle.aresult()
+        except RemoteError as exc:
+            if not exc.remote_message.startswith(_NOT_CACHED):
+                raise
+            again = await asyncio.to_thread(self._send, args, kwargs, force_blob=True)
+            result = await again.aresult()
+        return result
 
     def teardown(self) -> None:
         """Stop the compute this function runs on."""
@@ -278,8 +291,9 @@ class RemoteMethod:
         return self.submit(*args, **kwargs).result()
 
     async def acall(self, *args: Any, **kwargs: Any) -> Any:
-        """Run the method without blocking the caller's event loop."""
-        return await self.submit(*args, **kwargs).aresult()
+        """Run the method without blocking the caller's event loop (sending on a thread)."""
+        handle = await asyncio.to_thread(self.submit, *args, **kwargs)
+        return await handle.aresult()
 
 
 class RemoteInstance:

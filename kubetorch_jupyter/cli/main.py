@@ -2,7 +2,7 @@
 
 Examples::
 
-    kt list                      # running pods: name, status, pid, url, resources, age
+    kt list                      # running pods: name, backend, phase, reason, pid, url, ...
     kt teardown dev              # stop one pod (or several: kt teardown a b)
     kt teardown --all            # stop every pod
     kt logs dev -n 50            # the last 50 lines the pod printed
@@ -18,82 +18,40 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import os
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
-from pathlib import Path
-from typing import TextIO
 
 from .. import config
-from ..backends import PodInfo, get_backend
-from ..backends.local.backend import LocalBackend
-from ..backends.local.process import tail
-from ..core.resources import format_bytes
 from ..exceptions import KtError
+from ..manager import ComputeManager
+from ..manager.table import render, table
 
 __all__ = ["main"]
 
 
-def _age(started_at: float, now: float) -> str:
-    seconds = max(0, int(now - started_at))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
-
-
-def _probe(info: PodInfo) -> str:
-    """``ready``, ``starting`` or ``unresponsive``, from the pod's ``/ready`` endpoint."""
-    url = info.url.replace("ws://", "http://", 1).replace("wss://", "https://", 1)
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: no proxy
-    try:
-        with opener.open(f"{url}/ready", timeout=1) as resp:
-            return "ready" if resp.status == 200 else "starting"
-    except urllib.error.HTTPError:
-        return "starting"
-    except OSError:
-        return "unresponsive"
-
-
-def _table(rows: list[list[str]], out: TextIO) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        out.write("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-        out.write("\n")
+#: The columns of `kt list`.
+LIST_COLUMNS = ("NAME", "BACKEND", "PHASE", "REASON", "PID", "URL", "GPUS", "CPUS", "MEMORY",
+                "AGE")
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    pods = get_backend().list()
-    if not pods:
+    computes = ComputeManager().list()
+    if not computes:
         print("no running pods")
         return 0
-    now = time.time()
-    rows = [["NAME", "STATUS", "PID", "URL", "GPUS", "CPUS", "MEMORY", "AGE"]]
-    for p in pods:
-        cpus = p.spec.get("cpus")
-        rows.append([
-            p.name, _probe(p), str(p.pid or "-"), p.url,
-            ",".join(map(str, p.gpus)) or "-",
-            f"{cpus:g}" if cpus else "-",
-            format_bytes(p.spec.get("memory")),
-            _age(p.started_at, now),
-        ])
-    _table(rows, sys.stdout)
+    print(render(computes, LIST_COLUMNS))
     return 0
 
 
 def _cmd_teardown(args: argparse.Namespace) -> int:
-    backend = get_backend()
-    names = [p.name for p in backend.list()] if args.all else args.names
+    manager = ComputeManager()
+    names = [c.name for c in manager.list()] if args.all else args.names
     if args.all and not names:
         print("no running pods")
     status = 0
     for name in names:
         try:
-            backend.down(name)
+            manager.stop(name)
         except KtError as exc:
             print(f"kt: {exc}", file=sys.stderr)
             status = 1
@@ -102,40 +60,15 @@ def _cmd_teardown(args: argparse.Namespace) -> int:
     return status
 
 
-def _follow(path: Path, lines: int, out: TextIO) -> None:
-    """Print the last ``lines`` lines of ``path``, then what is appended, until Ctrl-C."""
-    f = open(path, "rb")  # noqa: SIM115  (reopened when the log is truncated)
-    try:
-        end = f.seek(0, os.SEEK_END)
-        out.write(tail(path, lines, end=end))  # up to where following starts: no line lost
-        out.flush()
-        while True:
-            chunk = f.read(65536)
-            if chunk:
-                out.write(chunk.decode(errors="replace"))
-                out.flush()
-                continue
-            if path.exists() and path.stat().st_size < f.tell():  # truncated: start over
-                f.close()
-                f = open(path, "rb")  # noqa: SIM115
-            time.sleep(0.25)  # a file has no "appended" event in the stdlib
-    finally:
-        f.close()
-
-
 def _cmd_logs(args: argparse.Namespace) -> int:
-    backend = get_backend()
+    manager = ComputeManager()
     if not args.follow:
-        sys.stdout.write(backend.logs(args.name, tail=args.tail))
+        sys.stdout.write(manager.logs(args.name, tail=args.tail))
         return 0
-    if not isinstance(backend, LocalBackend):
-        print(f"kt: --follow is not supported by the {backend.name} backend", file=sys.stderr)
-        return 1
-    path = backend.log_path(args.name)
-    if not path.exists():
-        backend.logs(args.name)  # raises ComputeNotFoundError with the names that exist
     with contextlib.suppress(KeyboardInterrupt):
-        _follow(path, args.tail, sys.stdout)
+        for line in manager.follow_logs(args.name, tail=args.tail):
+            sys.stdout.write(line)
+            sys.stdout.flush()
     return 0
 
 
@@ -148,7 +81,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
         except KtError as exc:
             value = f"<invalid: {exc}>"
         rows.append([env, value, default, help_text])
-    _table(rows, sys.stdout)
+    print(table(rows))
     return 0
 
 

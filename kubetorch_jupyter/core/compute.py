@@ -7,38 +7,26 @@ there is none. ``Compute.from_name("dev")`` finds a running one from any process
 
 from __future__ import annotations
 
-import re
 import threading
 import warnings
 from collections.abc import Mapping
-from typing import Any
 
 from kernel_bridge import PodConnection, PodUnreachableError
 
 from .. import config
 from ..backends import get_backend
 from ..backends.base import Backend, PodInfo
-from ..exceptions import ConfigError
+from ..exceptions import ComputeNotFoundError, ConfigError
+from . import connections, policy
 from .image import Image
+from .names import check_name
 from .resources import format_bytes, parse_cpus, parse_duration, parse_memory
+from .spec import ComputeSpec
 
 __all__ = ["Compute"]
 
-_NAME = re.compile(r"^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$")
-_connections: dict[tuple[str, str, str], PodConnection] = {}
-_connections_lock = threading.Lock()
-
-
-def _check_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
-        suggestion = re.sub(r"[^a-z0-9-]+", "-", str(name).lower()).strip("-")[:40] or "dev"
-        if not suggestion[0].isalpha():
-            suggestion = f"c-{suggestion}"[:40]
-        raise ConfigError(
-            f"compute name {name!r} is not valid: use lowercase letters, digits and '-', "
-            f"starting with a letter, at most 40 characters (e.g. {suggestion!r})"
-        )
-    return name
+#: Seconds a failed connection waits for the pod's exit to show before calling it unreachable.
+EXIT_WAIT = 5.0
 
 
 class Compute:
@@ -52,7 +40,8 @@ class Compute:
         env: Environment variables of the pod.
         name: The name to reach the pod by (default ``"default"``).
         inactivity_ttl: Stop the pod after this long without calls ("30m", "2h", 600).
-        backend: ``"local"`` or ``"kubernetes"`` (default: ``KT_BACKEND``, else local).
+        backend: ``"local"``, ``"kubernetes"`` (default: ``KT_BACKEND``, else local), the
+            name of another registered backend, or a :class:`Backend` instance.
 
     Example:
         >>> compute = kt.Compute(cpus="2", memory="4Gi", name="dev")
@@ -68,7 +57,7 @@ class Compute:
         env: Mapping[str, str] | None = None,
         name: str | None = None,
         inactivity_ttl: str | float | None = None,
-        backend: str | None = None,
+        backend: str | Backend | None = None,
     ) -> None:
         self.cpus = parse_cpus(cpus)
         self.memory = parse_memory(memory)
@@ -79,11 +68,17 @@ class Compute:
             raise ConfigError(f"image must be a kt.Image, got {type(image).__name__}")
         self.image = image or Image()
         self.env = {str(k): str(v) for k, v in (env or {}).items()}
-        self.name = _check_name(name or "default")
+        self.name = check_name(name or "default")
         self.inactivity_ttl = parse_duration(inactivity_ttl)
-        self.backend_name = backend or config.get("backend")
+        if backend is not None and not isinstance(backend, str | Backend):
+            raise ConfigError(f"backend must be a name or a Backend, got {type(backend).__name__}")
+        self._backend: Backend | None = backend if isinstance(backend, Backend) else None
+        self._backend_name = (backend.name if isinstance(backend, Backend)
+                              else str(backend or config.get("backend")).strip().lower())
         self._info: PodInfo | None = None
+        self._adopted: ComputeSpec | None = None  # the spec of the pod it reuses
         self._from_name = False
+        self._lock = threading.RLock()
 
     def __repr__(self) -> str:
         parts = [f"name={self.name!r}"]
@@ -99,46 +94,108 @@ class Compute:
         return f"Compute({', '.join(parts)}) [{state}]"
 
     @property
+    def backend_name(self) -> str:
+        """The name of the backend that runs this compute's pod."""
+        return self._backend_name
+
+    @property
     def backend(self) -> Backend:
         """The backend that runs this compute's pod."""
-        return get_backend(self.backend_name)
+        if self._backend is None:
+            self._backend = get_backend(self._backend_name)
+        return self._backend
+
+    @property
+    def spec(self) -> ComputeSpec:
+        """What this compute asks a backend for (see :class:`ComputeSpec`)."""
+        return ComputeSpec(name=self.name, cpus=self.cpus, memory=self.memory, gpus=self.gpus,
+                           image=self.image.to_json(), env=self.env,
+                           inactivity_ttl=self.inactivity_ttl, backend=self.backend_name)
 
     # --------------------------------------------------------------- lifecycle
     @classmethod
-    def from_name(cls, name: str, backend: str | None = None) -> Compute:
+    def from_spec(cls, spec: ComputeSpec, backend: str | Backend | None = None) -> Compute:
+        """The compute ``spec`` describes (on ``backend``, default the spec's own)."""
+        return cls(cpus=spec.cpus, memory=spec.memory, gpus=spec.gpus,
+                   image=spec.build_image(), env=dict(spec.env), name=spec.name,
+                   inactivity_ttl=spec.inactivity_ttl, backend=backend or spec.backend)
+
+    @classmethod
+    def from_name(cls, name: str, backend: str | Backend | None = None) -> Compute:
         """Find a running compute by name (from any process on this machine or cluster).
+
+        The compute is rebuilt from the spec the pod was started with, so a restart
+        (after the pod died) keeps its definition.
 
         Raises:
             ComputeNotFoundError: When no compute of that name is running.
         """
         be = get_backend(backend)
         info = be.get(name)
-        spec: dict[str, Any] = info.spec
-        definition = spec.get("definition") or {}
-        image = Image.from_json(definition["image"]) if "image" in definition else None
-        compute = cls(
-            cpus=spec.get("cpus"),
-            memory=spec.get("memory"),
-            gpus=int(spec.get("gpus") or 0),
-            image=image,
-            # with the image known, its own variables come from it again
-            env=definition["env"] if "env" in definition else spec.get("env") or {},
-            name=name,
-            inactivity_ttl=spec.get("inactivity_ttl"),
-            backend=be.name,
-        )
+        try:
+            spec = ComputeSpec.from_json(info.spec)
+        except (ValueError, TypeError):  # a record without a spec: only its name is known
+            spec = ComputeSpec(name=name, backend=be.name)
+        compute = cls.from_spec(spec, backend=be)
         compute._info = info
         compute._from_name = True  # reuse the pod as is; a restart keeps its definition
         return compute
 
     def up(self, *, progress: bool | None = None) -> Compute:
-        """Make sure a warm pod runs for this compute (start one if needed)."""
-        if (self._from_name and self._info is not None
-                and self.backend.status(self._info).alive):
+        """Make sure a warm pod runs for this compute (start one if needed).
+
+        A pod of this name that runs another spec is reused when this compute asks for
+        nothing it lacks, restarted (with a warning) when it does and no other client is
+        connected, and left alone otherwise (see :mod:`.policy`).
+
+        Raises:
+            ComputeInUseError: When it would restart a pod other clients are using.
+            ResourceUnavailableError, ImageBuildError, PodStartError: When the pod
+                cannot start (a running one is left running).
+        """
+        backend = self.backend
+        if self._from_name and self._info is not None and backend.status(self._info).alive:
             return self
-        show = config.get("progress") if progress is None else progress
-        self._info = self.backend.up(self, progress=show)
+        show = bool(config.get("progress") if progress is None else progress)
+        with self._lock:
+            wanted = self._wanted()
+            try:
+                running: PodInfo | None = backend.get(self.name)
+            except ComputeNotFoundError:
+                running = None
+            status = backend.status(running) if running is not None else None
+
+            def others() -> int:
+                assert running is not None
+                return connections.other_clients(backend, running)
+
+            decision = policy.decide(running, status, wanted, others)
+            if isinstance(decision, policy.Refuse):
+                raise decision.error
+            if isinstance(decision, policy.Reuse):
+                self._info, self._adopted = decision.info, decision.spec
+                return self
+            if isinstance(decision, policy.Restart):
+                backend.check(decision.spec, progress=show)  # a restart that cannot happen
+                warnings.warn(f"restarting compute {self.name!r}: its spec changed "
+                              f"({'; '.join(decision.changes)}); no other client was "
+                              "connected", RuntimeWarning, stacklevel=2)
+                connections.drop(self.name, backend.name)
+            self._info = backend.up(decision.spec, progress=show)
+            self._adopted = decision.spec
         return self
+
+    def _wanted(self) -> ComputeSpec:
+        """What to ask for: the spec of the pod this compute reuses, while it still fits.
+
+        So a compute that reused a pod started with more (``Compute(name="dev")`` after
+        ``Compute(name="dev", cpus=1)``) brings that pod back as it was if it dies.
+        """
+        own = self.spec
+        adopted = self._adopted
+        if adopted is not None and not policy.requested_changes(adopted, own):
+            return adopted
+        return own
 
     @property
     def pod(self) -> PodInfo:
@@ -149,60 +206,37 @@ class Compute:
         return self._info
 
     def connection(self) -> PodConnection:
-        """The process-wide connection to this compute's pod (connecting if needed)."""
+        """The process-wide connection to this compute's pod (connecting if needed).
+
+        A pod that died is started again (once), with a warning.
+        """
         info = self.pod
-        key = (self.backend_name, info.name, info.url)
-        with _connections_lock:
-            conn = _connections.get(key)
-            if conn is not None and conn.dead is None:
-                return conn
-            if conn is not None:  # the pod died: start a fresh one
-                reason = str(conn.dead).split(" while calls")[0]
-                warnings.warn(f"{reason}; starting a new pod {info.name!r}", RuntimeWarning,
-                              stacklevel=4)
-                _connections.pop(key, None)
         backend = self.backend
-        if conn is not None or not backend.status(info).alive:
-            self._info = None  # it died (perhaps while nobody was connected): a fresh one
-            info = self.pod
-            key = (self.backend_name, info.name, info.url)
+        died = connections.take_dead(backend, info)
+        if died is not None:
+            reason = str(died).split(" while calls")[0]
+            warnings.warn(f"{reason}; starting a new pod {info.name!r}", RuntimeWarning,
+                          stacklevel=2)
+        if died is not None or not backend.status(info).alive:
+            info = self._start_again()  # it died (perhaps while nobody was connected)
         try:
-            new = self._connect(info)
+            return connections.pooled(backend, info)
         except PodUnreachableError:
-            if backend.status(info).alive:
+            # A SIGKILLed pod resets its sockets before its exit can be seen: wait for the
+            # exit (an event, bounded) before calling a dead pod unreachable.
+            wait = min(float(config.get("connect_timeout")), EXIT_WAIT)
+            if backend.settle(info, wait).alive:
                 raise
-            self._info = None  # it died just now: start it again, once
-            info = self.pod
-            key = (self.backend_name, info.name, info.url)
-            new = self._connect(info)
-        with _connections_lock:
-            existing = _connections.get(key)
-            if existing is not None and existing.dead is None:
-                new.close()
-                return existing
-            _connections[key] = new
-        return new
+            info = self._start_again()  # it died just now: start it again, once
+            return connections.pooled(backend, info)
 
-    def _connect(self, info: PodInfo) -> PodConnection:
-        backend = self.backend
-
-        def status() -> tuple[bool, int | None]:
-            st = backend.status(info)
-            return st.alive, st.exit_status
-
-        return PodConnection(
-            info.url,
-            info.token,
-            name=info.name,
-            status=status,
-            connect_timeout=config.get("connect_timeout"),
-            reconnect_timeout=config.get("reconnect_timeout"),
-            use_shm=config.get("shm"),
-        )
+    def _start_again(self) -> PodInfo:
+        self._info = None
+        return self.pod
 
     def teardown(self) -> None:
         """Stop this compute's pod; the next use starts a fresh one."""
-        _drop_connections(self.name)
+        connections.drop(self.name, self.backend_name)
         self.backend.down(self.name)
         self._info = None
 
@@ -217,9 +251,3 @@ class Compute:
         except LookupError:
             return False
         return self.backend.status(info).alive
-
-
-def _drop_connections(name: str) -> None:
-    with _connections_lock:
-        for key in [k for k in _connections if k[1] == name]:
-            _connections.pop(key).close()

@@ -29,6 +29,10 @@ from ..core.compute import Compute
 from ..core.image import Image
 from ..core.resources import format_bytes, parse_duration
 from ..exceptions import ComputeNotFoundError, ConfigError
+from ..manager import ComputeManager
+from ..manager.table import age as _age
+from ..manager.table import render
+from ..manager.table import table as _table
 from . import cells as _cells
 from .magic_args import (
     RESOURCE_ARGS,
@@ -44,18 +48,8 @@ __all__ = ["KtMagics", "load_ipython_extension", "unload_ipython_extension"]
 _OWN_MAGIC = re.compile(r"^\s*%{1,2}(kt|autokt)\b")
 
 
-def _age(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
-
-
-def _table(rows: list[list[str]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-                     for row in rows)
+#: The columns of `%kt list` (after the * of the current compute).
+LIST_COLUMNS = ("NAME", "BACKEND", "PHASE", "REASON", "PID", "GPUS", "CPUS", "MEMORY", "AGE")
 
 
 @magics_class
@@ -220,38 +214,33 @@ class KtMagics(Magics):
                 f"gpus {compute.gpus}" if compute.gpus else None]
         lines.append(f"  asks for  {', '.join(w for w in want if w) or 'defaults'}")
         try:
-            running = Compute.from_name(compute.name, backend=compute.backend_name)
+            pod = ComputeManager([compute.backend]).get(compute.name)
         except ComputeNotFoundError:
             lines.append("  pod       not running (the next %%kt starts it)")
         else:
-            info = running.pod
-            gpus = f", GPUs {','.join(map(str, info.gpus))}" if info.gpus else ""
-            lines.append(f"  pod       running, pid {info.pid}, up "
-                         f"{_age(time.time() - info.started_at)}{gpus}")
-            lines.append(f"  url       {info.url} ({info.backend} backend)")
-            versions = running.connection().welcome.get("versions") or {}
-            lines.append("  versions  " + ", ".join(
-                f"{'Python' if k == 'python' else k} {v}" for k, v in versions.items()))
+            gpus = f", GPUs {','.join(map(str, pod.gpu_ids))}" if pod.gpu_ids else ""
+            why = f" ({pod.reason}: {pod.message})" if pod.reason else ""
+            lines.append(f"  pod       {pod.phase}{why}, pid {pod.pid}, up "
+                         f"{_age(time.time() - pod.started_at)}{gpus}")
+            lines.append(f"  url       {pod.url} ({pod.backend} backend)")
+            if pod.phase == "running" and pod.reason is None:
+                running = Compute.from_name(compute.name, backend=compute.backend)
+                versions = running.connection().welcome.get("versions") or {}
+                lines.append("  versions  " + ", ".join(
+                    f"{'Python' if k == 'python' else k} {v}" for k, v in versions.items()))
         print("\n".join(lines))
 
     def _cmd_list(self, args: argparse.Namespace) -> None:
-        pods = get_backend().list()
-        if not pods:
+        computes = ComputeManager().list()
+        if not computes:
             print("no running pods")
             return
-        now = time.time()
-        rows = [["", "NAME", "PID", "GPUS", "CPUS", "MEMORY", "UP"]]
-        for p in pods:
-            cpus = p.spec.get("cpus")
-            rows.append(["*" if self.current and self.current.name == p.name else "",
-                         p.name, str(p.pid or "-"), ",".join(map(str, p.gpus)) or "-",
-                         f"{cpus:g}" if cpus else "-", format_bytes(p.spec.get("memory")),
-                         _age(now - p.started_at)])
-        print(_table(rows))
+        print(render(computes, LIST_COLUMNS, mark=self.current.name if self.current else ""))
 
     def _cmd_teardown(self, args: argparse.Namespace) -> None:
+        manager = ComputeManager()
         if args.all:
-            names = [p.name for p in get_backend().list()]
+            names = [c.name for c in manager.list()]
         elif args.names:
             names = args.names
         elif self.current is not None:
@@ -261,7 +250,11 @@ class KtMagics(Magics):
         if not names:
             print("no running pods")
         for name in names:
-            (self.computes.get(name) or Compute(name=name)).teardown()
+            known = self.computes.get(name)
+            if known is not None:
+                known.teardown()  # the notebook's own object forgets its pod too
+            else:
+                manager.stop(name)
             print(f"tore down {name!r}")
 
     def _cmd_logs(self, args: argparse.Namespace) -> None:

@@ -21,35 +21,34 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import itertools
 import json
 import logging
 import math
 import os
-import re
 import secrets
 import signal
 import subprocess
 import tempfile
+import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, BinaryIO, Literal
 
 import psutil
 
 from ... import config
-from ...core.resources import format_bytes
-from ...exceptions import ComputeNotFoundError, ConfigError, PodStartError
+from ...core.names import check_name as _check_name
+from ...core.spec import ComputeSpec
+from ...exceptions import ComputeNotFoundError, PodStartError
 from ..base import Backend, PodInfo, PodStatus
 from . import gpus as _gpus
 from . import venvs
 from .process import make_private_dir, read_line, source_root, wait_gone
 from .process import tail as read_tail
-
-if TYPE_CHECKING:
-    from ...core.compute import Compute
 
 __all__ = ["LocalBackend"]
 
@@ -57,7 +56,6 @@ logger = logging.getLogger(__name__)
 
 #: Popen objects of the pods this process started, by pid, for their exit status.
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 #: Seconds a pod gets to exit after SIGTERM before SIGKILL.
 TERM_GRACE = 5.0
@@ -83,27 +81,12 @@ def _end_orphans(info: PodInfo) -> None:
             continue
 
 
-def _spec_hash(spec: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _spec_diff(old: dict[str, Any], new: dict[str, Any]) -> str:
-    changes = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if a == b or key == "definition":  # what the rest is made from: no news in it
-            continue
-        if key == "env":
-            keys = sorted(k for k in set(a or {}) | set(b or {})
-                          if (a or {}).get(k) != (b or {}).get(k))
-            changes.append(f"env {', '.join(keys)}")
-        elif key == "memory":
-            changes.append(f"memory {format_bytes(a)} -> {format_bytes(b)}")
-        elif key == "image":
-            changes.append("image")
-        else:
-            changes.append(f"{key} {a} -> {b}")
-    return "; ".join(changes)
+def _stored(info: PodInfo, fallback: ComputeSpec) -> ComputeSpec:
+    """The spec a pod's record holds (a record without one: ``fallback``'s name only)."""
+    try:
+        return ComputeSpec.from_json(info.spec)
+    except (ValueError, TypeError):
+        return ComputeSpec(name=fallback.name, backend=fallback.backend)
 
 
 class LocalBackend(Backend):
@@ -193,22 +176,19 @@ class LocalBackend(Backend):
 
     # ---- Backend ------------------------------------------------------------------------
 
-    def up(self, compute: Compute, *, progress: bool = True) -> PodInfo:
-        """Return the warm pod for ``compute``; start it, or restart it if its spec changed.
+    def up(self, spec: ComputeSpec, *, progress: bool = True) -> PodInfo:
+        """Return the warm pod running ``spec``; start it, or replace one running another spec.
+
+        Whether a running pod may be replaced is the core's decision
+        (:func:`kubetorch_jupyter.core.policy.decide`), made before this is called.
 
         Raises:
             ResourceUnavailableError: When it asks for more GPUs than are free.
             ImageBuildError: When building its image's environment fails.
             PodStartError: When the pod exits or stays silent past ``start_timeout``.
         """
-        name = _check_name(compute.name)
-        image = compute.image
-        spec = {"cpus": compute.cpus, "memory": compute.memory, "gpus": int(compute.gpus),
-                "image": image.content_hash(), "env": {**image.env, **compute.env},
-                "inactivity_ttl": compute.inactivity_ttl,
-                # enough to rebuild the Compute in another process (Compute.from_name)
-                "definition": {"image": image.to_json(), "env": dict(compute.env)}}
-        spec_hash = _spec_hash(spec)
+        name = _check_name(spec.name)
+        spec_hash = spec.spec_hash()
         show = bool(progress and config.get("progress"))
         with self._locked(name):
             old = self._read(name)
@@ -216,16 +196,25 @@ class LocalBackend(Backend):
                 return old
             # Everything that can fail before the warm pod is stopped: a restart that
             # cannot happen (no such GPUs, a broken image) must leave it running.
-            _gpus.allocate(self.state_dir, name, int(compute.gpus), discover=self._discover,
-                           dry_run=True)
-            python = venvs.image_python(image, state_dir=self.state_dir, progress=show)
+            python = self._prepare(spec, progress=show)
             if old is not None and self._alive(old):
-                logger.warning("restarting compute %r: its spec changed (%s)",
-                               name, _spec_diff(old.spec, spec))
+                logger.info("replacing pod %r: %s", name, "; ".join(
+                    _stored(old, spec).diff(spec)) or "its record changed")
                 self._stop(old)
             elif old is not None:
                 self._forget(old)
-            return self._start(compute, python, spec, spec_hash, progress=show)
+            return self._start(spec, python, spec_hash, progress=show)
+
+    def check(self, spec: ComputeSpec, *, progress: bool = True) -> None:
+        """Raise now what starting ``spec`` would raise before its pod runs (GPUs, image)."""
+        self._prepare(spec, progress=bool(progress and config.get("progress")))
+
+    def _prepare(self, spec: ComputeSpec, *, progress: bool) -> str:
+        """Check the GPUs are free and build the image's environment; its Python."""
+        _gpus.allocate(self.state_dir, spec.name, spec.gpus, discover=self._discover,
+                       dry_run=True)
+        return venvs.image_python(spec.build_image(), state_dir=self.state_dir,
+                                  progress=progress)
 
     def get(self, name: str) -> PodInfo:
         """The running pod called ``name`` (a record whose process died is removed).
@@ -266,15 +255,27 @@ class LocalBackend(Backend):
             self._stop(info)
 
     def status(self, info: PodInfo) -> PodStatus:
-        """Whether the pod is alive, and if not its exit status when known.
+        """Running, or how the pod ended.
 
-        The exit status (negative: killed by that signal) is known for pods this process
-        started; for others it is None.
+        The exit status (a signal: ``failed``, reason ``Killed``; a non-zero code:
+        ``failed``, reason ``Error``) is known for pods this process started; of others
+        only that they are ``gone``. (A SIGKILL from the kernel's OOM killer cannot be
+        told apart from any other SIGKILL here.)
         """
         if self._alive(info):
-            return PodStatus(alive=True)
+            return PodStatus("running")
         child = _CHILDREN.get(info.pid) if info.pid is not None else None
-        return PodStatus(alive=False, exit_status=child.returncode if child else None)
+        return PodStatus.from_exit(child.returncode if child is not None else None)
+
+    def settle(self, info: PodInfo, timeout: float) -> PodStatus:
+        """The status once the pod's exit is visible, waiting up to ``timeout`` seconds for it.
+
+        A SIGKILLed pod's sockets reset before its exit can be seen (waitpid for our
+        children, a pidfd for others): without this a dead pod looks unreachable.
+        """
+        if info.pid is not None and self._alive(info):
+            wait_gone(info.pid, timeout, _CHILDREN.get(info.pid))
+        return self.status(info)
 
     def logs(self, name: str, tail: int = 200) -> str:
         """The last ``tail`` lines of the pod's log (kept after it exits).
@@ -286,6 +287,36 @@ class LocalBackend(Backend):
         if not path.exists():
             raise ComputeNotFoundError(name, [p.name for p in self.list()])
         return read_tail(path, tail)
+
+    def ready(self, info: PodInfo) -> Literal["ready", "starting", "unresponsive"] | None:
+        """Ask the pod's ``/ready`` endpoint (it needs no token)."""
+        url = info.url.replace("ws://", "http://", 1).replace("wss://", "https://", 1)
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback
+        try:
+            with opener.open(f"{url}/ready", timeout=1) as resp:
+                return "ready" if resp.status == 200 else "starting"
+        except urllib.error.HTTPError:
+            return "starting"
+        except OSError:
+            return "unresponsive"
+
+    def follow_logs(self, name: str, tail: int = 10,
+                    stop: threading.Event | None = None) -> Iterator[str]:
+        """The last ``tail`` lines of the pod's log, then each line appended, until ``stop``.
+
+        A file has no "appended" event in the stdlib: new data is looked for every
+        quarter second (waiting on ``stop``, so setting it ends the wait at once). A
+        truncated log (a restarted pod) is read again from its start.
+
+        Raises:
+            ComputeNotFoundError: When the pod never wrote a log.
+        """
+        path = self.log_path(name)
+        if not path.exists():
+            raise ComputeNotFoundError(name, [p.name for p in self.list()])
+        f = open(path, "rb")  # noqa: SIM115  (closed by the generator)
+        end = f.seek(0, os.SEEK_END)  # now, not at the first next(): no line is missed
+        return _follow(path, f, read_tail(path, tail, end=end), stop or threading.Event())
 
     # ---- processes ------------------------------------------------------------------------
 
@@ -310,38 +341,38 @@ class LocalBackend(Backend):
                     leftover.unlink()
         self._forget(info)
 
-    def _pod_env(self, compute: Compute, indices: Sequence[int], token: str,
+    def _pod_env(self, spec: ComputeSpec, indices: Sequence[int], token: str,
                  threads: int | None) -> dict[str, str]:
         env = dict(os.environ)
-        env.update(compute.image.env)
-        env.update(compute.env)
+        own = spec.pod_env  # the image's variables, then the compute's
+        env.update(own)
         root = source_root()
         if root:
             env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         env.setdefault("PYTHONUNBUFFERED", "1")
         if threads is not None:
             for var in _THREAD_VARS:
-                if var not in compute.env and var not in compute.image.env:
+                if var not in own:
                     env[var] = str(threads)
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, indices))
         if indices:
             env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # NVML's order, which indices follow
         env["KT_POD_TOKEN"] = token
-        env["KT_POD_NAME"] = compute.name
+        env["KT_POD_NAME"] = spec.name
         env["KT_STATE_DIR"] = str(self.state_dir)  # absolute: the pod runs elsewhere
         return env
 
-    def _start(self, compute: Compute, python: str, spec: dict[str, Any], spec_hash: str,
-               *, progress: bool) -> PodInfo:
-        name, state = compute.name, self.state_dir
+    def _start(self, spec: ComputeSpec, python: str, spec_hash: str, *,
+               progress: bool) -> PodInfo:
+        name, state = spec.name, self.state_dir
         cores = sorted(os.sched_getaffinity(0))
-        want = math.ceil(compute.cpus) if compute.cpus else len(cores)
+        want = math.ceil(spec.cpus) if spec.cpus else len(cores)
         pin = cores[:want] if want < len(cores) else None
-        indices = _gpus.allocate(state, name, int(compute.gpus), discover=self._discover)
+        indices = _gpus.allocate(state, name, spec.gpus, discover=self._discover)
         proc = None
         try:
             token = secrets.token_urlsafe(32)
-            env = self._pod_env(compute, indices, token, len(pin) if pin else None)
+            env = self._pod_env(spec, indices, token, len(pin) if pin else None)
             log_path = make_private_dir(state / "logs") / f"{name}.log"
             # The pod's own working directory: it must not see (and import from) the
             # user's tree except through code sync, exactly as a pod in a cluster.
@@ -349,8 +380,8 @@ class LocalBackend(Backend):
             read_fd, write_fd = os.pipe()
             argv = [python, "-m", "pod_runtime", "--host", "127.0.0.1", "--port", "0",
                     "--name", name, "--ready-fd", str(write_fd)]
-            if compute.inactivity_ttl:
-                argv += ["--inactivity-ttl", str(compute.inactivity_ttl)]
+            if spec.inactivity_ttl:
+                argv += ["--inactivity-ttl", str(spec.inactivity_ttl)]
             try:
                 with open(log_path, "ab") as log:
                     log.write(f"=== kt: starting pod {name!r} at {time.ctime()} "
@@ -363,7 +394,7 @@ class LocalBackend(Backend):
             except OSError as exc:
                 os.close(read_fd)
                 raise PodStartError(f"could not run {python!r} for pod {name!r}: {exc}",
-                                    pod=name) from exc
+                                    pod=name, reason="Error") from exc
             finally:
                 os.close(write_fd)
             _CHILDREN[proc.pid] = proc
@@ -379,7 +410,7 @@ class LocalBackend(Backend):
             pid = int(ready.get("pid") or proc.pid)
             info = PodInfo(name=name, url=f"ws://127.0.0.1:{int(ready['port'])}", token=token,
                            backend=self.name, pid=pid, started_at=started_at, gpus=indices,
-                           spec=spec, spec_hash=spec_hash, log_path=str(log_path))
+                           spec=spec.to_json(), spec_hash=spec_hash, log_path=str(log_path))
             if indices:
                 _gpus.assign(state, name, pid)
             self._write(info)
@@ -402,24 +433,41 @@ class LocalBackend(Backend):
         except TimeoutError:
             raise PodStartError(
                 f"pod {name!r} did not become ready within {timeout:g}s (KT_START_TIMEOUT)",
-                pod=name, log_tail=read_tail(log_path, LOG_TAIL_LINES, offset)) from None
+                pod=name, reason="StartTimeout",
+                log_tail=read_tail(log_path, LOG_TAIL_LINES, offset)) from None
         with contextlib.suppress(ValueError):
             line = json.loads(data.split(b"\n", 1)[0])
             if isinstance(line, dict) and isinstance(line.get("port"), int):
                 return line
         try:
-            code = proc.wait(timeout=2)
-            why = f"exited with status {code}" if code >= 0 else f"was killed by signal {-code}"
-            with contextlib.suppress(ValueError):
-                why = why if code >= 0 else f"was killed by {signal.Signals(-code).name}"
+            code: int | None = proc.wait(timeout=2)
         except subprocess.TimeoutExpired:
-            why = "closed its ready pipe without reporting its port"
+            code = None
+        why, reason = "closed its ready pipe without reporting its port", "Error"
+        if code is not None:
+            status = PodStatus.from_exit(code)
+            why = f"exited with status {code}" if code >= 0 else f"was {status.message}"
+            reason = status.reason or "Error"
         raise PodStartError(f"pod {name!r} {why} before it was ready", pod=name,
-                            log_tail=read_tail(log_path, LOG_TAIL_LINES, offset))
+                            reason=reason, log_tail=read_tail(log_path, LOG_TAIL_LINES, offset))
 
 
-def _check_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise ConfigError(f"compute name {name!r} is not valid: use letters, digits, '.', "
-                          "'_' and '-', starting with a letter or digit, at most 63 characters")
-    return name
+def _follow(path: Path, f: BinaryIO, first: str, stop: threading.Event) -> Iterator[str]:
+    """``first``'s lines, then each line appended to ``f`` (``path``), until ``stop``."""
+    try:
+        yield from first.splitlines(keepends=True)
+        partial = b""
+        while not stop.is_set():
+            chunk = f.read(65536)
+            if chunk:
+                *lines, partial = (partial + chunk).split(b"\n")
+                for line in lines:
+                    yield line.decode(errors="replace") + "\n"
+                continue
+            if path.exists() and path.stat().st_size < f.tell():  # truncated: start over
+                f.close()
+                f = open(path, "rb")  # noqa: SIM115
+                partial = b""
+            stop.wait(0.25)  # a file has no "appended" event in the stdlib
+    finally:
+        f.close()
