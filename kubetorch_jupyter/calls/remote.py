@@ -161,9 +161,7 @@ class RemoteFn(Generic[T]):
         handle = await asyncio.to_thread(self.submit, *args, **kwargs)
         try:
             result: T = await handle.aresult()
-        except RemoteError as exc:
-            if not exc.remote_message.startswith(_NOT_CACHED):
-                raise
+        except messages.NotCachedError:  # the pod lost its copy: send it with the blob
             again = await asyncio.to_thread(self._send, args, kwargs, force_blob=True)
             result = await again.aresult()
         return result
