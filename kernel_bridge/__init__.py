@@ -16,6 +16,7 @@ from .errors import (
     RemoteError,
     SerializationError,
 )
+from .status import PodState, StatusProbe
 
 __all__ = [
     "AuthenticationError",
@@ -26,8 +27,10 @@ __all__ = [
     "KtError",
     "PodConnection",
     "PodDiedError",
+    "PodState",
     "PodUnreachableError",
     "RemoteError",
     "SerializationError",
+    "StatusProbe",
     "print_event",
 ]

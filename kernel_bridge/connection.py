@@ -21,7 +21,6 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 from pod_runtime import protocol
@@ -35,14 +34,11 @@ from .errors import (
     PodDiedError,
     PodUnreachableError,
 )
+from .status import StatusProbe, died_error, read_probe
 
 __all__ = ["PodConnection"]
 
 log = logging.getLogger("kubetorch.bridge")
-
-#: ``status()`` returns (alive, exit_status); exit_status None when unknown.
-StatusProbe = Callable[[], tuple[bool, int | None]]
-
 
 class PodConnection:
     """A multiplexed, reconnecting connection to a pod.
@@ -54,7 +50,10 @@ class PodConnection:
         url: The pod's base URL (``ws://host:port``).
         token: The pod's bearer token.
         name: The pod's name, for messages.
-        status: Tells whether the pod process is alive when the connection drops.
+        status: Tells whether the pod process is alive when the connection drops (returns
+            a :class:`~kernel_bridge.PodState`, or an ``(alive, exit_status)`` tuple).
+            It runs on a worker thread, beside the reconnect attempts, never on the
+            thread that reads the socket: in a cluster it is an API round trip.
         connect_timeout: Seconds for a connection attempt (handshake and WELCOME).
         reconnect_timeout: Seconds a dropped connection retries before calls fail.
         use_shm: Offer the shared-memory fast path (used only if the pod can see it).
@@ -103,6 +102,7 @@ class PodConnection:
         self._acks_cv = threading.Condition()
         self._closing = False
         self._reconnecting = False
+        self._probing = False
         self._connect(first=True)
         threading.Thread(target=self._ack_loop, name=f"kt-ack-{name}", daemon=True).start()
 
@@ -304,7 +304,7 @@ class PodConnection:
                 return
             self._wire = None
         self._writer.cleanup()
-        if self._closing or self._check_dead():
+        if self._closing or self.dead is not None:
             return
         log.info("connection to pod %s dropped (%s); reconnecting", self.name, exc)
         self._reconnecting = True
@@ -314,8 +314,9 @@ class PodConnection:
     def _reconnect_loop(self) -> None:
         down_since = time.monotonic()
         delay = 0.05
+        self._start_probe()  # is it gone? asked beside the first attempt, not before it
         try:
-            while not self._closing:
+            while not self._closing and self.dead is None:
                 try:
                     self._connect(first=False)
                     return
@@ -323,8 +324,9 @@ class PodConnection:
                     self._fail_all(exc)
                     return
                 except PodUnreachableError as exc:
-                    if self._check_dead():
+                    if self.dead is not None:
                         return
+                    self._start_probe()
                     if time.monotonic() - down_since > self.reconnect_timeout:
                         self._fail_pending(PodUnreachableError(
                             f"lost the connection to pod {self.name!r} and could not "
@@ -424,22 +426,31 @@ class PodConnection:
 
     # -------------------------------------------------------------- failure
     def _check_dead(self) -> bool:
+        """Run the status probe here (never on the reader thread); fail all if it died."""
         if self._status is None:
             return False
-        try:
-            alive, status = self._status()
-        except Exception:  # noqa: BLE001 - a broken probe must not break the bridge
+        state = read_probe(self._status, self.name)
+        if state is None or state.alive:
             return False
-        if alive:
-            return False
-        how = f"exit status {status}" if status is not None else "exit status unknown"
-        if status is not None and status < 0:
-            how = f"killed by signal {-status}"
-        self._fail_all(PodDiedError(
-            f"pod {self.name!r} died ({how}) while calls were in flight; its state is "
-            "lost. The next .to() or %%kt starts a fresh pod", pod=self.name,
-            exit_status=status))
+        self._fail_all(died_error(self.name, state))
         return True
+
+    def _start_probe(self) -> None:
+        """Run the status probe on a worker thread, one at a time."""
+        with self._lock:
+            if self._status is None or self._probing or self.dead is not None:
+                return
+            self._probing = True
+
+        def probe() -> None:
+            try:
+                if not self._closing:
+                    self._check_dead()
+            finally:
+                with self._lock:
+                    self._probing = False
+
+        threading.Thread(target=probe, name=f"kt-probe-{self.name}", daemon=True).start()
 
     def _fail_pending(self, exc: BridgeError) -> None:
         with self._lock:
