@@ -10,8 +10,15 @@ from pathlib import Path
 import pytest
 from kt_testing import RawPod, start_raw_pod, timeout
 from tcp_proxy import TcpProxy
+from tls_proxy import Proxy
 
-from kernel_bridge import CallHandle, PodConnection, PodDiedError
+from kernel_bridge import (
+    BridgeError,
+    CallHandle,
+    PodConnection,
+    PodDiedError,
+    PodUnreachableError,
+)
 from kubetorch_jupyter.calls.serialize import dump_callable
 from pod_runtime import protocol
 
@@ -114,4 +121,122 @@ def test_pod_died_error_carries_the_reason(proxied: tuple[RawPod, TcpProxy]) -> 
         assert "pod 'dev' died (OOMKilled: the container used more than its 1Gi limit)" in str(
             info.value)
     finally:
+        conn.close()
+
+
+# ------------------------------------------------------------------ reconnect races
+@pytest.fixture()
+def flaky(tmp_path: Path) -> Iterator[tuple[RawPod, Proxy]]:
+    pod = start_raw_pod(tmp_path)
+    proxy = Proxy(pod.port)
+    yield pod, proxy
+    proxy.close()
+    pod.stop()
+
+
+def test_a_call_on_a_closed_connection_fails_at_once(raw_pod: RawPod) -> None:
+    conn = PodConnection(raw_pod.url, raw_pod.token, name="closed")
+    assert _call(conn, len, "ab").result(timeout(30)) == 2
+    conn.close()
+    with pytest.raises(BridgeError, match="closed"):
+        _call(conn, len, "abc").result(timeout(10))
+
+
+def test_callers_racing_to_reconnect_open_one_connection(flaky: tuple[RawPod, Proxy]) -> None:
+    pod, proxy = flaky
+    conn = PodConnection(proxy.url, pod.token, name="racing", reconnect_timeout=0.2)
+    try:
+        proxy.cut()
+        with pytest.raises(PodUnreachableError):  # the reconnect gives up: down for good
+            _call(conn, len, "x").result(timeout(30))
+        proxy.restore()
+        before = proxy.accepted
+        callers = 8
+        start = threading.Barrier(callers)
+        results: list[object] = []
+
+        def caller(i: int) -> None:
+            start.wait(timeout(10))
+            results.append(_call(conn, len, "y" * i).result(timeout(30)))
+
+        threads = [threading.Thread(target=caller, args=(i,)) for i in range(callers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout(60))
+        assert sorted(results) == list(range(callers))  # type: ignore[type-var]
+        assert proxy.accepted - before == 1  # one new connection, not one per caller
+        assert proxy.live == 1
+    finally:
+        conn.close()
+
+
+def test_calls_made_during_repeated_drops_all_finish(flaky: tuple[RawPod, Proxy]) -> None:
+    """Many threads call while the connection drops again and again; none is left hanging.
+
+    Each drop is timed by progress (after some calls finished) and each restore by the
+    client's own retries (after the proxy refused one), so the drops land everywhere:
+    mid-call, mid-handshake, mid-resume. A fast thread switch interval makes the
+    interleavings many.
+    """
+    import sys
+    import time
+
+    pod, proxy = flaky
+    conn = PodConnection(proxy.url, pod.token, name="flaky", reconnect_timeout=timeout(60))
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    done = threading.Condition()
+    finished = 0
+    stop = threading.Event()
+    problems: list[str] = []
+
+    def caller(i: int) -> None:
+        nonlocal finished
+        n = 0
+        while not stop.is_set():
+            n += 1
+            handle = _call(conn, len, "z" * (n % 7))
+            try:
+                value = handle.result(timeout(30))
+            except TimeoutError:
+                problems.append(f"caller {i}: call {n} neither sent nor failed")
+                return
+            except BridgeError as exc:
+                problems.append(f"caller {i}: call {n} failed: {exc}")
+                return
+            if value != n % 7:
+                problems.append(f"caller {i}: call {n} returned {value!r}")
+            with done:
+                finished += 1
+                done.notify_all()
+
+    threads = [threading.Thread(target=caller, args=(i,), daemon=True) for i in range(6)]
+    try:
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + timeout(8)
+        drops = 0
+        while time.monotonic() < deadline and not problems:
+            with done:
+                target = finished + 3
+                if not done.wait_for(lambda t=target: finished >= t or bool(problems),  # type: ignore[misc]
+                                     timeout(30)):
+                    problems.append("no progress for 30 s")
+                    break
+            refused = proxy.refused
+            proxy.cut()
+            drops += 1
+            proxy.wait(lambda r=refused: proxy.refused > r, timeout(30))  # the client retried
+            proxy.restore()
+        stop.set()
+        for t in threads:
+            t.join(timeout(60))
+        assert not problems, problems[:5]
+        assert drops >= 5
+        assert _call(conn, len, "end").result(timeout(30)) == 3
+        assert proxy.wait(lambda: proxy.live == 1, timeout(10)), proxy.live  # none leaked
+    finally:
+        sys.setswitchinterval(switch)
+        stop.set()
         conn.close()
