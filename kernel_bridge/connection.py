@@ -18,6 +18,7 @@ import contextlib
 import itertools
 import logging
 import secrets
+import ssl
 import threading
 import time
 import uuid
@@ -27,10 +28,12 @@ from pod_runtime import protocol
 from pod_runtime.protocol import FrameType, shm, wire
 
 from .calls import CallHandle, EventSink
+from .endpoint import Endpoint, EndpointProvider, as_provider, guarded_dial
 from .errors import (
     AuthenticationError,
     BridgeError,
     CallLostError,
+    KtError,
     PodDiedError,
     PodUnreachableError,
 )
@@ -47,8 +50,11 @@ class PodConnection:
     refuses the token.
 
     Args:
-        url: The pod's base URL (``ws://host:port``).
-        token: The pod's bearer token.
+        endpoint: Where the pod is: an :class:`~kernel_bridge.Endpoint`, a function
+            returning one (called again before every reconnect attempt, so a pod that
+            moved is found; when it raises, the pod counts as unreachable), or the pod's
+            base URL (``ws://host:port``) with ``token``.
+        token: The pod's token, with a URL (an Endpoint carries its own).
         name: The pod's name, for messages.
         status: Tells whether the pod process is alive when the connection drops (returns
             a :class:`~kernel_bridge.PodState`, or an ``(alive, exit_status)`` tuple).
@@ -64,8 +70,8 @@ class PodConnection:
 
     def __init__(
         self,
-        url: str,
-        token: str,
+        endpoint: Endpoint | EndpointProvider | str,
+        token: str | None = None,
         *,
         name: str = "pod",
         status: StatusProbe | None = None,
@@ -76,9 +82,9 @@ class PodConnection:
         ping_timeout: float | None = 60.0,
         ack_delay: float = 0.05,
     ) -> None:
-        self.url = url.rstrip("/") + protocol.BRIDGE_PATH
+        self._endpoint = as_provider(endpoint, token)
+        self.url = ""  # the bridge URL of the last endpoint connected to (for messages)
         self.name = name
-        self._token = token
         self._status = status
         self.connect_timeout = connect_timeout
         self.reconnect_timeout = reconnect_timeout
@@ -236,12 +242,12 @@ class PodConnection:
 
     def _open(self) -> tuple[wire.WireConnection, dict[str, Any], bool]:
         """Handshake and WELCOME: a websocket to a pod that proved it holds the token."""
+        endpoint = self._resolve()
+        url = self.url = endpoint.url.rstrip("/") + protocol.BRIDGE_PATH
         nonce = secrets.token_hex(16)
-        headers = {
-            protocol.TOKEN_HEADER: f"Bearer {self._token}",
-            protocol.CLIENT_ID_HEADER: self.client_id,
-            protocol.NONCE_HEADER: nonce,
-        }
+        headers = endpoint.request_headers()
+        headers[protocol.CLIENT_ID_HEADER] = self.client_id
+        headers[protocol.NONCE_HEADER] = nonce
         probe = shm.probe_create() if self.use_shm else None
         if probe is not None:
             headers[protocol.SHM_PROBE_HEADER] = probe[0]
@@ -271,7 +277,8 @@ class PodConnection:
 
         try:
             ws = wire.client_handshake(
-                self.url, headers, timeout=self.connect_timeout,
+                url, headers, timeout=self.connect_timeout,
+                ssl_context=endpoint.ssl_context, dial=guarded_dial(endpoint),
                 on_message=on_message, on_close=on_close,
                 ping_interval=self.ping_interval, ping_timeout=self.ping_timeout,
                 name=self.name,
@@ -282,10 +289,15 @@ class PodConnection:
                     f"pod {self.name!r} refused our token (HTTP 401): this client's record "
                     "of the pod is stale; tear the compute down and start it again",
                     pod=self.name) from None
-            raise PodUnreachableError(f"pod {self.name!r} at {self.url} answered {exc}",
+            raise PodUnreachableError(f"pod {self.name!r} at {url} answered {exc}",
                                       pod=self.name) from None
+        except ssl.SSLCertVerificationError as exc:
+            raise PodUnreachableError(
+                f"pod {self.name!r} at {url}: its TLS certificate failed verification "
+                f"({exc.verify_message}); give the Endpoint an ssl_context that trusts the "
+                "certificate's authority", pod=self.name) from None
         except (OSError, TimeoutError) as exc:
-            raise PodUnreachableError(f"cannot reach pod {self.name!r} at {self.url}: {exc}",
+            raise PodUnreachableError(f"cannot reach pod {self.name!r} at {url}: {exc}",
                                       pod=self.name) from None
         finally:
             if probe is not None:
@@ -297,16 +309,30 @@ class PodConnection:
             raise PodUnreachableError(f"pod {self.name!r} did not greet within "
                                       f"{self.connect_timeout}s", pod=self.name)
         welcome = state.get("welcome")
-        proof = protocol.token_proof(self._token, nonce)
+        proof = protocol.token_proof(endpoint.token, nonce)
         if not welcome or not protocol.check_token(proof, welcome.get("proof")):
             verified.set()
             ws.abort()
             raise AuthenticationError(
-                f"the server at {self.url} could not prove it holds pod {self.name!r}'s "
+                f"the server at {url} could not prove it holds pod {self.name!r}'s "
                 "token; refusing to exchange pickles with it", pod=self.name)
         state["ok"] = True
         verified.set()
         return ws, welcome, probe is not None and welcome.get("shm") == probe[1]
+
+    def _resolve(self) -> Endpoint:
+        """Ask the provider where the pod is now."""
+        try:
+            endpoint = self._endpoint()
+        except Exception as exc:  # noqa: BLE001 - whatever the caller's provider raises
+            what = str(exc) if isinstance(exc, KtError) else f"{type(exc).__name__}: {exc}"
+            raise PodUnreachableError(f"cannot find where pod {self.name!r} is: {what}",
+                                      pod=self.name) from None
+        if not isinstance(endpoint, Endpoint):
+            raise PodUnreachableError(
+                f"the endpoint provider of pod {self.name!r} returned {type(endpoint).__name__}"
+                ", not an Endpoint", pod=self.name)
+        return endpoint
 
     def _adopt(self, ws: wire.WireConnection, welcome: dict[str, Any], shm_active: bool,
                ) -> None:
@@ -383,6 +409,10 @@ class PodConnection:
                 return
             except PodUnreachableError as exc:
                 error = exc
+            except Exception as exc:  # a bug must not leave calls hanging
+                log.exception("reconnecting to pod %s failed", self.name)
+                error = PodUnreachableError(f"reconnecting to pod {self.name!r} failed: "
+                                            f"{type(exc).__name__}: {exc}", pod=self.name)
             if once:
                 if not self._check_dead():
                     self._give_up(error)
@@ -534,3 +564,4 @@ class PodConnection:
                        ) -> None:
         for handle in (calls.values() if isinstance(calls, dict) else calls):
             handle._deliver("error", exc)
+

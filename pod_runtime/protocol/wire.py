@@ -22,6 +22,7 @@ import contextlib
 import logging
 import os
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -480,25 +481,45 @@ def client_handshake(
     headers: dict[str, str],
     *,
     timeout: float,
+    ssl_context: ssl.SSLContext | None = None,
+    dial: Callable[[float], socket.socket] | None = None,
     **kwargs: Any,
 ) -> WireConnection:
-    """Connect to ``url`` (``ws://host:port/path``) and upgrade to a websocket.
+    """Connect to ``url`` (``ws://`` or ``wss://host:port/path``) and upgrade to a websocket.
 
-    ``kwargs`` go to :class:`WireConnection` (``on_message``, ``on_close``, ...).
+    Args:
+        url: Where to connect; for ``wss://``, TLS runs first, checking the server's
+            certificate against the URL's host.
+        headers: Extra request headers (the token, ...).
+        timeout: Seconds for connecting, TLS and the upgrade together.
+        ssl_context: For ``wss://`` (None: ``ssl.create_default_context()``, which
+            checks the certificate and the host name).
+        dial: Given ``timeout``, returns a connected socket to use instead of connecting
+            to the URL's host and port (a port-forward, a tunnel).
+        **kwargs: Go to :class:`WireConnection` (``on_message``, ``on_close``, ...).
 
     Raises:
         HandshakeRejected: The server answered with an HTTP error (401: bad token).
-        OSError: The TCP connection failed.
+        ssl.SSLCertVerificationError: The server's certificate is not trusted.
+        OSError: The connection (or TLS) failed.
         TimeoutError: No answer within ``timeout``.
     """
     uri = parse_uri(url)
-    sock = socket.create_connection((uri.host, uri.port), timeout=timeout)
+    if dial is not None:
+        sock = dial(timeout)
+    else:
+        sock = socket.create_connection((uri.host, uri.port), timeout=timeout)
     try:
+        sock.settimeout(timeout)
+        if uri.secure:
+            context = ssl_context if ssl_context is not None else ssl.create_default_context()
+            sock = context.wrap_socket(sock, server_hostname=uri.host)
         proto = ClientProtocol(uri, max_size=None)
         request = proto.connect()
-        for key, value in headers.items():
+        for key, value in {**headers, "User-Agent": "kubetorch-jupyter"}.items():
+            if key in request.headers:  # replaced, not repeated (e.g. Host for an ingress)
+                del request.headers[key]
             request.headers[key] = value
-        request.headers["User-Agent"] = "kubetorch-jupyter"
         proto.send_request(request)
         for chunk in proto.data_to_send():
             sock.sendall(chunk)
