@@ -49,6 +49,9 @@ __all__ = [
 
 log = logging.getLogger("kubetorch.wire")
 _CHUNK = 1 << 20
+#: Masked payloads larger than this are masked and written in slices of this size (a
+#: multiple of 4, so that each slice starts the masking key's cycle afresh).
+_MASK_SLICE = 1 << 20
 #: Seconds an idle follower thread waits to be handed the reading before it exits.
 FOLLOWER_IDLE = 60.0
 #: Seconds work run by the reading thread may take before another thread reads on.
@@ -258,7 +261,10 @@ class WireConnection:
             ConnectionClosedError: When the connection is closed.
         """
         masked = self._masked
-        chunks: list[bytes | bytearray | memoryview] = []
+        # (bytes to write, masking key): a fragment larger than _MASK_SLICE is masked
+        # slice by slice as it is written, never copied whole (every large argument
+        # pays this on a client where shared memory is off, as in a cluster).
+        chunks: list[tuple[bytes | bytearray | memoryview, bytes | None]] = []
         last = len(fragments) - 1
         for i, part in enumerate(fragments):
             view = part if isinstance(part, bytes) else memoryview(part).cast("B")
@@ -271,28 +277,42 @@ class WireConnection:
                 header = _HEAD_MEDIUM.pack(head1, head2 | 126, length)
             else:
                 header = _HEAD_LONG.pack(head1, head2 | 127, length)
-            if masked:
-                key = _masks.take()
-                chunks.append(header + key)
-                chunks.append(_apply_mask(view, key))
+            if not masked:
+                chunks += [(header, None), (view, None)]
+                continue
+            key = _masks.take()
+            chunks.append((header + key, None))
+            if length <= _MASK_SLICE:
+                chunks.append((_apply_mask(view, key), None))
             else:
-                chunks.append(header)
-                chunks.append(view)
+                chunks.append((memoryview(view), key))
         with self._send_lock:
             if self.closed or self.protocol.state is not State.OPEN:
                 raise ConnectionClosedError(f"connection {self.name} is closed")
             try:
                 self._write_control()  # a pong the reader queued goes first
-                if sum(len(c) for c in chunks) <= 65536:
-                    self.sock.sendall(b"".join(chunks))  # one segment for a small message
+                if sum(len(c) for c, _ in chunks) <= 65536:  # one segment, small message
+                    self.sock.sendall(b"".join(c for c, _ in chunks))
                 else:
-                    for chunk in chunks:
-                        self.sock.sendall(chunk)
+                    for chunk, mask in chunks:
+                        if mask is None:
+                            self.sock.sendall(chunk)
+                        else:
+                            self._send_masked(chunk, mask)
                 self._write_control()
             except OSError as exc:
                 self.closed = True
                 raise ConnectionClosedError(f"connection {self.name} broke: {exc}") from exc
         self._drain_control()
+
+    def _send_masked(self, view: bytes | bytearray | memoryview, key: bytes) -> None:
+        """Write ``view`` masked with ``key``, one slice at a time (``_send_lock`` held).
+
+        Each slice starts at a multiple of 4 bytes into the payload, where the mask's
+        cycle starts again, so every slice is masked with the same key.
+        """
+        for start in range(0, len(view), _MASK_SLICE):
+            self.sock.sendall(_apply_mask(view[start:start + _MASK_SLICE], key))
 
     def _queue_control(self) -> None:
         """Queue what the protocol wants sent (call with ``_proto`` held)."""
