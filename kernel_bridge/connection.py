@@ -66,6 +66,9 @@ class PodConnection:
         ping_interval: Keepalive ping period in seconds (None: no pings).
         ping_timeout: Seconds of silence from the pod before the connection counts as lost.
         ack_delay: Acknowledgements of results are batched over this many seconds.
+        max_pending_events: Events (output chunks, displays) one call keeps for a reader
+            that has not read them yet, e.g. a ``submit()`` nobody awaits; beyond it the
+            oldest are dropped (one marker event and one warning say so). Default 10,000.
     """
 
     def __init__(
@@ -81,6 +84,7 @@ class PodConnection:
         ping_interval: float | None = 20.0,
         ping_timeout: float | None = 60.0,
         ack_delay: float = 0.05,
+        max_pending_events: int = 10_000,
     ) -> None:
         self._endpoint = as_provider(endpoint, token)
         self.url = ""  # the bridge URL of the last endpoint connected to (for messages)
@@ -92,6 +96,7 @@ class PodConnection:
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.ack_delay = ack_delay
+        self.max_pending_events = max_pending_events
         self.client_id = uuid.uuid4().hex
         self.welcome: dict[str, Any] = {}
         self.shm_active = False

@@ -240,3 +240,36 @@ def test_calls_made_during_repeated_drops_all_finish(flaky: tuple[RawPod, Proxy]
         sys.setswitchinterval(switch)
         stop.set()
         conn.close()
+
+
+# ------------------------------------------------------------ a submit nobody awaits
+def alternate_streams(n: int) -> str:
+    import sys
+
+    for i in range(n):  # alternating streams: each write is an event of its own
+        (sys.stdout if i % 2 == 0 else sys.stderr).write(f"line {i}\n")
+    return "written"
+
+
+def test_events_nobody_reads_are_bounded_and_the_result_is_kept(
+    raw_pod: RawPod, caplog: pytest.LogCaptureFixture,
+) -> None:
+    conn = PodConnection(raw_pod.url, raw_pod.token, name="unread", max_pending_events=50)
+    try:
+        seen: list[dict[str, object]] = []
+        body, buffers = _fn_call(alternate_streams, 600)
+        handle = conn.call(body, buffers, label="spammer", sink=seen.append)
+        answered = threading.Event()
+        handle.on_answer.append(answered.set)
+        with caplog.at_level("WARNING", logger="kubetorch.bridge"):
+            assert answered.wait(timeout(30))  # all its events came; nobody read them
+        assert handle.result(timeout(30)) == "written"
+        marker, *kept = seen
+        assert "earlier output events of spammer were dropped" in str(marker["text"])
+        assert "max_pending_events=50" in str(marker["text"])
+        assert len(kept) == 50
+        assert "".join(str(e["text"]) for e in kept).endswith("line 599\n")
+        warnings = [r for r in caplog.records if "max_pending_events" in r.getMessage()]
+        assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    finally:
+        conn.close()
