@@ -118,6 +118,7 @@ class PodConnection:
         self._reconnecting = False  # an owner is connecting (only while _wire is None)
         self._closing = False
         self._probing = False
+        self._swept = False  # shared memory of dead processes swept (once, on first use)
         self._writer = shm.ShmWriter()
         self._acks: list[int] = []
         self._acks_cv = threading.Condition()
@@ -364,6 +365,9 @@ class PodConnection:
                         resend.append(handle)
             else:
                 resend = list(self._calls.values())
+        if shm_active and not self._swept:
+            self._swept = True
+            _sweep_dead_owners()
         if restarted:
             self.known.clear()
             self._deliver_error(lost, PodDiedError(
@@ -570,3 +574,17 @@ class PodConnection:
         for handle in (calls.values() if isinstance(calls, dict) else calls):
             handle._deliver("error", exc)
 
+
+def _sweep_dead_owners() -> None:
+    """Remove shared-memory files left by processes that died (SIGKILL leaves them).
+
+    Called when a connection starts using shared memory. ``shm.sweep_dead_owners`` is
+    the protocol package's; older versions of it lack the function.
+    """
+    sweep = getattr(shm, "sweep_dead_owners", None)
+    if sweep is None:
+        return
+    try:
+        sweep()
+    except OSError as exc:  # a sweep that fails must not fail the connection
+        log.debug("sweeping shared memory of dead processes failed: %s", exc)

@@ -21,6 +21,7 @@ from kernel_bridge import (
 )
 from kubetorch_jupyter.calls.serialize import dump_callable
 from pod_runtime import protocol
+from pod_runtime.protocol import shm
 
 
 def _fn_call(fn: object, *args: object) -> tuple[bytes, list[memoryview]]:
@@ -273,3 +274,26 @@ def test_events_nobody_reads_are_bounded_and_the_result_is_kept(
         assert len(warnings) == 1, [r.getMessage() for r in warnings]
     finally:
         conn.close()
+
+
+# ------------------------------------------------------------- shared memory leaks
+@pytest.mark.skipif(not hasattr(shm, "sweep_dead_owners"),
+                    reason="pod_runtime.protocol.shm.sweep_dead_owners is not there yet")
+def test_a_client_that_starts_using_shared_memory_sweeps_dead_owners(raw_pod: RawPod) -> None:
+    import secrets
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    leaked = shm.SHM_DIR / f"kt-{int(gone.stdout)}-{secrets.token_hex(12)}"
+    leaked.write_bytes(b"left by a process killed with SIGKILL")
+    try:
+        conn = PodConnection(raw_pod.url, raw_pod.token, name="sweeper")
+        try:
+            assert conn.shm_active
+            assert not leaked.exists()
+        finally:
+            conn.close()
+    finally:
+        leaked.unlink(missing_ok=True)
