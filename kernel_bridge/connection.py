@@ -4,12 +4,17 @@ Calls are multiplexed by id. The calling thread sends its own frame (no handoff)
 reader thread receives frames and hands each to the call it belongs to (see
 :mod:`pod_runtime.protocol.wire` for why this beats an event loop here).
 
+Where the pod is comes from an :class:`~kernel_bridge.Endpoint` (URL, token, headers,
+TLS, a dial function), asked for again before every connect attempt.
+
 The connection survives drops: it reconnects with backoff and asks the pod (COLLECT)
 for the events and results of the calls still in flight. The pod kept them, so a
 result that finished while the connection was down is collected, not lost; a call the
 pod never received (same pod, no record of it) is sent again. When the pod is gone
-(``status`` says the process died, or it came back with another boot id) the calls in
-flight fail with :class:`PodDiedError`.
+(``status``, run on a worker thread, says the process died, or it came back with
+another boot id) the calls in flight fail with :class:`PodDiedError`. One lock guards
+the connection's state and its calls, so that every call is sent, resumed after a
+reconnect, or failed; none is left waiting.
 """
 
 from __future__ import annotations
