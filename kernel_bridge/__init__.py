@@ -6,6 +6,7 @@ job, running it is ``pod_runtime``'s.
 
 from .calls import CallHandle, EventSink, print_event
 from .connection import PodConnection
+from .endpoint import TOKEN_HEADER_KT, Endpoint, EndpointProvider
 from .errors import (
     AuthenticationError,
     BridgeError,
@@ -16,18 +17,24 @@ from .errors import (
     RemoteError,
     SerializationError,
 )
+from .status import PodState, StatusProbe
 
 __all__ = [
+    "TOKEN_HEADER_KT",
     "AuthenticationError",
     "BridgeError",
     "CallHandle",
     "CallLostError",
+    "Endpoint",
+    "EndpointProvider",
     "EventSink",
     "KtError",
     "PodConnection",
     "PodDiedError",
+    "PodState",
     "PodUnreachableError",
     "RemoteError",
     "SerializationError",
+    "StatusProbe",
     "print_event",
 ]

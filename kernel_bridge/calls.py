@@ -10,8 +10,10 @@ blocks the reader.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import linecache
+import logging
 import queue
 import sys
 import threading
@@ -34,6 +36,10 @@ EventSink = Callable[[dict[str, Any]], None]
 CANCEL_GRACE = 10.0
 #: Guards the (rarely used) waker lists of every handle.
 _WAKERS_LOCK = threading.Lock()
+#: Guards the events every handle holds for its reader (taken briefly, by few threads).
+_EVENTS_LOCK = threading.Lock()
+
+log = logging.getLogger("kubetorch.bridge")
 
 
 def print_event(event: dict[str, Any]) -> None:
@@ -54,6 +60,10 @@ class CallHandle:
 
     ``result()`` blocks until the call finishes, passing events to the sink as they
     arrive; ``await handle`` does the same without blocking the caller's loop.
+
+    Events wait for whoever reads them, at most the connection's ``max_pending_events``
+    of them: beyond that (a submit nobody awaits) the oldest are dropped, and the reader
+    is told how many by one marker event. The result is never dropped.
     """
 
     def __init__(
@@ -74,10 +84,14 @@ class CallHandle:
         self.cancelled = False
         #: The boot id of the pod process this call was sent to (None: not sent yet).
         self.sent_to: str | None = None
+        # Results and errors, and a token ("events", None) when events wait in _events.
         self._items: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._events: collections.deque[dict[str, Any]] | None = None  # made on first use
+        self._dropped = 0  # events dropped since the reader last took them
         # Light on purpose: one handle per call, on the path of every small call.
         self._wakers: list[Callable[[], None]] = []  # guarded by _WAKERS_LOCK
         self._finished = False
+        self._warned_drop = False
         self._outcome: tuple[bool, Any] | None = None
         #: Called on the bridge's reader thread when the pod's answer arrives.
         self.on_answer: list[Callable[[], None]] = []
@@ -90,6 +104,9 @@ class CallHandle:
     def _deliver(self, kind: str, payload: Any) -> None:
         if kind == "events":
             self.last_seq = max(self.last_seq, payload[-1]["seq"])
+            if not self._hold_events(payload):
+                return  # the token that will hand them over is queued already
+            payload = None
         elif kind in ("result", "error"):
             self.request = None
             self._finished = True
@@ -103,6 +120,45 @@ class CallHandle:
             wakers = list(self._wakers)
         for wake in wakers:
             wake()
+
+    def _hold_events(self, events: list[dict[str, Any]]) -> bool:
+        """Keep events for the reader, dropping the oldest beyond the bound.
+
+        Returns whether the reader must be handed a token (none is queued).
+        """
+        limit = max(1, self.conn.max_pending_events)
+        with _EVENTS_LOCK:
+            if self._events is None:
+                self._events = collections.deque(maxlen=limit)
+            held = self._events
+            token = not held
+            over = len(held) + len(events) - limit
+            first_drop = over > 0 and self._dropped == 0 and not self._warned_drop
+            if over > 0:
+                self._dropped += over
+            held.extend(events)  # a deque with maxlen drops from the other end
+        if first_drop:
+            self._warned_drop = True
+            log.warning("%s on pod %r: nobody has read its output; dropping the oldest "
+                        "events beyond %d (PodConnection(max_pending_events=...))",
+                        self.label, self.conn.name, limit)
+        return token
+
+    def _take_events(self) -> list[dict[str, Any]]:
+        """The events held for the reader, after a marker when some were dropped."""
+        with _EVENTS_LOCK:
+            if not self._events:
+                return []
+            events = list(self._events)
+            self._events.clear()
+            dropped, self._dropped = self._dropped, 0
+        if dropped:
+            events.insert(0, {
+                "kind": "stream", "name": "stderr",
+                "text": f"[kt: {dropped} earlier output events of {self.label} were dropped "
+                        f"while nobody read them; max_pending_events="
+                        f"{self.conn.max_pending_events}]\n"})
+        return events
 
     # -------------------------------------------------------------- consumer
     def done(self) -> bool:
@@ -158,7 +214,7 @@ class CallHandle:
             except queue.Empty:
                 raise TimeoutError(f"no event from {self.label} within {timeout}s") from None
             if kind == "events":
-                yield from payload
+                yield from self._take_events()
             else:
                 self._consume(kind, payload)
 
@@ -205,7 +261,7 @@ class CallHandle:
     # ---------------------------------------------------------------- decode
     def _consume(self, kind: str, payload: Any) -> None:
         if kind == "events":
-            for event in payload:
+            for event in self._take_events():
                 self.sink(event)
         elif kind == "result":
             self._outcome = self._decode(payload)

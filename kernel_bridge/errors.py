@@ -66,11 +66,15 @@ class PodDiedError(BridgeError):
     Attributes:
         exit_status: The process exit status (negative: killed by that signal), or None
             when it is not known (the pod was started by another process).
+        reason: Why it ended, where the backend knows ("OOMKilled", "Evicted", "Killed",
+            "Error"), else None.
     """
 
-    def __init__(self, message: str, *, pod: str | None = None, exit_status: int | None) -> None:
+    def __init__(self, message: str, *, pod: str | None = None, exit_status: int | None,
+                 reason: str | None = None) -> None:
         super().__init__(message, pod=pod)
         self.exit_status = exit_status
+        self.reason = reason
 
 
 class CallLostError(BridgeError):

@@ -22,6 +22,7 @@ import contextlib
 import logging
 import os
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -48,6 +49,9 @@ __all__ = [
 
 log = logging.getLogger("kubetorch.wire")
 _CHUNK = 1 << 20
+#: Masked payloads larger than this are masked and written in slices of this size (a
+#: multiple of 4, so that each slice starts the masking key's cycle afresh).
+_MASK_SLICE = 1 << 20
 #: Seconds an idle follower thread waits to be handed the reading before it exits.
 FOLLOWER_IDLE = 60.0
 #: Seconds work run by the reading thread may take before another thread reads on.
@@ -268,7 +272,10 @@ class WireConnection:
             ConnectionClosedError: When the connection is closed.
         """
         masked = self._masked
-        chunks: list[bytes | bytearray | memoryview] = []
+        # (bytes to write, masking key): a fragment larger than _MASK_SLICE is masked
+        # slice by slice as it is written, never copied whole (every large argument
+        # pays this on a client where shared memory is off, as in a cluster).
+        chunks: list[tuple[bytes | bytearray | memoryview, bytes | None]] = []
         last = len(fragments) - 1
         for i, part in enumerate(fragments):
             view = part if isinstance(part, bytes) else memoryview(part).cast("B")
@@ -281,28 +288,42 @@ class WireConnection:
                 header = _HEAD_MEDIUM.pack(head1, head2 | 126, length)
             else:
                 header = _HEAD_LONG.pack(head1, head2 | 127, length)
-            if masked:
-                key = _masks.take()
-                chunks.append(header + key)
-                chunks.append(_apply_mask(view, key))
+            if not masked:
+                chunks += [(header, None), (view, None)]
+                continue
+            key = _masks.take()
+            chunks.append((header + key, None))
+            if length <= _MASK_SLICE:
+                chunks.append((_apply_mask(view, key), None))
             else:
-                chunks.append(header)
-                chunks.append(view)
+                chunks.append((memoryview(view), key))
         with self._send_lock:
             if self.closed or self.protocol.state is not State.OPEN:
                 raise ConnectionClosedError(f"connection {self.name} is closed")
             try:
                 self._write_control()  # a pong the reader queued goes first
-                if sum(len(c) for c in chunks) <= 65536:
-                    self.sock.sendall(b"".join(chunks))  # one segment for a small message
+                if sum(len(c) for c, _ in chunks) <= 65536:  # one segment, small message
+                    self.sock.sendall(b"".join(c for c, _ in chunks))
                 else:
-                    for chunk in chunks:
-                        self.sock.sendall(chunk)
+                    for chunk, mask in chunks:
+                        if mask is None:
+                            self.sock.sendall(chunk)
+                        else:
+                            self._send_masked(chunk, mask)
                 self._write_control()
             except OSError as exc:
                 self.closed = True
                 raise ConnectionClosedError(f"connection {self.name} broke: {exc}") from exc
         self._drain_control()
+
+    def _send_masked(self, view: bytes | bytearray | memoryview, key: bytes) -> None:
+        """Write ``view`` masked with ``key``, one slice at a time (``_send_lock`` held).
+
+        Each slice starts at a multiple of 4 bytes into the payload, where the mask's
+        cycle starts again, so every slice is masked with the same key.
+        """
+        for start in range(0, len(view), _MASK_SLICE):
+            self.sock.sendall(_apply_mask(view[start:start + _MASK_SLICE], key))
 
     def _queue_control(self) -> None:
         """Queue what the protocol wants sent (call with ``_proto`` held)."""
@@ -489,25 +510,45 @@ def client_handshake(
     headers: dict[str, str],
     *,
     timeout: float,
+    ssl_context: ssl.SSLContext | None = None,
+    dial: Callable[[float], socket.socket] | None = None,
     **kwargs: Any,
 ) -> WireConnection:
-    """Connect to ``url`` (``ws://host:port/path``) and upgrade to a websocket.
+    """Connect to ``url`` (``ws://`` or ``wss://host:port/path``) and upgrade to a websocket.
 
-    ``kwargs`` go to :class:`WireConnection` (``on_message``, ``on_close``, ...).
+    Args:
+        url: Where to connect; for ``wss://``, TLS runs first, checking the server's
+            certificate against the URL's host.
+        headers: Extra request headers (the token, ...).
+        timeout: Seconds for connecting, TLS and the upgrade together.
+        ssl_context: For ``wss://`` (None: ``ssl.create_default_context()``, which
+            checks the certificate and the host name).
+        dial: Given ``timeout``, returns a connected socket to use instead of connecting
+            to the URL's host and port (a port-forward, a tunnel).
+        **kwargs: Go to :class:`WireConnection` (``on_message``, ``on_close``, ...).
 
     Raises:
         HandshakeRejected: The server answered with an HTTP error (401: bad token).
-        OSError: The TCP connection failed.
+        ssl.SSLCertVerificationError: The server's certificate is not trusted.
+        OSError: The connection (or TLS) failed.
         TimeoutError: No answer within ``timeout``.
     """
     uri = parse_uri(url)
-    sock = socket.create_connection((uri.host, uri.port), timeout=timeout)
+    if dial is not None:
+        sock = dial(timeout)
+    else:
+        sock = socket.create_connection((uri.host, uri.port), timeout=timeout)
     try:
+        sock.settimeout(timeout)
+        if uri.secure:
+            context = ssl_context if ssl_context is not None else ssl.create_default_context()
+            sock = context.wrap_socket(sock, server_hostname=uri.host)
         proto = ClientProtocol(uri, max_size=None)
         request = proto.connect()
-        for key, value in headers.items():
+        for key, value in {**headers, "User-Agent": "kubetorch-jupyter"}.items():
+            if key in request.headers:  # replaced, not repeated (e.g. Host for an ingress)
+                del request.headers[key]
             request.headers[key] = value
-        request.headers["User-Agent"] = "kubetorch-jupyter"
         proto.send_request(request)
         for chunk in proto.data_to_send():
             sock.sendall(chunk)
