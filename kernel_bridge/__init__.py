@@ -6,7 +6,7 @@ job, running it is ``pod_runtime``'s.
 
 from .calls import CallHandle, EventSink, print_event
 from .connection import PodConnection
-from .endpoint import TOKEN_HEADER_KT, Endpoint, EndpointProvider
+from .endpoint import Endpoint, EndpointProvider
 from .errors import (
     AuthenticationError,
     BridgeError,
@@ -20,7 +20,6 @@ from .errors import (
 from .status import PodState, StatusProbe
 
 __all__ = [
-    "TOKEN_HEADER_KT",
     "AuthenticationError",
     "BridgeError",
     "CallHandle",

@@ -582,13 +582,9 @@ class PodConnection:
 def _sweep_dead_owners() -> None:
     """Remove shared-memory files left by processes that died (SIGKILL leaves them).
 
-    Called when a connection starts using shared memory. ``shm.sweep_dead_owners`` is
-    the protocol package's; older versions of it lack the function.
+    Called when a connection starts using shared memory.
     """
-    sweep = getattr(shm, "sweep_dead_owners", None)
-    if sweep is None:
-        return
     try:
-        sweep()
+        shm.sweep_dead_owners()
     except OSError as exc:  # a sweep that fails must not fail the connection
         log.debug("sweeping shared memory of dead processes failed: %s", exc)

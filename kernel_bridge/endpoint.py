@@ -18,11 +18,7 @@ from dataclasses import dataclass, field
 
 from pod_runtime import protocol
 
-__all__ = ["TOKEN_HEADER_KT", "Endpoint", "EndpointProvider"]
-
-#: The header that carries the pod's token (it does not clash with ``Authorization``,
-#: which an ingress or the API server's proxy needs for itself).
-TOKEN_HEADER_KT = "X-KT-Token"
+__all__ = ["Endpoint", "EndpointProvider"]
 
 
 @dataclass(frozen=True)
@@ -33,8 +29,9 @@ class Endpoint:
         url: The pod's base URL, ``ws://host:port`` or ``wss://host:port[/prefix]``; the
             bridge's path is appended.
         token: The pod's token (never shown by ``repr``).
-        headers: Extra headers for the upgrade request (e.g. for an ingress). When they
-            carry ``Authorization``, the token goes only in ``X-KT-Token``.
+        headers: Extra headers for the upgrade request (e.g. an ingress's own
+            ``Authorization``: the token travels in ``X-KT-Token``, which clashes with
+            nothing).
         ssl_context: For ``wss://``; None means ``ssl.create_default_context()``
             (certificate and host name checked against the system's trust store).
         dial: Given a timeout in seconds, returns a connected socket to the pod; the
@@ -67,15 +64,15 @@ class Endpoint:
         return self.url.startswith("wss://")
 
     def request_headers(self) -> dict[str, str]:
-        """The upgrade request's headers: the extra ones and the token's.
+        """The upgrade request's headers: the extra ones, and the token in ``X-KT-Token``.
 
-        The token goes in ``X-KT-Token``, and also in ``Authorization: Bearer`` (what
-        older pods read) unless the extra headers carry an ``Authorization`` of their own.
+        ``Authorization`` is left to whoever stands between (an ingress, the API
+        server's proxy); the pod still accepts ``Authorization: Bearer`` from clients
+        that send it.
         """
-        headers = dict(self.headers)
-        headers[TOKEN_HEADER_KT] = self.token
-        if not any(name.lower() == protocol.TOKEN_HEADER.lower() for name in headers):
-            headers[protocol.TOKEN_HEADER] = f"Bearer {self.token}"
+        headers = {k: v for k, v in self.headers.items()
+                   if k.lower() != protocol.POD_TOKEN_HEADER.lower()}
+        headers[protocol.POD_TOKEN_HEADER] = self.token
         return headers
 
 

@@ -42,6 +42,13 @@ def _float(text: str) -> float:
     return value
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError("must be a whole number > 0")
+    return value
+
+
 def _absolute_path(text: str) -> str:
     """A path made absolute: pods run in other directories and must find the same place."""
     return str(Path(text).expanduser().resolve())
@@ -102,6 +109,9 @@ SETTINGS: dict[str, Setting] = {
                 "Seconds a dropped connection keeps retrying before in-flight calls fail."),
         Setting("shm", "KT_SHM", lambda: True, _bool,
                 "Move large buffers through shared memory when client and pod share a host."),
+        Setting("max_pending_events", "KT_MAX_PENDING_EVENTS", lambda: 10_000, _count,
+                "Output events a call keeps while nobody reads it (a submit() never "
+                "awaited); older ones are dropped with a note."),
         Setting("progress", "KT_PROGRESS", lambda: True, _bool,
                 "Show progress bars for pod start, image builds and sync."),
         Setting("sync", "KT_SYNC", lambda: True, _bool,

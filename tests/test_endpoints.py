@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import threading
@@ -13,7 +14,6 @@ from kt_testing import RawPod, start_raw_pod, timeout
 from tls_proxy import Proxy, make_certificate
 
 from kernel_bridge import (
-    TOKEN_HEADER_KT,
     CallHandle,
     Endpoint,
     PodConnection,
@@ -21,6 +21,7 @@ from kernel_bridge import (
 )
 from kubetorch_jupyter.calls.serialize import dump_callable
 from pod_runtime import protocol
+from pod_runtime.protocol import POD_TOKEN_HEADER
 
 
 def _call(conn: PodConnection, fn: object, *args: object) -> CallHandle:
@@ -82,10 +83,10 @@ def test_wss_with_a_trusted_certificate_carries_calls(pod: RawPod, tls: tuple[Pr
         assert digest == hashlib.sha256(big.tobytes()).hexdigest()
     finally:
         conn.close()
-    # The token went in X-KT-Token, and as a bearer token for pods that read only that.
+    # The token went in X-KT-Token; Authorization is left to whoever stands between.
     head = proxy.heads[0].decode("latin-1")
-    assert f"{TOKEN_HEADER_KT}: {pod.token}\r\n" in head
-    assert f"Authorization: Bearer {pod.token}\r\n" in head
+    assert f"{POD_TOKEN_HEADER}: {pod.token}\r\n" in head
+    assert "authorization:" not in head.lower()
 
 
 def test_wss_with_an_untrusted_certificate_says_so(pod: RawPod, tls: tuple[Proxy, Path]
@@ -165,10 +166,20 @@ def test_an_ingress_authorization_header_is_left_alone() -> None:
     endpoint = Endpoint("wss://ingress.example/pods/dev", "s3cret",
                         headers={"authorization": "Basic aW5ncmVzcw=="})
     assert endpoint.request_headers() == {"authorization": "Basic aW5ncmVzcw==",
-                                          TOKEN_HEADER_KT: "s3cret"}
+                                          POD_TOKEN_HEADER: "s3cret"}
     plain = Endpoint("ws://127.0.0.1:1", "s3cret", headers={"X-Route": "dev"})
-    assert plain.request_headers() == {"X-Route": "dev", TOKEN_HEADER_KT: "s3cret",
-                                       "Authorization": "Bearer s3cret"}
+    assert plain.request_headers() == {"X-Route": "dev", POD_TOKEN_HEADER: "s3cret"}
+
+
+def test_a_pod_behind_a_proxy_that_uses_authorization_itself(pod: RawPod) -> None:
+    # What an ingress or the API server's proxy forwards: its own Authorization beside ours.
+    conn = PodConnection(Endpoint(pod.url, pod.token,
+                                  headers={"Authorization": "Bearer proxy-credential"}),
+                         name="proxied")
+    try:
+        assert _call(conn, len, "abcd").result(timeout(30)) == 4
+    finally:
+        conn.close()
 
 
 def test_no_repr_shows_a_token_or_a_header_value(pod: RawPod) -> None:
@@ -213,3 +224,43 @@ def test_a_large_inline_argument_is_masked_without_a_copy_of_it(pod: RawPod) -> 
         assert peak < big.nbytes // 2, f"{peak / 2**20:.1f} MiB allocated to send 96 MiB"
     finally:
         conn.close()
+
+
+def _relay(a: socket.socket, b: socket.socket) -> None:
+    """Copy bytes from ``a`` to ``b`` until ``a`` ends, then end ``b``'s writing side."""
+    try:
+        while data := a.recv(1 << 16):
+            b.sendall(data)
+    except OSError:
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            b.shutdown(socket.SHUT_WR)
+
+
+def test_a_dialled_unix_socketpair_carries_calls(pod: RawPod) -> None:
+    # What a Kubernetes client's port-forward hands over: a socket that is no TCP socket.
+    relays: list[threading.Thread] = []
+    held: list[socket.socket] = []
+
+    def dial(seconds: float) -> socket.socket:
+        ours, theirs = socket.socketpair()
+        upstream = socket.create_connection(("127.0.0.1", pod.port), timeout=seconds)
+        upstream.settimeout(None)
+        held.extend((theirs, upstream))
+        for a, b in ((theirs, upstream), (upstream, theirs)):
+            relay = threading.Thread(target=_relay, args=(a, b), daemon=True)
+            relay.start()
+            relays.append(relay)
+        return ours
+
+    conn = PodConnection(Endpoint("ws://pod.invalid:1", pod.token, dial=dial), name="pair",
+                         use_shm=False)
+    try:
+        assert _call(conn, len, "abcde").result(timeout(30)) == 5
+    finally:
+        conn.close()
+    for relay in relays:
+        relay.join(timeout(10))
+    for sock in held:
+        sock.close()

@@ -129,11 +129,12 @@ def test_pod_killed_mid_call_raises_pod_died() -> None:
         with pytest.raises(kt.PodDiedError) as info:
             handle.result(timeout(30))
         assert info.value.exit_status == -signal.SIGKILL
-        assert "killed by signal 9" in str(info.value)
+        assert info.value.reason == "Killed"
+        assert "killed by SIGKILL" in str(info.value)
         assert info.value.pod == "doomed"
 
         # The next use starts a fresh pod, and says so.
-        with pytest.warns(RuntimeWarning, match=r"died \(killed by signal 9\); starting a new pod"):
+        with pytest.warns(RuntimeWarning, match=r"died \(killed by SIGKILL\); starting a new pod"):
             new_pid = kt.fn(os.getpid).to(compute)()
         assert new_pid not in (old_pid, os.getpid())
     finally:

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
+from kernel_bridge import Endpoint
+
 if TYPE_CHECKING:
     from ..core.spec import ComputeSpec
 
@@ -161,6 +163,15 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def status(self, info: PodInfo) -> PodStatus:
         """The pod's phase, and why it ended when it did (cheap; called when a connection drops)."""
+
+    def endpoint(self, info: PodInfo) -> Endpoint:
+        """Where the bridge reaches ``info``'s pod now (asked again on every reconnect).
+
+        The default is the recorded URL and token; a backend whose pods move or sit
+        behind a tunnel (a Kubernetes port-forward: a dial function; an ingress: extra
+        headers and TLS) returns that instead.
+        """
+        return Endpoint(info.url, info.token)
 
     def settle(self, info: PodInfo, timeout: float) -> PodStatus:
         """The pod's status once a failed connection's cause can be seen.

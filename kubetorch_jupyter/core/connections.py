@@ -6,8 +6,9 @@ that ask at once get the same one: exactly one is opened (a lock per key), never
 which one is thrown away.
 
 :func:`open_connection` is the one place a connection is made, so how a pod is reached
-(its URL and token today; an endpoint provider with TLS or a dial function for a
-Kubernetes port-forward next) is decided in one function.
+(the backend's :meth:`~kubetorch_jupyter.backends.base.Backend.endpoint`, asked again on
+every reconnect: a URL and token, TLS, or a dial function for a Kubernetes port-forward)
+is decided in one function.
 """
 
 from __future__ import annotations
@@ -39,19 +40,14 @@ def open_connection(backend: Backend, info: PodInfo) -> PodConnection:
         PodUnreachableError: When the pod cannot be reached in ``connect_timeout``.
         AuthenticationError: When it refuses the token.
     """
-
-    def status() -> tuple[bool, int | None]:
-        st = backend.status(info)
-        return st.alive, st.exit_status
-
     return PodConnection(
-        info.url,
-        info.token,
+        lambda: backend.endpoint(info),
         name=info.name,
-        status=status,
+        status=lambda: backend.status(info),  # run off the reader thread by the bridge
         connect_timeout=config.get("connect_timeout"),
         reconnect_timeout=config.get("reconnect_timeout"),
         use_shm=config.get("shm"),
+        max_pending_events=config.get("max_pending_events"),
     )
 
 

@@ -24,10 +24,10 @@ from kernel_bridge.calls import CANCEL_GRACE
 from pod_runtime import protocol
 from pod_runtime.protocol import messages
 
-from .. import config
 from ..calls import versions as _versions
 from ..calls.display import event_sink
 from ..calls.serialize import dump_call
+from ..core import connections
 from ..core.compute import Compute
 from ..exceptions import ConfigError, SerializationError
 from ..sync import session as _sync
@@ -200,17 +200,7 @@ def start_detached(
 
 def _private_connection(compute: Compute) -> PodConnection:
     """A connection of our own: closing it unsubscribes from the calls it followed."""
-    info = compute.pod
-    backend = compute.backend
-
-    def status() -> tuple[bool, int | None]:
-        st = backend.status(info)
-        return st.alive, st.exit_status
-
-    return PodConnection(info.url, info.token, name=info.name, status=status,
-                         connect_timeout=config.get("connect_timeout"),
-                         reconnect_timeout=config.get("reconnect_timeout"),
-                         use_shm=config.get("shm"))
+    return connections.open_connection(compute.backend, compute.pod)
 
 
 class Detached(Exception):

@@ -160,7 +160,8 @@ class WireConnection:
         self._aside: tuple[int, float] | None = None  # (leader, since) running work
         self._ended = threading.Event()
         self._masked = protocol.side is Side.CLIENT  # RFC 6455: clients mask their frames
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with contextlib.suppress(OSError):  # a dialled socket may be no TCP socket
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     @property
     def closed(self) -> bool:

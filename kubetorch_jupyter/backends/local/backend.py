@@ -40,6 +40,8 @@ from typing import Any, BinaryIO, Literal
 
 import psutil
 
+from pod_runtime.protocol import shm
+
 from ... import config
 from ...core.names import check_name as _check_name
 from ...core.spec import ComputeSpec
@@ -339,6 +341,9 @@ class LocalBackend(Backend):
             for leftover in Path("/dev/shm").glob(f"kt-{pid}-*"):
                 with contextlib.suppress(OSError):
                     leftover.unlink()
+        # and what crashed clients and pods left (SIGKILL skips every cleanup): tmpfs is RAM
+        with contextlib.suppress(OSError):
+            shm.sweep_dead_owners()
         self._forget(info)
 
     def _pod_env(self, spec: ComputeSpec, indices: Sequence[int], token: str,
