@@ -364,6 +364,9 @@ class PodServer:
             ("kt_calls_in_flight", "gauge", running),
             ("kt_connections", "gauge", len(self._conns)),
             ("kt_uptime_seconds", "gauge", round(time.time() - self.started, 3)),
+            # wall time of the last call or connection change: listings show idle time
+            ("kt_last_activity_timestamp_seconds", "gauge",
+             round(time.time() - (time.monotonic() - ex.last_activity), 3)),
         ]
         return "".join(f"# TYPE {n} {t}\n{n}{labels} {v}\n" for n, t, v in rows)
 

@@ -69,7 +69,7 @@ def test_list_logs_teardown(backend):
     assert listing.returncode == 0, listing.stderr
     header, row = listing.stdout.splitlines()
     assert header.split() == ["NAME", "BACKEND", "PHASE", "REASON", "PID", "URL", "GPUS", "CPUS",
-                              "MEMORY", "AGE"]
+                              "MEMORY", "AGE", "IDLE"]
     assert row.split()[:9] == ["dev", "local", "running", "-", str(dev.pid), dev.url, "-", "1",
                                "512Mi"]
 

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -66,6 +67,7 @@ def test_kt_list_percent_kt_list_and_the_manager_agree(started: LocalBackend) ->
     assert mine == {("mgr-a", "local", "running", "-"), ("mgr-b", "local", "running", "-")}
     a = next(s for s in summaries if s.name == "mgr-a")
     assert (a.cpus, a.memory, a.gpus, a.pid) == (1.0, 256 * 2**20, 0, started.get("mgr-a").pid)
+    assert a.idle_since is not None and a.started_at - 5 <= a.idle_since <= time.time()
 
     listing = run("-m", "kubetorch_jupyter.cli", "list")
     assert listing.returncode == 0, listing.stderr

@@ -193,6 +193,13 @@ class Backend(abc.ABC):
         """
         return None
 
+    def idle_since(self, info: PodInfo) -> float | None:
+        """Unix time of the pod's last activity (a call, a connection), if it says.
+
+        None when this backend cannot ask (the default) or the pod does not answer.
+        """
+        return None
+
     def follow_logs(self, name: str, tail: int = 10,
                     stop: threading.Event | None = None) -> Iterator[str]:
         """The last ``tail`` lines of the pod's log, then each new line, until ``stop`` is set.

@@ -31,7 +31,7 @@ __all__ = ["main"]
 
 #: The columns of `kt list`.
 LIST_COLUMNS = ("NAME", "BACKEND", "PHASE", "REASON", "PID", "URL", "GPUS", "CPUS", "MEMORY",
-                "AGE")
+                "AGE", "IDLE")
 
 
 def _cmd_list(args: argparse.Namespace) -> int:

@@ -110,7 +110,8 @@ class ComputeManager:
             elif ready == "unresponsive":
                 status = PodStatus("running", "Unresponsive",
                                    "its process runs but it does not answer")
-        return ComputeSummary.of(backend, info, status)
+        idle = backend.idle_since(info) if status.alive else None
+        return ComputeSummary.of(backend, info, status, idle_since=idle)
 
     # ---- blocking -------------------------------------------------------------------
 

@@ -49,7 +49,8 @@ _OWN_MAGIC = re.compile(r"^\s*%{1,2}(kt|autokt)\b")
 
 
 #: The columns of `%kt list` (after the * of the current compute).
-LIST_COLUMNS = ("NAME", "BACKEND", "PHASE", "REASON", "PID", "GPUS", "CPUS", "MEMORY", "AGE")
+LIST_COLUMNS = ("NAME", "BACKEND", "PHASE", "REASON", "PID", "GPUS", "CPUS", "MEMORY", "AGE",
+                "IDLE")
 
 
 @magics_class

@@ -290,17 +290,36 @@ class LocalBackend(Backend):
             raise ComputeNotFoundError(name, [p.name for p in self.list()])
         return read_tail(path, tail)
 
-    def ready(self, info: PodInfo) -> Literal["ready", "starting", "unresponsive"] | None:
-        """Ask the pod's ``/ready`` endpoint (it needs no token)."""
+    @staticmethod
+    def _probe(info: PodInfo, path: str) -> tuple[int, bytes]:
+        """GET one of the pod's probe endpoints (they need no token): (status, body)."""
         url = info.url.replace("ws://", "http://", 1).replace("wss://", "https://", 1)
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback
         try:
-            with opener.open(f"{url}/ready", timeout=1) as resp:
-                return "ready" if resp.status == 200 else "starting"
-        except urllib.error.HTTPError:
-            return "starting"
+            with opener.open(f"{url}{path}", timeout=1) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, b""
+
+    def ready(self, info: PodInfo) -> Literal["ready", "starting", "unresponsive"] | None:
+        """Ask the pod's ``/ready`` endpoint."""
+        try:
+            status, _ = self._probe(info, "/ready")
         except OSError:
             return "unresponsive"
+        return "ready" if status == 200 else "starting"
+
+    def idle_since(self, info: PodInfo) -> float | None:
+        """The pod's last activity, from its ``/metrics``."""
+        try:
+            status, body = self._probe(info, "/metrics")
+        except OSError:
+            return None
+        for line in body.decode("utf-8", "replace").splitlines() if status == 200 else ():
+            if line.startswith("kt_last_activity_timestamp_seconds"):
+                with contextlib.suppress(ValueError):
+                    return float(line.rsplit(" ", 1)[1])
+        return None
 
     def follow_logs(self, name: str, tail: int = 10,
                     stop: threading.Event | None = None) -> Iterator[str]:
