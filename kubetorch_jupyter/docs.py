@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pod_runtime.settings import POD_SETTINGS
+from pod_runtime.settings import POD_SETTINGS, PodSetting, byte_size
 
 from . import config
 
@@ -70,9 +70,19 @@ def settings_table() -> str:
     return _table(("variable", "default", "meaning"), rows)
 
 
+def _pod_default(setting: PodSetting) -> str:
+    """A pod variable's default as one would write it (sizes as ``64Mi``, not bytes)."""
+    value = setting.default
+    if setting.parse is byte_size and isinstance(value, int):
+        for unit, size in (("Gi", 1024**3), ("Mi", 1024**2), ("Ki", 1024)):
+            if value % size == 0:
+                return _code(f"{value // size}{unit}")
+    return _code(_value(value))
+
+
 def pod_settings_table() -> str:
     """The variables a pod reads (``pod_runtime.settings``) as a Markdown table."""
-    rows = [(f"`{s.env}`", _code(_value(s.default)), s.help) for s in POD_SETTINGS.values()]
+    rows = [(f"`{s.env}`", _pod_default(s), s.help) for s in POD_SETTINGS.values()]
     return _table(("variable", "default", "meaning"), rows)
 
 

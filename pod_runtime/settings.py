@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["POD_SETTINGS", "PodSetting", "get"]
+__all__ = ["POD_SETTINGS", "PodSetting", "byte_size", "get"]
 
 
 def _flag(text: str) -> bool:
@@ -37,7 +37,7 @@ _UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "ki": 1024, "mi": 1024**
           "gi": 1024**3}
 
 
-def _byte_size(text: str) -> int:
+def byte_size(text: str) -> int:
     """A positive size in bytes: ``1048576``, ``64Mi``, ``2Gi``, ``500M``."""
     raw = text.strip()
     digits = raw.rstrip("kKmMgGiI")
@@ -76,15 +76,15 @@ POD_SETTINGS: dict[str, PodSetting] = {
         PodSetting("KT_POD_MAX_EVENTS", 20_000, _positive_int,
                    "Output events (stream chunks, displays) kept per call; older ones are "
                    "dropped and the client is told how many lines it missed."),
-        PodSetting("KT_POD_MAX_EVENT_BYTES", 64 * 1024**2, _byte_size,
+        PodSetting("KT_POD_MAX_EVENT_BYTES", 64 * 1024**2, byte_size,
                    "Bytes of output kept per call (same treatment as KT_POD_MAX_EVENTS)."),
         PodSetting("KT_POD_RESULT_TTL", 24 * 3600.0, _positive_float,
                    "Seconds a finished result waits to be collected by its client before "
                    "the pod drops it."),
-        PodSetting("KT_POD_MAX_RETAINED_BYTES", 2 * 1024**3, _byte_size,
+        PodSetting("KT_POD_MAX_RETAINED_BYTES", 2 * 1024**3, byte_size,
                    "Bytes of finished, uncollected results a pod keeps; past this the "
                    "oldest are dropped (collecting one then raises CallLostError)."),
-        PodSetting("KT_POD_MAX_OUTBOUND_BYTES", 512 * 1024**2, _byte_size,
+        PodSetting("KT_POD_MAX_OUTBOUND_BYTES", 512 * 1024**2, byte_size,
                    "Bytes of results queued for one client that is not reading them; past "
                    "this the pod closes that client's connection (it reconnects and "
                    "collects: results are kept)."),
