@@ -262,9 +262,9 @@ class WrappedBackend(Backend):
         self.inner = LocalBackend(state_dir)
         self.ups: list[str] = []
 
-    def up(self, spec, *, progress=True):
+    def up(self, spec, *, progress=True, replacing="*"):
         self.ups.append(spec.name)
-        return self.inner.up(spec, progress=progress)
+        return self.inner.up(spec, progress=progress, replacing=replacing)
 
     def check(self, spec, *, progress=True):
         self.inner.check(spec, progress=progress)

@@ -172,3 +172,43 @@ def test_two_clients_a_pod_in_use_is_not_restarted_under_the_other(tmp_path: Pat
             a.communicate()
         with contextlib.suppress(kt.ComputeNotFoundError):
             LocalBackend().down("shared")
+
+
+class RacedBackend(LocalBackend):
+    """A real local backend; just before its first start, another client starts the pod.
+
+    That is what a second notebook does when both ask for "raced" at once: between this
+    process's look at the pod and its start, the other one's pod comes up, and that
+    other client is connected to it.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        super().__init__(state_dir)
+        self.rival: LocalBackend = LocalBackend(state_dir)
+        self.rival_info: PodInfo | None = None
+        self.rival_conn: object | None = None
+
+    def up(self, spec, *, progress=True, replacing="*"):  # type: ignore[no-untyped-def]
+        if self.rival_info is None:
+            from kernel_bridge import PodConnection
+
+            self.rival_info = self.rival.up(ComputeSpec(name=spec.name, memory=256 * 2**20))
+            self.rival_conn = PodConnection(self.rival_info.url, self.rival_info.token,
+                                            name="rival")
+        return super().up(spec, progress=progress, replacing=replacing)
+
+
+def test_a_pod_started_by_another_client_between_look_and_start_is_not_replaced(
+        tmp_path: Path) -> None:
+    backend = RacedBackend(tmp_path / "state")
+    try:
+        with pytest.raises(kt.ComputeInUseError, match="another client uses it"):
+            kt.Compute(name="raced", memory="512Mi", backend=backend).up()
+        assert backend.rival_info is not None
+        survivor = backend.get("raced")
+        assert survivor.pid == backend.rival_info.pid  # the rival's pod runs on, unharmed
+    finally:
+        if backend.rival_conn is not None:
+            backend.rival_conn.close()  # type: ignore[attr-defined]
+        for info in backend.list():
+            backend.down(info.name)

@@ -18,10 +18,12 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from kernel_bridge import Endpoint
 
+from ..exceptions import KtError
+
 if TYPE_CHECKING:
     from ..core.spec import ComputeSpec
 
-__all__ = ["PHASES", "Backend", "Phase", "PodInfo", "PodStatus"]
+__all__ = ["ANY_POD", "PHASES", "Backend", "Phase", "PodChanged", "PodInfo", "PodStatus"]
 
 #: Where a pod is in its life. pending: accepted, not yet placed or pulling its image;
 #: starting: its process runs but is not ready; running: ready for calls; failed: it
@@ -119,17 +121,45 @@ class PodStatus:
         return cls("failed", "Error", f"exit status {exit_status}", exit_status)
 
 
+#: ``Backend.up(replacing=ANY_POD)``: replace whatever pod of that name runs.
+ANY_POD = "*"
+
+
+class PodChanged(KtError):
+    """The pod of a name changed between a decision about it and acting on it.
+
+    Another process started or replaced it meanwhile; the caller decides again.
+    """
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"compute {name!r} was started or changed by another client "
+                         "meanwhile; try again")
+        self.name = name
+
+
 class Backend(abc.ABC):
     """Creates, finds and removes pods."""
 
     name: str = "abstract"
 
     @abc.abstractmethod
-    def up(self, spec: ComputeSpec, *, progress: bool = True) -> PodInfo:
+    def up(self, spec: ComputeSpec, *, progress: bool = True,
+           replacing: str | None = ANY_POD) -> PodInfo:
         """Return a warm pod running ``spec``: the one running it, else a new one.
 
         A pod of that name running another spec is stopped and replaced; whether that
-        may happen is decided before, by :func:`kubetorch_jupyter.core.policy.decide`.
+        may happen is decided before, by :func:`kubetorch_jupyter.core.policy.decide`,
+        which passes what it decided on, checked atomically with the start:
+
+        Args:
+            spec: What to run.
+            progress: Show progress while it starts.
+            replacing: The spec hash of the live pod the decision allows to stop, None
+                when it found none running, :data:`ANY_POD` to replace whatever runs.
+
+        Raises:
+            PodChanged: When the live pod is not the one the decision was made on
+                (another process started or replaced it meanwhile): decide again.
         """
 
     def check(self, spec: ComputeSpec, *, progress: bool = True) -> None:

@@ -15,7 +15,7 @@ from kernel_bridge import PodConnection, PodUnreachableError
 
 from .. import config
 from ..backends import get_backend
-from ..backends.base import Backend, PodInfo
+from ..backends.base import Backend, PodChanged, PodInfo
 from ..exceptions import ComputeNotFoundError, ConfigError
 from . import connections, policy
 from .image import Image
@@ -27,6 +27,8 @@ __all__ = ["Compute"]
 
 #: Seconds a failed connection waits for the pod's exit to show before calling it unreachable.
 EXIT_WAIT = 5.0
+#: Looks at a pod of this name (and decisions) before giving up when others keep changing it.
+DECIDE_ATTEMPTS = 3
 
 
 class Compute:
@@ -158,32 +160,44 @@ class Compute:
             return self
         show = bool(config.get("progress") if progress is None else progress)
         with self._lock:
-            wanted = self._wanted()
-            try:
-                running: PodInfo | None = backend.get(self.name)
-            except ComputeNotFoundError:
-                running = None
-            status = backend.status(running) if running is not None else None
-
-            def others() -> int:
-                assert running is not None
-                return connections.other_clients(backend, running)
-
-            decision = policy.decide(running, status, wanted, others)
-            if isinstance(decision, policy.Refuse):
-                raise decision.error
-            if isinstance(decision, policy.Reuse):
-                self._info, self._adopted = decision.info, decision.spec
-                return self
-            if isinstance(decision, policy.Restart):
-                backend.check(decision.spec, progress=show)  # a restart that cannot happen
-                warnings.warn(f"restarting compute {self.name!r}: its spec changed "
-                              f"({'; '.join(decision.changes)}); no other client was "
-                              "connected", RuntimeWarning, stacklevel=2)
-                connections.drop(self.name, backend.name)
-            self._info = backend.up(decision.spec, progress=show)
-            self._adopted = decision.spec
+            for attempt in range(DECIDE_ATTEMPTS):
+                try:
+                    self._decide_and_start(backend, show)
+                    break
+                except PodChanged:  # another process acted between our look and our start
+                    if attempt == DECIDE_ATTEMPTS - 1:
+                        raise
         return self
+
+    def _decide_and_start(self, backend: Backend, show: bool) -> None:
+        """Look at the pod of this name, decide (see :mod:`.policy`) and act on it."""
+        wanted = self._wanted()
+        try:
+            running: PodInfo | None = backend.get(self.name)
+        except ComputeNotFoundError:
+            running = None
+        status = backend.status(running) if running is not None else None
+
+        def others() -> int:
+            assert running is not None
+            return connections.other_clients(backend, running)
+
+        decision = policy.decide(running, status, wanted, others)
+        if isinstance(decision, policy.Refuse):
+            raise decision.error
+        if isinstance(decision, policy.Reuse):
+            self._info, self._adopted = decision.info, decision.spec
+            return
+        replacing = None  # Start: only if no pod runs by the time we start
+        if isinstance(decision, policy.Restart):
+            backend.check(decision.spec, progress=show)  # a restart that cannot happen
+            warnings.warn(f"restarting compute {self.name!r}: its spec changed "
+                          f"({'; '.join(decision.changes)}); no other client was "
+                          "connected", RuntimeWarning, stacklevel=3)
+            connections.drop(self.name, backend.name)
+            replacing = decision.info.spec_hash
+        self._info = backend.up(decision.spec, progress=show, replacing=replacing)
+        self._adopted = decision.spec
 
     def _wanted(self) -> ComputeSpec:
         """What to ask for: the spec of the pod this compute reuses, while it still fits.

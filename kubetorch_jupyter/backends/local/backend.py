@@ -46,7 +46,7 @@ from ... import config
 from ...core.names import check_name as _check_name
 from ...core.spec import ComputeSpec
 from ...exceptions import ComputeNotFoundError, PodStartError
-from ..base import Backend, PodInfo, PodStatus
+from ..base import ANY_POD, Backend, PodChanged, PodInfo, PodStatus
 from . import gpus as _gpus
 from . import venvs
 from .process import make_private_dir, read_line, source_root, wait_gone
@@ -178,7 +178,8 @@ class LocalBackend(Backend):
 
     # ---- Backend ------------------------------------------------------------------------
 
-    def up(self, spec: ComputeSpec, *, progress: bool = True) -> PodInfo:
+    def up(self, spec: ComputeSpec, *, progress: bool = True,
+           replacing: str | None = ANY_POD) -> PodInfo:
         """Return the warm pod running ``spec``; start it, or replace one running another spec.
 
         Whether a running pod may be replaced is the core's decision
@@ -188,6 +189,7 @@ class LocalBackend(Backend):
             ResourceUnavailableError: When it asks for more GPUs than are free.
             ImageBuildError: When building its image's environment fails.
             PodStartError: When the pod exits or stays silent past ``start_timeout``.
+            PodChanged: When the live pod is not the one ``replacing`` names.
         """
         name = _check_name(spec.name)
         spec_hash = spec.spec_hash()
@@ -196,6 +198,9 @@ class LocalBackend(Backend):
             old = self._read(name)
             if old is not None and self._alive(old) and old.spec_hash == spec_hash:
                 return old
+            if (replacing != ANY_POD and old is not None and self._alive(old)
+                    and old.spec_hash != replacing):
+                raise PodChanged(name)  # another process started it since the decision
             # Everything that can fail before the warm pod is stopped: a restart that
             # cannot happen (no such GPUs, a broken image) must leave it running.
             python = self._prepare(spec, progress=show)
