@@ -52,6 +52,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from kernel_bridge import PodConnection
+from pod_runtime.protocol import messages
 
 from .. import config
 from ..exceptions import ReloadError, SyncError, SyncLimitError
@@ -265,14 +266,16 @@ def _sync_pod(conn: PodConnection, job: _transfer.Job) -> PodSync:
                 raise state.error
             return PodSync(conn.name, up_to_date=True, tree=state.tree)
         result = PodSync(conn.name)
-        msg: dict[str, Any] = {"kind": "sync", "op": "apply", "project": job.project,
-                               "manifest_id": job.manifest_id, "paths": list(job.paths),
-                               "cwd": job.cwd, "root": str(job.root)}
+        msg: messages.SyncApplyCall = {
+            "kind": "sync", "op": "apply", "project": job.project,
+            "manifest_id": job.manifest_id, "paths": list(job.paths), "cwd": job.cwd,
+            "root": str(job.root)}
         if same and state.files is not None:
             old = state.files
             changed = {k: v for k, v in files.items() if old.get(k) != v}
-            msg.update(base=state.manifest_id, changed=changed,
-                       deleted=[k for k in old if k not in files])
+            msg["base"] = state.manifest_id
+            msg["changed"] = changed
+            msg["deleted"] = [k for k in old if k not in files]
             new = {v[0]: (v[0], rel, v[1]) for rel, v in changed.items()
                    if v[0] not in state.shas}
             if new and sum(item[2] for item in new.values()) <= EAGER_BYTES:
@@ -286,8 +289,9 @@ def _sync_pod(conn: PodConnection, job: _transfer.Job) -> PodSync:
             reply = _transfer.call(conn, msg)
             msg.pop("blobs", None)
             if reply["status"] == "rebase":
-                for key in ("base", "changed", "deleted"):
-                    msg.pop(key, None)
+                msg.pop("base", None)
+                msg.pop("changed", None)
+                msg.pop("deleted", None)
                 msg["files"] = files
             elif reply["status"] == "need":
                 if reply.get("bad"):

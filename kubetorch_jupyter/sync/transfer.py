@@ -99,7 +99,7 @@ class Job:
         return int(self.scan.files[self.source(sha)][1])
 
 
-def call(conn: PodConnection, msg: messages.SyncCall | dict[str, Any]) -> Any:
+def call(conn: PodConnection, msg: messages.SyncCall) -> Any:
     """Send one sync message to the pod and wait for its reply."""
     body, buffers = protocol.dumps(msg)
     return conn.call(body, buffers, label=f"sync {msg['op']}", sink=event_sink).result()
