@@ -29,7 +29,7 @@ import uuid
 from typing import Any
 
 from pod_runtime import protocol
-from pod_runtime.protocol import FrameType, shm, wire
+from pod_runtime.protocol import FrameType, handshake, shm, wire
 
 from .calls import CallHandle, EventSink
 from .endpoint import Endpoint, EndpointProvider, as_provider, guarded_dial
@@ -285,14 +285,14 @@ class PodConnection:
                 self._on_close(holder[0], exc)
 
         try:
-            ws = wire.client_handshake(
+            ws = handshake.client_handshake(
                 url, headers, timeout=self.connect_timeout,
                 ssl_context=endpoint.ssl_context, dial=guarded_dial(endpoint),
                 on_message=on_message, on_close=on_close,
                 ping_interval=self.ping_interval, ping_timeout=self.ping_timeout,
                 name=self.name,
             )
-        except wire.HandshakeRejected as exc:
+        except handshake.HandshakeRejected as exc:
             if exc.status == 401:
                 raise AuthenticationError(
                     f"pod {self.name!r} refused our token (HTTP 401): this client's record "

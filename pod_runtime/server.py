@@ -23,6 +23,7 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +31,7 @@ from . import cells as _cells  # noqa: F401 - registers the notebook cell call k
 from . import protocol, settings
 from . import sync as _sync  # noqa: F401 - registers the "sync" call kind
 from .executor import CallRecord, Executor
-from .protocol import FrameType, shm, wire
+from .protocol import FrameType, handshake, shm, wire
 
 __all__ = ["PodServer"]
 
@@ -65,6 +66,8 @@ class _Conn:
         self._queue: collections.deque[_Outbound] = collections.deque()
         self._queued_bytes = 0
         self._dirty: dict[CallRecord, None] = {}  # ordered set
+        self._direct = False  # a call's thread writes its result now (see _send_now)
+        self._busy = False  # the writer is sending what it took
         self._ended = False
         self._writer: threading.Thread | None = None
 
@@ -84,9 +87,48 @@ class _Conn:
         self._put(_Outbound(frame, None, 0))
 
     def post_result(self, record: CallRecord, frame: list[bytes | memoryview]) -> None:
-        """Queue a call's result; its unsent events go out just before it."""
+        """Send a call's result: at once when that cannot block, else through the writer.
+
+        The common warm call (a small result, no output left to send, nothing queued)
+        is written here, on the call's own thread, without blocking
+        (:meth:`~pod_runtime.protocol.wire.WireConnection.send_nowait`): handing it to
+        the writer cost a thread switch per call. Anything else is queued, and the
+        writer sends the call's unsent events just before it.
+        """
         nbytes = sum(memoryview(f).nbytes for f in frame)
+        if self._send_now(record, frame):
+            return
         self._put(_Outbound(frame, record, nbytes))
+
+    def _send_now(self, record: CallRecord, frame: list[bytes | memoryview]) -> bool:
+        """Write ``frame`` now if nothing must precede it and the socket takes it."""
+        with self._cv:
+            if self._queue or self._busy or self._direct or self._ended or self.wire is None:
+                return False
+            self._direct = True  # the writer waits meanwhile
+        try:
+            with record.lock:
+                if record.result_sent or record.owner is not self:
+                    return True  # re-subscribed elsewhere meanwhile: that one sends it
+                if record.seq > record.sent_seq or record.dropped_lines:
+                    return False  # its output goes first: the writer sends both
+                record.result_sent = True
+            try:
+                finish = self.wire.send_nowait(frame)
+            except wire.WouldBlock:
+                with record.lock:
+                    record.result_sent = False
+                return False
+            except wire.ConnectionClosedError:
+                return True  # kept on the record: a reconnect collects it
+            if finish is not None:  # the socket took part: the writer writes the rest
+                with self._cv:
+                    self._queue.appendleft(_Outbound([], None, 0, finish))
+            return True
+        finally:
+            with self._cv:
+                self._direct = False
+                self._cv.notify()
 
     def mark(self, record: CallRecord) -> None:
         """The record has output to send on this connection (coalesced)."""
@@ -125,10 +167,12 @@ class _Conn:
     def _write_loop(self) -> None:
         while True:
             with self._cv:
-                while not self._queue and not self._dirty and not self._ended:
+                self._busy = False
+                while (self._direct or not (self._queue or self._dirty)) and not self._ended:
                     self._cv.wait()
                 if self._ended:
                     return
+                self._busy = True  # what it takes goes out before any direct result
                 item: _Outbound | None = None
                 batch: list[CallRecord] = []
                 if self._queue:
@@ -156,6 +200,10 @@ class _Conn:
             self._send(_events_frame(record.call_id, events))
 
     def _write_item(self, item: _Outbound) -> None:
+        if item.finish is not None:  # the rest of a message a call's thread began
+            with contextlib.suppress(wire.ConnectionClosedError):
+                item.finish()
+            return
         record = item.record
         if record is None:
             self._send(item.frame)
@@ -177,6 +225,7 @@ class _Outbound:
     frame: list[bytes | memoryview]
     record: CallRecord | None
     nbytes: int
+    finish: Callable[[], None] | None = None  # writes the rest of a begun message
 
 
 def _label_value(text: str) -> str:
@@ -283,7 +332,7 @@ class PodServer:
 
     def _serve_socket(self, sock: socket.socket) -> None:
         try:
-            proto, request = wire.read_request(sock)
+            proto, request = handshake.read_request(sock)
         except OSError:
             sock.close()
             return
@@ -292,20 +341,20 @@ class PodServer:
             return
         path = request.path.split("?", 1)[0]
         if path == "/healthz":
-            return wire.respond(sock, proto, 200, "ok\n")
+            return handshake.respond(sock, proto, 200, "ok\n")
         if path == "/ready":
-            return wire.respond(sock, proto, 200, "ready\n")
+            return handshake.respond(sock, proto, 200, "ready\n")
         if path == "/metrics":
-            return wire.respond(sock, proto, 200, self._metrics(),
+            return handshake.respond(sock, proto, 200, self._metrics(),
                                 {"Content-Type": "text/plain; version=0.0.4"})
         if path != protocol.BRIDGE_PATH:
-            return wire.respond(sock, proto, 404, f"no such endpoint: {path}\n")
+            return handshake.respond(sock, proto, 404, f"no such endpoint: {path}\n")
         presented = protocol.presented_token(request.headers.get(protocol.POD_TOKEN_HEADER),
                                              request.headers.get(protocol.TOKEN_HEADER))
         if not protocol.check_token(self.token, presented):
             log.warning("refused a connection with a %s token",
                         "missing" if presented is None else "wrong")
-            return wire.respond(sock, proto, 401, "missing or wrong token\n")
+            return handshake.respond(sock, proto, 401, "missing or wrong token\n")
         self._serve_bridge(sock, proto, request)
 
     def _serve_bridge(self, sock: socket.socket, proto: Any, request: Any) -> None:
@@ -315,7 +364,7 @@ class PodServer:
         conn = _Conn(headers.get(protocol.CLIENT_ID_HEADER, ""), probe_payload is not None,
                      max_outbound=settings.get("KT_POD_MAX_OUTBOUND_BYTES"))
         threading.current_thread().name = f"kt-conn-{conn.client_id[:8]}"
-        ws = wire.server_accept(
+        ws = handshake.server_accept(
             sock, proto, request,
             on_message=lambda parts: self._on_message(conn, parts),
             on_close=lambda exc: conn.wake(),

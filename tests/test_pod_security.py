@@ -154,7 +154,7 @@ def test_client_reports_a_wrong_token_clearly(raw_pod: RawPod) -> None:
 
 def test_client_refuses_a_server_that_cannot_prove_the_token(tmp_path: Path) -> None:
     """An impostor that accepts any token gets no pickles: its WELCOME has no valid proof."""
-    from pod_runtime.protocol import wire
+    from pod_runtime.protocol import handshake
 
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
@@ -162,9 +162,9 @@ def test_client_refuses_a_server_that_cannot_prove_the_token(tmp_path: Path) -> 
 
     def impostor() -> None:
         sock, _ = listener.accept()
-        proto, request = wire.read_request(sock)
+        proto, request = handshake.read_request(sock)
         assert request is not None
-        ws = wire.server_accept(sock, proto, request, on_message=received.extend,
+        ws = handshake.server_accept(sock, proto, request, on_message=received.extend,
                                 on_close=lambda exc: None, ping_interval=None)
         assert ws is not None
         welcome = {"pod": "x", "boot_id": "b", "proof": "0" * 64, "shm": None, "versions": {}}

@@ -249,10 +249,10 @@ def test_both_sides_sending_large_messages_at_once_do_not_deadlock(tmp_path: Pat
 
 
 def test_a_client_that_stops_reading_does_not_hold_up_others(tmp_path: Path) -> None:
-    from pod_runtime.protocol import wire
+    from pod_runtime.protocol import handshake
 
     pod = start_raw_pod(tmp_path)
-    stalled = wire.client_handshake(
+    stalled = handshake.client_handshake(
         pod.url + protocol.BRIDGE_PATH, {protocol.TOKEN_HEADER: f"Bearer {pod.token}"},
         timeout=timeout(10), on_message=lambda parts: None, on_close=lambda exc: None,
         ping_interval=None)  # never started: nobody reads this socket

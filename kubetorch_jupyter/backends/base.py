@@ -194,6 +194,15 @@ class Backend(abc.ABC):
     def status(self, info: PodInfo) -> PodStatus:
         """The pod's phase, and why it ended when it did (cheap; called when a connection drops)."""
 
+    def gone(self, info: PodInfo) -> bool:
+        """Whether the pod is known to have ended, from what costs next to nothing here.
+
+        Asked before every call that reuses a warm connection, so it must not do I/O
+        beyond a syscall (the local backend: ``waitpid`` of its child, or a signal-0
+        probe). The default knows nothing (False): the connection's drop tells.
+        """
+        return False
+
     def endpoint(self, info: PodInfo) -> Endpoint:
         """Where the bridge reaches ``info``'s pod now (asked again on every reconnect).
 

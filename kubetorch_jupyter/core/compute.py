@@ -226,13 +226,19 @@ class Compute:
         """
         info = self.pod
         backend = self.backend
+        conn = connections.live(backend, info)
+        if conn is not None and not backend.gone(info):
+            return conn  # warm: a dict lookup and, locally, one waitpid
         died = connections.take_dead(backend, info)
-        if died is not None:
-            reason = str(died).split(" while calls")[0]
-            warnings.warn(f"{reason}; starting a new pod {info.name!r}", RuntimeWarning,
+        status = None if died is not None else backend.status(info)
+        if died is not None or (status is not None and not status.alive):
+            why = (str(died).split(" while calls")[0] if died is not None else
+                   f"pod {info.name!r} ended ({status.describe() if status else 'gone'})")
+            warnings.warn(f"{why}; starting a new pod {info.name!r}: the state of the old "
+                          "one (imports, globals, instances) is lost", RuntimeWarning,
                           stacklevel=2)
-        if died is not None or not backend.status(info).alive:
-            info = self._start_again()  # it died (perhaps while nobody was connected)
+            connections.drop(info.name, backend.name)  # the old pod's, not yet marked dead
+            info = self._start_again()
         try:
             return connections.pooled(backend, info)
         except PodUnreachableError:

@@ -20,7 +20,7 @@ from kernel_bridge import BridgeError, PodConnection
 from .. import config
 from ..backends.base import Backend, PodInfo
 
-__all__ = ["count", "drop", "open_connection", "other_clients", "pooled", "take_dead"]
+__all__ = ["count", "drop", "live", "open_connection", "other_clients", "pooled", "take_dead"]
 
 Key = tuple[str, str, str]
 
@@ -49,6 +49,16 @@ def open_connection(backend: Backend, info: PodInfo) -> PodConnection:
         use_shm=config.get("shm"),
         max_pending_events=config.get("max_pending_events"),
     )
+
+
+def live(backend: Backend, info: PodInfo) -> PodConnection | None:
+    """The pool's live connection to ``info``'s pod, if it holds one (no I/O, no lock).
+
+    The path of every warm call: a dict lookup. A connection whose pod died is marked
+    dead by the bridge, so it is not returned.
+    """
+    conn = _pool.get(_key(backend, info))
+    return conn if conn is not None and conn.dead is None else None
 
 
 def pooled(backend: Backend, info: PodInfo) -> PodConnection:

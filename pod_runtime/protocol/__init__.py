@@ -3,6 +3,7 @@
 - :mod:`.frames`: frame layout, message types, pickling policy, token proofs (pure: no
   sockets, no threads; tested without a network).
 - :mod:`.wire`: websocket framing over a socket (threaded, on websockets' Sans-I/O core).
+- :mod:`.handshake`: the HTTP upgrade, client side (TLS, dialled sockets) and server side.
 - :mod:`.shm`: the shared-memory side channel for bulk buffers between local processes.
 - :mod:`.messages`: the typed bodies of CALL, EVENTS and RESULT messages, and
   :class:`~.messages.ErrorKind`, the failures a client acts on.

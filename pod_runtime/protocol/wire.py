@@ -7,8 +7,8 @@ two cores those handoffs cost more than the websocket itself (measured: a no-op 
 reader thread per connection parses frames and hands each message to a callback,
 which is the minimum: one handoff per direction.
 
-The same class serves both ends: :func:`client_handshake` and :func:`server_handshake`
-produce a :class:`WireConnection` from a connected socket.
+The same class serves both ends: :mod:`.handshake` makes a :class:`WireConnection`
+from a connected socket (``client_handshake``, ``server_accept``).
 
 A message is a list of websocket fragments; :mod:`pod_runtime.protocol` aligns its
 frames so that each out-of-band buffer is its own fragment and is received as its own
@@ -22,29 +22,19 @@ import contextlib
 import logging
 import os
 import socket
-import ssl
 import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from websockets.client import ClientProtocol
-from websockets.datastructures import Headers
-from websockets.exceptions import InvalidStatus, ProtocolError
 from websockets.frames import Opcode
-from websockets.http11 import Request, Response
 from websockets.protocol import Protocol, Side, State
-from websockets.server import ServerProtocol
-from websockets.uri import parse_uri
 
 __all__ = [
     "ConnectionClosedError",
-    "HandshakeRejected",
     "WireConnection",
-    "client_handshake",
-    "read_request",
-    "server_accept",
+    "WouldBlock",
 ]
 
 log = logging.getLogger("kubetorch.wire")
@@ -52,6 +42,8 @@ _CHUNK = 1 << 20
 #: Masked payloads larger than this are masked and written in slices of this size (a
 #: multiple of 4, so that each slice starts the masking key's cycle afresh).
 _MASK_SLICE = 1 << 20
+#: The largest message ``send_nowait`` writes (one segment; more goes through ``send``).
+_NOWAIT_MAX = 65536
 #: Seconds an idle follower thread waits to be handed the reading before it exits.
 FOLLOWER_IDLE = 60.0
 #: Seconds work run by the reading thread may take before another thread reads on.
@@ -92,17 +84,12 @@ class _Masks:
 _masks = _Masks()
 
 
+class WouldBlock(Exception):
+    """:meth:`WireConnection.send_nowait` wrote nothing: send the message another way."""
+
+
 class ConnectionClosedError(ConnectionError):
     """The websocket is closed; nothing more can be sent on it."""
-
-
-class HandshakeRejected(ConnectionError):
-    """The server answered the upgrade with an HTTP error (``status``, ``body``)."""
-
-    def __init__(self, status: int, body: str) -> None:
-        super().__init__(f"HTTP {status}: {body.strip()}")
-        self.status = status
-        self.body = body
 
 
 Fragments = Sequence[bytes | bytearray | memoryview]
@@ -317,6 +304,82 @@ class WireConnection:
                 raise ConnectionClosedError(f"connection {self.name} broke: {exc}") from exc
         self._drain_control()
 
+    def send_nowait(self, fragments: Fragments) -> Callable[[], None] | None:
+        """Send one small unmasked message now, if the socket takes it without blocking.
+
+        For the pod's executor threads: a small result goes out on the thread that made
+        it, without a hand-off to the connection's writer (a thread switch per call,
+        a visible share of a warm call on 2 cores), yet a client that stops reading
+        can never block that thread: the write is ``MSG_DONTWAIT``.
+
+        Returns:
+            None when the whole message was written. When the socket took only part
+            of it, a function that writes the rest (blocking) and must run next, on the
+            connection's writer: the connection stays held for this message until then.
+
+        Raises:
+            WouldBlock: Nothing was written (the socket is busy or full, or the message
+                is large or masked): send it with :meth:`send` from the writer.
+            ConnectionClosedError: When the connection is closed.
+        """
+        if self._masked:
+            raise WouldBlock("client frames are masked: use send()")
+        parts: list[bytes | memoryview] = []
+        total = 0
+        last = len(fragments) - 1
+        for i, part in enumerate(fragments):
+            view = part if isinstance(part, bytes) else memoryview(part).cast("B")
+            length = len(view)
+            head1 = (0x80 if i == last else 0) | (0x2 if i == 0 else 0x0)
+            if length < 126:
+                parts.append(_HEAD_SHORT.pack(head1, length))
+            elif length < 65536:
+                parts.append(_HEAD_MEDIUM.pack(head1, 126, length))
+            else:
+                raise WouldBlock("a large message: use send()")
+            parts.append(view)
+            total += length
+            if total > _NOWAIT_MAX:
+                raise WouldBlock("a large message: use send()")
+        data = b"".join(parts)
+        if not self._send_lock.acquire(blocking=False):
+            raise WouldBlock("another message is being written")
+        held = True
+        try:
+            if self.closed or self.protocol.state is not State.OPEN:
+                raise ConnectionClosedError(f"connection {self.name} is closed")
+            if self._control_out:
+                raise WouldBlock("control frames go first")
+            try:
+                sent = self.sock.send(data, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                raise WouldBlock("the socket is full") from None
+            except OSError as exc:
+                self.closed = True
+                raise ConnectionClosedError(f"connection {self.name} broke: {exc}") from exc
+            if sent == len(data):
+                return None
+            held = False  # the writer finishes the message, then releases the socket
+            rest = memoryview(data)[sent:]
+
+            def finish() -> None:
+                try:
+                    self.sock.sendall(rest)
+                    self._write_control()
+                except OSError as exc:
+                    self.closed = True
+                    raise ConnectionClosedError(f"connection {self.name} broke: {exc}"
+                                                ) from exc
+                finally:
+                    self._send_lock.release()
+                self._drain_control()
+
+            return finish
+        finally:
+            if held:
+                self._send_lock.release()
+                self._drain_control()
+
     def _send_masked(self, view: bytes | bytearray | memoryview, key: bytes) -> None:
         """Write ``view`` masked with ``key``, one slice at a time (``_send_lock`` held).
 
@@ -503,134 +566,3 @@ class _Watchdog:
 
 
 _watchdog = _Watchdog()
-
-
-# --------------------------------------------------------------- handshakes
-def client_handshake(
-    url: str,
-    headers: dict[str, str],
-    *,
-    timeout: float,
-    ssl_context: ssl.SSLContext | None = None,
-    dial: Callable[[float], socket.socket] | None = None,
-    **kwargs: Any,
-) -> WireConnection:
-    """Connect to ``url`` (``ws://`` or ``wss://host:port/path``) and upgrade to a websocket.
-
-    Args:
-        url: Where to connect; for ``wss://``, TLS runs first, checking the server's
-            certificate against the URL's host.
-        headers: Extra request headers (the token, ...).
-        timeout: Seconds for connecting, TLS and the upgrade together.
-        ssl_context: For ``wss://`` (None: ``ssl.create_default_context()``, which
-            checks the certificate and the host name).
-        dial: Given ``timeout``, returns a connected socket to use instead of connecting
-            to the URL's host and port (a port-forward, a tunnel).
-        **kwargs: Go to :class:`WireConnection` (``on_message``, ``on_close``, ...).
-
-    Raises:
-        HandshakeRejected: The server answered with an HTTP error (401: bad token).
-        ssl.SSLCertVerificationError: The server's certificate is not trusted.
-        OSError: The connection (or TLS) failed.
-        TimeoutError: No answer within ``timeout``.
-    """
-    uri = parse_uri(url)
-    if dial is not None:
-        sock = dial(timeout)
-    else:
-        sock = socket.create_connection((uri.host, uri.port), timeout=timeout)
-    try:
-        sock.settimeout(timeout)
-        if uri.secure:
-            context = ssl_context if ssl_context is not None else ssl.create_default_context()
-            sock = context.wrap_socket(sock, server_hostname=uri.host)
-        proto = ClientProtocol(uri, max_size=None)
-        request = proto.connect()
-        for key, value in {**headers, "User-Agent": "kubetorch-jupyter"}.items():
-            if key in request.headers:  # replaced, not repeated (e.g. Host for an ingress)
-                del request.headers[key]
-            request.headers[key] = value
-        proto.send_request(request)
-        for chunk in proto.data_to_send():
-            sock.sendall(chunk)
-        while proto.state is State.CONNECTING:
-            data = sock.recv(65536)
-            if not data:
-                proto.receive_eof()
-                break
-            proto.receive_data(data)
-        events = proto.events_received()
-        response = next((e for e in events if isinstance(e, Response)), None)
-        frames = [e for e in events if not isinstance(e, Response)]
-        if proto.state is not State.OPEN:
-            exc = proto.handshake_exc
-            if isinstance(exc, InvalidStatus):
-                body = exc.response.body.decode(errors="replace") if exc.response.body else ""
-                raise HandshakeRejected(exc.response.status_code, body)
-            raise ConnectionError(f"websocket handshake with {url} failed: {exc}")
-        assert response is not None
-        sock.settimeout(None)
-        # Frames that arrived in the same read as the response are handled first.
-        return WireConnection(sock, proto, pending=frames, **kwargs)
-    except BaseException:
-        sock.close()
-        raise
-
-
-def read_request(sock: socket.socket, timeout: float = 10.0) -> tuple[ServerProtocol,
-                                                                       Request | None]:
-    """Read an HTTP request from a freshly accepted socket (for the server)."""
-    sock.settimeout(timeout)
-    proto = ServerProtocol(max_size=None)
-    request = None
-    while request is None:
-        data = sock.recv(65536)
-        if not data:
-            proto.receive_eof()
-            break
-        proto.receive_data(data)
-        for event in proto.events_received():
-            if isinstance(event, Request):
-                request = event
-        if proto.parser_exc is not None:
-            break
-    return proto, request
-
-
-def respond(sock: socket.socket, proto: ServerProtocol, status: int, text: str,
-            headers: dict[str, str] | None = None) -> None:
-    """Answer a plain HTTP request (or refuse an upgrade) and close the socket."""
-    response = proto.reject(status, text)
-    for key, value in (headers or {}).items():
-        response.headers[key] = value
-    proto.send_response(response)
-    with contextlib.suppress(OSError):
-        for chunk in proto.data_to_send():
-            if chunk:
-                sock.sendall(chunk)
-        sock.close()
-
-
-def server_accept(sock: socket.socket, proto: ServerProtocol, request: Request,
-                  **kwargs: Any) -> WireConnection | None:
-    """Complete the upgrade of an authenticated request; None if it was not a websocket."""
-    response = proto.accept(request)
-    proto.send_response(response)
-    for chunk in proto.data_to_send():
-        sock.sendall(chunk)
-    if response.status_code != 101:
-        sock.close()
-        return None
-    sock.settimeout(None)
-    return WireConnection(sock, proto, **kwargs)
-
-
-def header(request: Request, name: str) -> str | None:
-    """A request header, or None."""
-    headers: Headers = request.headers
-    return headers.get(name)
-
-
-def is_protocol_error(exc: BaseException) -> bool:
-    """Whether ``exc`` is a websocket protocol violation by the peer."""
-    return isinstance(exc, ProtocolError)

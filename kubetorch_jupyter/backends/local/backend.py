@@ -178,6 +178,21 @@ class LocalBackend(Backend):
 
     # ---- Backend ------------------------------------------------------------------------
 
+    def gone(self, info: PodInfo) -> bool:
+        """Whether the pod's process has ended (a ``waitpid``, or a signal-0 probe)."""
+        if info.pid is None:
+            return True
+        child = _CHILDREN.get(info.pid)
+        if child is not None:
+            return child.poll() is not None
+        try:
+            os.kill(info.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # a process of another user has that pid: not ours
+            return True
+        return False
+
     def up(self, spec: ComputeSpec, *, progress: bool = True,
            replacing: str | None = ANY_POD) -> PodInfo:
         """Return the warm pod running ``spec``; start it, or replace one running another spec.
