@@ -10,6 +10,7 @@ from .endpoint import Endpoint, EndpointProvider
 from .errors import (
     AuthenticationError,
     BridgeError,
+    CallCancelledError,
     CallLostError,
     KtError,
     PodDiedError,
@@ -22,6 +23,7 @@ from .status import PodState, StatusProbe
 __all__ = [
     "AuthenticationError",
     "BridgeError",
+    "CallCancelledError",
     "CallHandle",
     "CallLostError",
     "Endpoint",

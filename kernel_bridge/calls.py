@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Any
 from pod_runtime import protocol
 from pod_runtime.protocol import shm
 
-from .errors import BridgeError, KtError, SerializationError, as_remote
+from .errors import BridgeError, CallCancelledError, KtError, SerializationError, as_remote
 
 if TYPE_CHECKING:
     from .connection import PodConnection
 
-__all__ = ["CallHandle", "EventSink", "print_event"]
+__all__ = ["CallHandle", "EventSink", "InterruptIgnored", "print_event"]
 
 EventSink = Callable[[dict[str, Any]], None]
 #: After a local interrupt, how long to wait for the pod to report the interrupted call.
@@ -53,6 +53,23 @@ def print_event(event: dict[str, Any]) -> None:
         text = event.get("data", {}).get("text/plain")
         if text is not None:
             print(text)
+
+
+class InterruptIgnored(KeyboardInterrupt):
+    """An interrupt the pod did not act on within :data:`CANCEL_GRACE`: the call runs on.
+
+    The usual cause: the call is in C code that holds the GIL and never checks for
+    signals (``sum(range(10**10))``, a long numpy or regex operation), so neither the
+    interrupt nor anything else the pod does can run until that code returns.
+    """
+
+    def __init__(self, message: str, *, pod: str | None = None) -> None:
+        super().__init__(message)
+        self.pod = pod
+
+    def _render_traceback_(self) -> list[str]:
+        """IPython hook: one line that says what happened and what to do."""
+        return [f"KeyboardInterrupt: {self}"]
 
 
 class CallHandle:
@@ -185,7 +202,11 @@ class CallHandle:
                     kind, payload = self._items.get(timeout=wait)
                 except queue.Empty:
                     if interrupted:
-                        raise KeyboardInterrupt from None
+                        raise InterruptIgnored(
+                            f"{self.label} on pod {self.conn.name!r} did not stop within "
+                            f"{CANCEL_GRACE:g}s of the interrupt: it is busy in code that does "
+                            "not see interrupts (a long C call holding the GIL) and goes on "
+                            "running there", pod=self.conn.name) from None
                     raise TimeoutError(
                         f"{self.label} on {self.conn.name!r} did not finish within {timeout}s "
                         "(it is still running; call .result() again or .cancel() it)"
@@ -201,7 +222,7 @@ class CallHandle:
             return value
         if interrupted and _is_interrupt(value):
             raise KeyboardInterrupt
-        raise value
+        raise self._cancelled(value)
 
     def stream(self, timeout: float | None = None) -> Iterator[dict[str, Any]]:
         """Yield the call's events as they arrive (instead of sending them to the sink).
@@ -250,7 +271,19 @@ class CallHandle:
         ok, value = self._outcome
         if ok:
             return value
-        raise value
+        raise self._cancelled(value)
+
+    def _cancelled(self, error: BaseException) -> BaseException:
+        """The error to raise: a :class:`CallCancelledError` for an interrupt we asked for."""
+        if not (self.cancelled and _is_interrupt(error)):
+            return error
+        started = "before it started" not in str(error)
+        exc = CallCancelledError(
+            f"{self.label} on pod {self.conn.name!r} was cancelled "
+            f"{'while it ran' if started else 'before it started'} (handle.cancel()); the "
+            "pod lives on", pod=self.conn.name, remote=error if started else None)
+        exc.__suppress_context__ = True
+        return exc
 
     def cancel(self) -> None:
         """Interrupt the call on the pod (KeyboardInterrupt there); the pod lives on."""

@@ -8,6 +8,7 @@ Hierarchy::
     │   ├── PodUnreachableError     could not connect (or reconnect) within the timeout
     │   ├── PodDiedError            the pod process ended while calls were in flight
     │   └── CallLostError           the pod no longer knows a call (it restarted)
+    ├── CallCancelledError          the call was cancelled (``handle.cancel()``)
     ├── SerializationError          an argument or result cannot be pickled / unpickled
     └── RemoteError                 the remote code raised; carries type, message, traceback
 
@@ -24,6 +25,7 @@ from typing import Any
 __all__ = [
     "AuthenticationError",
     "BridgeError",
+    "CallCancelledError",
     "CallLostError",
     "KtError",
     "PodDiedError",
@@ -79,6 +81,22 @@ class PodDiedError(BridgeError):
 
 class CallLostError(BridgeError):
     """The pod does not know a call we are waiting for (it was restarted)."""
+
+
+class CallCancelledError(KtError):
+    """The call was cancelled (``handle.cancel()``) before it returned.
+
+    Attributes:
+        pod: The pod the call was sent to.
+        remote: The pod's ``KeyboardInterrupt`` (with its traceback: where the call
+            stopped), or None when it was cancelled before it started.
+    """
+
+    def __init__(self, message: str, *, pod: str | None = None,
+                 remote: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.pod = pod
+        self.remote = remote
 
 
 class SerializationError(KtError):

@@ -25,6 +25,7 @@ from .core.image import Image
 from .exceptions import (
     AuthenticationError,
     BridgeError,
+    CallCancelledError,
     CallLostError,
     ComputeInUseError,
     ComputeNotFoundError,
@@ -69,6 +70,7 @@ del TYPE_CHECKING  # a typing helper, not API
 __all__ = [
     "AuthenticationError",
     "BridgeError",
+    "CallCancelledError",
     "CallHandle",
     "CallLostError",
     "Cls",

@@ -11,6 +11,7 @@ Hierarchy (the bridge's part is in :mod:`kernel_bridge.errors`)::
     ├── PodStartError               a pod did not come up; carries its log tail
     ├── BridgeError                 (AuthenticationError, PodUnreachableError,
     │                                PodDiedError, CallLostError)
+    ├── CallCancelledError          the call was cancelled (handle.cancel())
     ├── SerializationError
     │   └── VersionMismatchError    this Python and the pod's cannot exchange pickles
     ├── SyncError                   the project could not be synced to a pod
@@ -29,6 +30,7 @@ from pathlib import Path
 from kernel_bridge.errors import (
     AuthenticationError,
     BridgeError,
+    CallCancelledError,
     CallLostError,
     KtError,
     PodDiedError,
@@ -40,6 +42,7 @@ from kernel_bridge.errors import (
 __all__ = [
     "AuthenticationError",
     "BridgeError",
+    "CallCancelledError",
     "CallLostError",
     "ComputeInUseError",
     "ComputeNotFoundError",

@@ -43,6 +43,8 @@ from .registry import HANDLERS, register
 __all__ = ["CallRecord", "Executor"]
 
 log = logging.getLogger("kubetorch.pod")
+#: The message of the KeyboardInterrupt of a call cancelled before its code ran.
+CANCELLED_BEFORE_START = "cancelled before it started"
 
 @functools.cache
 def _event_limits() -> tuple[int, int]:
@@ -336,7 +338,7 @@ class Executor:
         try:
             if cancelled:
                 protocol.release_buffers(buffers)
-                raise KeyboardInterrupt("cancelled before it started")
+                raise KeyboardInterrupt(CANCELLED_BEFORE_START)
             try:
                 msg = protocol.loads(body, protocol.resolve_buffers(buffers, shm.map_claimed))
             except ModuleNotFoundError as exc:
@@ -358,7 +360,13 @@ class Executor:
             # processes it starts inherit the block and Popen.terminate() cannot stop them.
             saved_mask = None if on_main else signal.pthread_sigmask(signal.SIG_SETMASK, ())
             with record.lock:
-                record.in_user_code = True
+                # a cancel that came while the call was being unpacked: it never starts
+                cancelled = record.cancelled
+                record.in_user_code = not cancelled
+            if cancelled:
+                if saved_mask is not None:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, saved_mask)
+                raise KeyboardInterrupt(CANCELLED_BEFORE_START)
             try:
                 value = handler.run(self, msg, record)
             finally:

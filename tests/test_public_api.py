@@ -16,7 +16,8 @@ DOCUMENTED = {
     "KtError", "ConfigError", "ComputeNotFoundError", "ComputeInUseError",
     "ResourceUnavailableError", "ImageBuildError", "PodStartError", "BridgeError",
     "AuthenticationError",
-    "PodUnreachableError", "PodDiedError", "CallLostError", "SerializationError", "RemoteError",
+    "PodUnreachableError", "PodDiedError", "CallLostError", "CallCancelledError",
+    "SerializationError", "RemoteError",
     "SyncError", "SyncLimitError", "ReloadError", "VersionMismatchError", "VersionMismatchWarning",
     "__version__",
 }
