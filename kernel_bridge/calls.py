@@ -110,6 +110,10 @@ class CallHandle:
         self._finished = False
         self._warned_drop = False
         self._outcome: tuple[bool, Any] | None = None
+        #: The pod's QueuedEvent while the call waits behind another run, else None.
+        self.queued: dict[str, Any] | None = None
+        #: When (monotonic, here) a call that waited began to run on the pod.
+        self.started: float | None = None
         #: Called on the bridge's reader thread when the pod's answer arrives.
         self.on_answer: list[Callable[[], None]] = []
 
@@ -188,6 +192,9 @@ class CallHandle:
         A ``KeyboardInterrupt`` while waiting interrupts the call on the pod, waits
         briefly for it to stop (so that its last output is shown), then re-raises.
 
+        A call the pod queued behind another run (a notebook cell waiting for the
+        main thread) counts ``timeout`` from when it starts there.
+
         Raises:
             TimeoutError: ``timeout`` seconds passed (the call keeps running).
         """
@@ -195,7 +202,11 @@ class CallHandle:
         interrupted = False
         while self._outcome is None:
             try:
+                if timeout is not None and self.started is not None:
+                    deadline = self.started + timeout
                 wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if self.queued is not None and self.started is None:
+                    wait = None  # not running yet: its time has not begun
                 if interrupted:
                     wait = CANCEL_GRACE
                 try:
@@ -295,6 +306,10 @@ class CallHandle:
     def _consume(self, kind: str, payload: Any) -> None:
         if kind == "events":
             for event in self._take_events():
+                if event.get("kind") == "queued":
+                    self.queued = event
+                elif event.get("kind") == "started":
+                    self.started = time.monotonic()
                 self.sink(event)
         elif kind == "result":
             self._outcome = self._decode(payload)

@@ -32,7 +32,9 @@ kind            message                                                     valu
                 returns that call's id (see ``%kt attach``)
 ``cell_vars``   ``push``, ``pull`` (runs on a worker: works while a cell    ``{"pulled"}``
                 runs)
-``cell_runs``   (nothing): the detached runs the pod still holds            ``[{...}]``
+``cell_runs``   (nothing): every cell run the pod still holds (queued,      ``[RunInfo]``
+                running, or finished and not collected: detached runs, and
+                orphans whose kernel went away), with who follows each
 ==============  ==========================================================  ============
 """
 
@@ -65,8 +67,7 @@ _FOREIGN_BACKENDS = ("inline", "ipympl", "widget", "nbagg", "notebook", "tk", "q
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _runtime: CellRuntime | None = None
 _runtime_lock = threading.Lock()
-#: Detached runs: call id -> what ``%kt runs`` shows about it.
-_runs: dict[int, dict[str, Any]] = {}
+#: Held while a detached run's id is chosen and its record made.
 _runs_lock = threading.Lock()
 
 
@@ -288,15 +289,12 @@ def _run_cell(ex: Executor, body: dict[str, Any], record: CallRecord) -> Any:
     if msg.get("detach"):
         return _detach(ex, msg)
     record.label = str(msg.get("label") or "%%kt cell")
-    run = _runs.get(record.call_id)
     try:
         value = get_runtime(ex).run(msg, record)
     except BaseException:
-        if run is not None:
-            run["outcome"] = "failed"
+        record.outcome = "failed"
         raise
-    if run is not None:
-        run["outcome"] = "ok"
+    record.outcome = "ok"
     return value
 
 
@@ -311,7 +309,7 @@ def _detach(ex: Executor, msg: messages.CellCall) -> dict[str, int]:
             run_id = secrets.randbits(63)
         record = CallRecord(run_id, None)
         record.label = str(msg.get("label") or "%%kt --detach cell")
-        _runs[run_id] = {"label": record.label, "outcome": None}
+        record.detached = True
     ex.submit(record, memoryview(body), refs, main_thread=True)
     return {"run": run_id}
 
@@ -325,20 +323,13 @@ def _cell_vars(ex: Executor, body: dict[str, Any], record: CallRecord) -> Any:
 
 
 @register("cell_runs")
-def _cell_runs(ex: Executor, msg: dict[str, Any], record: CallRecord) -> list[dict[str, Any]]:
+def _cell_runs(ex: Executor, msg: dict[str, Any], record: CallRecord) -> list[messages.RunInfo]:
     record.label = "%kt runs"
-    out = []
-    with _runs_lock:
-        for run_id, info in list(_runs.items()):
-            rec = ex.records.get(run_id)
-            if rec is None:  # collected by an attach, or expired
-                del _runs[run_id]
-                continue
-            state = rec.state if rec.state != "done" else (info["outcome"] or "done")
-            out.append({"run": run_id, "state": state, "label": info["label"],
-                        "created": rec.created, "finished": rec.finished or None,
-                        "events": rec.seq})
-    return sorted(out, key=lambda r: r["created"])
+    runs = [ex.run_info(rec, record.owner) for rec in list(ex.records.values())
+            if rec.main_thread]
+    # a finished run someone follows is on its way to that client: not worth a line
+    runs = [r for r in runs if r["finished"] is None or r["client"] in ("detached", "gone")]
+    return sorted(runs, key=lambda r: r["created"])
 
 
 # ----------------------------------------------------------------- helpers

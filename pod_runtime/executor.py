@@ -90,7 +90,12 @@ class CallRecord:
         self.result: tuple[bytes, list[memoryview]] | None = None
         self.result_bytes = 0
         self.created = time.time()
+        self.started = 0.0
         self.finished = 0.0
+        self.main_thread = False  # queued for the main thread (a notebook cell)
+        self.detached = False  # started by %%kt --detach: nobody was meant to follow it
+        self.outcome: str | None = None  # a cell's: "ok" or "failed"
+        self.waited = False  # it was told it waits behind another run (a QueuedEvent)
         self.thread_id: int | None = None
         self.cancelled = False
         self.in_user_code = False  # a cancel may interrupt only while this is True
@@ -225,6 +230,8 @@ class Executor:
             self.records.setdefault(record.call_id, record)
         self.last_activity = time.monotonic()
         if main_thread:
+            record.main_thread = True
+            self._tell_queued(record)
             self._main_jobs.put((record, body, buffers))
         else:
             self._pool.submit(self._run, record, body, buffers)
@@ -241,6 +248,34 @@ class Executor:
                 return existing, True
             record = self.records[call_id] = CallRecord(call_id, owner)
             return record, False
+
+    def _tell_queued(self, record: CallRecord) -> None:
+        """If the main thread is taken, tell the new call which run it waits behind."""
+        running = self._main_record
+        waiting = [r for r in list(self.records.values())
+                   if r.main_thread and r.state == "queued" and r is not record]
+        behind = running if running is not None and running.state == "running" else (
+            min(waiting, key=lambda r: r.created) if waiting else None)
+        if behind is None:
+            return
+        record.waited = True
+        ahead = len(waiting) - (0 if behind is running else 1)
+        event: messages.QueuedEvent = {"kind": "queued",
+                                       "behind": self.run_info(behind, record.owner),
+                                       "ahead": ahead}
+        self.emit(record, dict(event))
+
+    def run_info(self, record: CallRecord, asker: Any) -> messages.RunInfo:
+        """What ``%kt runs`` shows of a main-thread run, as seen by connection ``asker``."""
+        client: messages.RunClient
+        if record.owner is None:
+            client = "detached" if record.detached else "gone"
+        else:
+            client = "this" if record.owner is asker else "other"
+        state = record.state if record.state != "done" else (record.outcome or "done")
+        return {"run": record.call_id, "state": state, "label": record.label,
+                "created": record.created, "started": record.started or None,
+                "finished": record.finished or None, "events": record.seq, "client": client}
 
     def fail(self, record: CallRecord, exc: BaseException) -> None:
         """Finish an admitted call with ``exc`` without running it."""
@@ -304,6 +339,21 @@ class Executor:
             return False
         with record.lock:
             record.cancelled = True
+            if record.state == "queued" and record.main_thread:
+                # waiting behind another cell: it ends now, not when its turn comes
+                record.result = _pack_error_safely(
+                    KeyboardInterrupt(CANCELLED_BEFORE_START), self.pod_name)
+                record.state = "done"
+                record.finished = time.time()
+                record.outcome = "cancelled"
+                finished = True
+            else:
+                finished = False
+        if finished:
+            self._retain(record)
+            self.on_finished(record)
+            return True
+        with record.lock:
             if not record.in_user_code or record.thread_id is None:
                 return True  # queued (it will not start), or finishing anyway
             if self._main_record is record:
@@ -328,11 +378,18 @@ class Executor:
     def _run(self, record: CallRecord, body: memoryview, buffers: list[Any], on_main: bool = False
              ) -> None:
         with record.lock:
+            if record.state == "done":  # cancelled while it waited: it has its result
+                protocol.release_buffers(buffers)
+                return
             record.state = "running"
+            record.started = time.time()
             record.thread_id = threading.get_ident()
             cancelled = record.cancelled
         if on_main:
             self._main_record = record
+            if record.waited and not cancelled:
+                started: messages.StartedEvent = {"kind": "started", "at": record.started}
+                self.emit(record, dict(started))
         capture.bind(record)
         self.calls_total += 1
         try:

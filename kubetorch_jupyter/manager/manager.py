@@ -38,15 +38,21 @@ START_STAGES = ("checking", "starting", "running")
 
 @dataclass(frozen=True)
 class RunSummary:
-    """One detached run (``%%kt --detach``) a pod holds.
+    """One cell run a pod holds: queued, running, or finished and not collected.
+
+    Every ``%%kt`` cell is a run; a detached one (``%%kt --detach``) and an orphan (its
+    kernel went away, a restart say) are followed by nobody until ``%kt attach``.
 
     Attributes:
-        id: The run id (``NAME:HEX``), what ``%kt attach`` takes.
-        state: ``running``, ``ok``, ``failed``...
+        id: The run id (``NAME:HEX``), what ``%kt attach`` and ``%kt cancel`` take.
+        state: ``queued``, ``running``, ``ok``, ``failed``, ``cancelled``.
         label: The cell's first line.
-        created: Unix time it started.
+        created: Unix time it was sent (or detached).
         finished: Unix time it finished, or None.
         events: How many output events it has.
+        started: Unix time it began to run, or None.
+        client: Who follows it: ``this`` connection, an ``other`` one, nobody because it
+            is ``detached``, or nobody because its client is ``gone`` (an orphan).
     """
 
     id: str
@@ -55,6 +61,8 @@ class RunSummary:
     created: float
     finished: float | None
     events: int
+    started: float | None = None
+    client: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict."""
@@ -188,7 +196,7 @@ class ComputeManager:
         return be.follow_logs(name, tail, stop)
 
     def runs(self, name: str, backend: str | Backend | None = None) -> builtins.list[RunSummary]:
-        """The detached runs the compute's pod holds (running, or finished and not collected).
+        """The cell runs the compute's pod holds (queued, running, or finished and uncollected).
 
         Raises:
             ComputeNotFoundError: When it does not run.
@@ -201,7 +209,8 @@ class ComputeManager:
         runs: builtins.list[dict[str, Any]] = conn.call(body, buffers, label="runs").result()
         return [RunSummary(id=RunId.make(name, int(r["run"])), state=str(r["state"]),
                            label=str(r.get("label") or ""), created=float(r["created"]),
-                           finished=r.get("finished"), events=int(r.get("events") or 0))
+                           finished=r.get("finished"), events=int(r.get("events") or 0),
+                           started=r.get("started"), client=str(r.get("client") or ""))
                 for r in runs]
 
     # ---- async twins ----------------------------------------------------------------

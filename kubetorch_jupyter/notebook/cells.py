@@ -16,11 +16,20 @@ import contextlib
 import hashlib
 import linecache
 import re
+import sys
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from kernel_bridge import CallHandle, CallLostError, EventSink, PodConnection, RemoteError
-from kernel_bridge.calls import CANCEL_GRACE
+from kernel_bridge import (
+    CallCancelledError,
+    CallHandle,
+    CallLostError,
+    EventSink,
+    PodConnection,
+    RemoteError,
+)
+from kernel_bridge.calls import CANCEL_GRACE, InterruptIgnored
 from pod_runtime import protocol
 from pod_runtime.protocol import messages
 
@@ -32,8 +41,9 @@ from ..core.compute import Compute
 from ..exceptions import ConfigError, SerializationError
 from ..sync import session as _sync
 
-__all__ = ["RunId", "attach", "cancel_run", "cell_filename", "list_runs", "run_cell",
-           "start_detached", "vars_call"]
+__all__ = ["CellInterrupted", "RunId", "attach", "busy_since", "cancel_run", "cell_filename",
+           "forget_stuck", "list_runs", "run_cell", "start_detached", "vars_call",
+           "waiting_note"]
 
 _RUN_ID = re.compile(r"^(?P<name>[a-z]([-a-z0-9]*[a-z0-9])?):(?P<id>[0-9a-f]{1,16})$")
 
@@ -135,16 +145,29 @@ def run_cell(
 
     Output, display data and the cell's result go to ``sink`` on this thread while the
     cell runs. Ctrl-C (a kernel interrupt) interrupts the cell on the pod and raises a
-    ``KeyboardInterrupt`` carrying the remote traceback (where the cell stopped).
+    ``KeyboardInterrupt`` carrying the remote traceback (where the cell stopped). A cell
+    that waits behind another run on the pod says which (on stderr), and ``timeout``
+    counts from when it starts.
 
     Raises:
         RemoteError: The cell raised (also an instance of the original type).
         TimeoutError: ``timeout`` seconds passed; the cell was interrupted on the pod.
+        CellInterrupted: Ctrl-C, and the cell had not started, or the pod did not act
+            on the interrupt (it is busy in C code).
     """
     msg, label = _cell_message(source, filename, first_line, push, pull, detach=False)
     conn = _connect(compute)
     body, buffers = _dump(compute, msg, label)
-    handle = conn.call(body, buffers, flags=protocol.FLAG_MAIN_THREAD, label=label, sink=sink)
+    _note_stuck(compute.name, conn)
+
+    def show(event: dict[str, Any]) -> None:
+        if event.get("kind") == "queued":
+            sys.stderr.write(waiting_note(compute.name, event) + "\n")
+            sys.stderr.flush()
+        else:
+            sink(event)
+
+    handle = conn.call(body, buffers, flags=protocol.FLAG_MAIN_THREAD, label=label, sink=show)
     try:
         value = handle.result(timeout)
     except TimeoutError as exc:
@@ -155,7 +178,19 @@ def run_cell(
         raise TimeoutError(
             f"the cell ran longer than its timeout ({timeout:g}s) and was interrupted on pod "
             f"{conn.name!r}; the pod and its variables are intact") from None
+    except InterruptIgnored:
+        _stuck[compute.name] = (handle, time.monotonic())
+        raise CellInterrupted(
+            f"pod {compute.name!r} is busy in code that does not see interrupts (a long C "
+            "call, such as sum(range(10**10)), holds it), so the cell goes on running there. "
+            f"Wait for it, or restart the pod and lose its state: %kt restart {compute.name}"
+        ) from None
     except KeyboardInterrupt:
+        if handle.queued is not None and handle.started is None:
+            rid = RunId.make(compute.name, int(handle.queued["behind"]["run"]))
+            raise CellInterrupted(
+                f"the cell was interrupted before it started: it was waiting for run {rid}, "
+                f"which goes on running; %kt cancel {rid} stops it") from None
         remote = _remote_interrupt(handle)
         if remote is not None:
             raise remote from None
@@ -163,9 +198,72 @@ def run_cell(
     return (value or {}).get("pulled") or {}
 
 
+class CellInterrupted(KeyboardInterrupt):
+    """An interrupt of a ``%%kt`` cell that did not stop it as usual; says what to do."""
+
+    def _render_traceback_(self) -> list[str]:
+        """IPython hook: one line, no frames of ours."""
+        return [f"KeyboardInterrupt: {self}"]
+
+
+#: Cells whose interrupt the pod never acted on: compute name -> (handle, since).
+_stuck: dict[str, tuple[CallHandle, float]] = {}
+
+
+def _note_stuck(name: str, conn: PodConnection) -> None:
+    """Before a cell: say so if the previous one is still stuck in C code on the pod."""
+    entry = _stuck.get(name)
+    if entry is None:
+        return
+    handle, since = entry
+    if handle.done() or handle.conn is not conn:
+        del _stuck[name]
+        return
+    sys.stderr.write(
+        f"waiting for the previous cell on {name!r}, still busy in code that does not see "
+        f"interrupts (for {_seconds(time.monotonic() - since)}); %kt restart {name} restarts "
+        "the pod (its state is lost)\n")
+    sys.stderr.flush()
+
+
+def forget_stuck(name: str) -> None:
+    """The pod ``name`` was restarted: its stuck cell is gone with it."""
+    _stuck.pop(name, None)
+
+
+def busy_since(name: str) -> float | None:
+    """Seconds the last interrupted cell on ``name`` has been stuck (None: none is)."""
+    entry = _stuck.get(name)
+    if entry is None or entry[0].done():
+        return None
+    return time.monotonic() - entry[1]
+
+
+def _seconds(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
+_CLIENTS = {"this": "by this kernel", "other": "by another kernel", "detached": "detached",
+            "gone": "by a kernel that is gone"}
+
+
+def waiting_note(name: str, event: dict[str, Any]) -> str:
+    """The line a cell shows while it waits behind another run (a QueuedEvent)."""
+    behind = event["behind"]
+    rid = RunId.make(name, int(behind["run"]))
+    running = behind["state"] == "running"
+    since = behind.get("started") if running else behind.get("created")
+    age = f" {_seconds(max(0.0, time.time() - since))} ago" if since else ""
+    label = f"{behind['label']}, " if behind.get("label") else ""
+    more = event.get("ahead") or 0
+    ahead = f", then {more} more queued before this cell" if more else ""
+    return (f"waiting for run {rid} ({label}{'started' if running else 'queued'}{age} "
+            f"{_CLIENTS.get(behind.get('client'), '')}){ahead} — %kt cancel {rid} to stop it")
+
+
 def _finish_quietly(handle: CallHandle) -> None:
     """Wait (briefly) for an interrupted call to stop, showing its last output."""
-    with contextlib.suppress(KeyboardInterrupt, TimeoutError, RemoteError):
+    with contextlib.suppress(KeyboardInterrupt, TimeoutError, RemoteError, CallCancelledError):
         handle.result(CANCEL_GRACE)
 
 
@@ -175,6 +273,8 @@ def _remote_interrupt(handle: CallHandle) -> BaseException | None:
         return None
     try:
         handle.result(0)
+    except CallCancelledError as exc:
+        return exc.remote if isinstance(exc.remote, RemoteError) else None
     except KeyboardInterrupt as exc:
         return exc if isinstance(exc, RemoteError) else None
     except BaseException:  # noqa: BLE001 - the cell ended otherwise; the caller re-raises
@@ -255,12 +355,16 @@ def cancel_run(run_id: str) -> None:
     Compute.from_name(name).connection().cancel(call_id)
 
 
-def list_runs(compute: Compute) -> list[dict[str, Any]]:
-    """The detached runs ``compute``'s pod holds (running, or finished and not collected)."""
-    conn = _connect(compute)
+def list_runs(compute: Compute, timeout: float | None = None) -> list[dict[str, Any]]:
+    """The cell runs ``compute``'s pod holds (queued, running, or finished and uncollected).
+
+    Raises:
+        TimeoutError: The pod did not answer within ``timeout`` seconds (busy in C code).
+    """
+    conn = compute.connection()
     runs_call: messages.CellRunsCall = {"kind": "cell_runs"}
     body, buffers = protocol.dumps(runs_call)
-    runs: list[dict[str, Any]] = conn.call(body, buffers, label="%kt runs").result()
+    runs: list[dict[str, Any]] = conn.call(body, buffers, label="%kt runs").result(timeout)
     for run in runs:
         run["id"] = RunId.make(compute.name, int(run["run"]))
     return runs

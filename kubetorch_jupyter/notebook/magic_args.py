@@ -56,7 +56,8 @@ def line_parser() -> MagicArgumentParser:
     use = sub.add_parser("use", help="set the notebook's current compute")
     use.add_argument("target", metavar="NAME|VAR")
     for cmd, what in (("status", "show a compute and its pod"),
-                      ("runs", "list a pod's detached runs"),
+                      ("runs", "list the cell runs of a pod (default: of every pod)"),
+                      ("restart", "restart a pod: a fresh process, its state lost"),
                       ("sync", "send this directory's code to the pod")):
         p = sub.add_parser(cmd, help=what)
         p.add_argument("name", nargs="?", metavar="NAME")

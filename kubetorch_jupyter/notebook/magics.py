@@ -48,6 +48,12 @@ __all__ = ["KtMagics", "load_ipython_extension", "unload_ipython_extension"]
 _OWN_MAGIC = re.compile(r"^\s*%{1,2}(kt|autokt)\b")
 
 
+#: Seconds `%kt status` waits for a pod to say what it runs.
+_STATUS_WAIT = 5.0
+#: How `%kt runs` names who follows a run.
+_CLIENT = {"this": "this kernel", "other": "another kernel", "detached": "detached",
+           "gone": "orphaned (its kernel is gone)"}
+
 #: The columns of `%kt list` (after the * of the current compute).
 LIST_COLUMNS = ("NAME", "BACKEND", "PHASE", "REASON", "PID", "GPUS", "CPUS", "MEMORY", "AGE",
                 "IDLE")
@@ -161,7 +167,10 @@ class KtMagics(Magics):
             %kt logs [NAME] [-n LINES]   what the pod printed
             %kt push VAR [VAR ...]       copy notebook variables into the pod's namespace
             %kt pull VAR [VAR ...]       copy pod variables into the notebook
-            %kt runs [NAME]              the pod's detached runs (%%kt --detach)
+            %kt runs [NAME]              cell runs: queued, running, detached, orphaned
+                                         (default: of every running pod)
+            %kt restart [NAME]           a fresh pod process (its variables are lost):
+                                         for a pod stuck in C code
             %kt attach [RUN_ID]          replay a detached run's output, stream the rest,
                                          and show its result (from any kernel; default:
                                          the last run this kernel started)
@@ -206,6 +215,12 @@ class KtMagics(Magics):
         print(f"Cells without compute flags now run on {compute.name!r} ({state}).")
 
     def _cmd_status(self, args: argparse.Namespace) -> None:
+        if not (args.name or args.compute) and self.current is None:
+            listed = ComputeManager().list()
+            print("no current compute (a %%kt cell or %kt use NAME sets one); " + (
+                "running now:\n" + render(listed, LIST_COLUMNS) if listed
+                else "no pods are running"))
+            return
         compute = self._target(args)
         notes = [n for n, on in (("current", compute is self.current),
                                  ("%autokt on", compute is self.auto)) if on]
@@ -221,15 +236,47 @@ class KtMagics(Magics):
         else:
             gpus = f", GPUs {','.join(map(str, pod.gpu_ids))}" if pod.gpu_ids else ""
             why = f" ({pod.reason}: {pod.message})" if pod.reason else ""
+            healthy = pod.phase == "running" and pod.reason is None
             lines.append(f"  pod       {pod.phase}{why}, pid {pod.pid}, up "
                          f"{_age(time.time() - pod.started_at)}{gpus}")
+            if healthy:
+                lines.append(f"  activity  {self._busy(compute.name)}")
             lines.append(f"  url       {pod.url} ({pod.backend} backend)")
-            if pod.phase == "running" and pod.reason is None:
+            if healthy:
                 running = Compute.from_name(compute.name, backend=compute.backend)
                 versions = running.connection().welcome.get("versions") or {}
                 lines.append("  versions  " + ", ".join(
                     f"{'Python' if k == 'python' else k} {v}" for k, v in versions.items()))
         print("\n".join(lines))
+
+    def _busy(self, name: str) -> str:
+        """``busy (running cell ... for 42 s)`` for a pod running a cell, else ``idle``."""
+        stuck = _cells.busy_since(name)
+        if stuck is not None:
+            return (f"busy (in code that does not see interrupts for {_age(stuck)}; "
+                    f"%kt restart {name} restarts it)")
+        try:
+            runs = _cells.list_runs(Compute.from_name(name), timeout=_STATUS_WAIT)
+        except TimeoutError:
+            return (f"busy (not answering within {_STATUS_WAIT:g} s: in code that holds "
+                    f"the GIL? %kt restart {name} restarts it)")
+        now = time.time()
+        for run in runs:
+            if run["state"] == "running":
+                queued = sum(1 for r in runs if r["state"] == "queued")
+                more = f", {queued} queued" if queued else ""
+                since = _age(now - (run["started"] or run["created"]))
+                return (f"busy (running cell {run['label'] or run['id']} for {since}, run "
+                        f"{run['id']}{more})")
+        return "idle"
+
+    def _cmd_restart(self, args: argparse.Namespace) -> None:
+        compute = self._target(args)
+        compute.teardown()
+        _cells.forget_stuck(compute.name)
+        _ = compute.pod
+        print(f"restarted {compute.name!r}: a fresh pod process; its variables and imports "
+              "are gone")
 
     def _cmd_list(self, args: argparse.Namespace) -> None:
         computes = ComputeManager().list()
@@ -271,24 +318,35 @@ class KtMagics(Magics):
         self.ip.user_ns.update(_cells.vars_call(self._target(args), pull=names))
 
     def _cmd_runs(self, args: argparse.Namespace) -> None:
-        compute = Compute.from_name(self._target(args).name)
-        runs = _cells.list_runs(compute)
-        if not runs:
-            print(f"no detached runs on {compute.name!r}")
-            return
+        manager = ComputeManager()
+        if args.name or args.compute:
+            names = [self._target(args).name]
+        else:  # every pod: after a kernel restart this is how a run is found again
+            names = [c.name for c in manager.list()]
+            if not names:
+                print("no running pods, so no runs")
+                return
         now = time.time()
-        rows = [["RUN", "STATE", "STARTED", "OUTPUT", "CELL"]]
-        for run in runs:
-            rows.append([run["id"], run["state"], f"{_age(now - run['created'])} ago",
-                         f"{run['events']} events", run["label"]])
+        rows = [["RUN", "STATE", "SINCE", "OUTPUT", "CLIENT", "CELL"]]
+        for name in names:
+            for run in manager.runs(name):
+                rows.append([run.id, run.state,
+                             f"{_age(now - (run.started or run.created))} ago",
+                             f"{run.events} events", _CLIENT.get(run.client, run.client),
+                             run.label])
+        if len(rows) == 1:
+            print(f"no runs on {', '.join(map(repr, names))}")
+            return
         print(_table(rows))
+        if any(row[4] in (_CLIENT["gone"], _CLIENT["detached"]) for row in rows[1:]):
+            print("%kt attach RUN follows a run here; %kt cancel RUN interrupts it")
 
     def _run_id(self, args: argparse.Namespace) -> str:
         if args.run_id:
             return str(args.run_id)
         if self.last_run is None:
             raise UsageError(f"%kt {args.command}: which run? This kernel started no detached "
-                             "run; give its RUN_ID (%kt runs NAME lists a pod's runs)")
+                             "run; give its RUN_ID (%kt runs lists the runs of every pod)")
         return self.last_run
 
     def _cmd_attach(self, args: argparse.Namespace) -> None:

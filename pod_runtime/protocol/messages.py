@@ -31,7 +31,11 @@ __all__ = [
     "InitCall",
     "MethodCall",
     "NotCachedError",
+    "QueuedEvent",
     "Result",
+    "RunClient",
+    "RunInfo",
+    "StartedEvent",
     "StreamEvent",
     "SyncApplyCall",
     "SyncBlobs",
@@ -115,9 +119,28 @@ class CellVarsCall(TypedDict):
 
 
 class CellRunsCall(TypedDict):
-    """List the detached cell runs the pod knows."""
+    """List the cell runs the pod knows (every cell is a run; see :class:`RunInfo`)."""
 
     kind: Literal["cell_runs"]
+
+
+#: Who follows a run: the connection that asks (``this``), another live one
+#: (``other``), nobody because it was detached (``detached``), or nobody because the
+#: connection that started it is gone, a kernel restart say (``gone``: an orphan).
+RunClient = Literal["this", "other", "detached", "gone"]
+
+
+class RunInfo(TypedDict):
+    """One cell run the pod holds: queued, running, or finished and not collected."""
+
+    run: int
+    state: str  # queued | running | ok | failed | done
+    label: str
+    created: float
+    started: float | None
+    finished: float | None
+    events: int
+    client: RunClient
 
 
 class SyncBlobsCall(TypedDict):
@@ -194,7 +217,24 @@ class ClearOutputEvent(TypedDict):
     wait: bool
 
 
-Event = StreamEvent | DisplayEvent | ClearOutputEvent
+class QueuedEvent(TypedDict):
+    """The call waits on the pod's main thread behind another run (``behind``)."""
+
+    seq: NotRequired[int]
+    kind: Literal["queued"]
+    behind: RunInfo
+    ahead: int  # runs queued before this one, besides ``behind``
+
+
+class StartedEvent(TypedDict):
+    """A call that was queued (:class:`QueuedEvent`) has started, at ``at`` (pod time)."""
+
+    seq: NotRequired[int]
+    kind: Literal["started"]
+    at: float
+
+
+Event = StreamEvent | DisplayEvent | ClearOutputEvent | QueuedEvent | StartedEvent
 
 
 # ----------------------------------------------------------------------- result
