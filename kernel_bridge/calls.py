@@ -291,7 +291,8 @@ class CallHandle:
         if err.get("category") == "SerializationError":
             return False, SerializationError(err["message"], target="result")
         text = format_remote_traceback(err) if err.get("frames") else err["traceback"]
-        return False, as_remote(original, err["type"], err["message"], text, self.conn.name)
+        return False, as_remote(original, err["type"], err["message"], text, self.conn.name,
+                                err.get("frames"))
 
 
 def format_remote_traceback(err: dict[str, Any]) -> str:

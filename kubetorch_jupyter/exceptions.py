@@ -13,6 +13,7 @@ Hierarchy (the bridge's part is in :mod:`kernel_bridge.errors`)::
     │                                PodDiedError, CallLostError)
     ├── SerializationError
     │   └── VersionMismatchError    this Python and the pod's cannot exchange pickles
+    ├── CellTimeoutError            a %%kt cell ran past --timeout (also a TimeoutError)
     ├── SyncError                   the project could not be synced to a pod
     │   ├── SyncLimitError          a file or the tree is over the limits
     │   └── ReloadError             an edit failed to import on the pod (file, line)
@@ -41,6 +42,7 @@ __all__ = [
     "AuthenticationError",
     "BridgeError",
     "CallLostError",
+    "CellTimeoutError",
     "ComputeInUseError",
     "ComputeNotFoundError",
     "ConfigError",
@@ -138,6 +140,10 @@ class PodStartError(KtError):
         self.pod = pod
         self.reason = reason
         self.log_tail = log_tail
+
+
+class CellTimeoutError(KtError, TimeoutError):
+    """A ``%%kt`` cell ran longer than its ``--timeout`` and was interrupted on the pod."""
 
 
 class SyncError(KtError):

@@ -551,8 +551,9 @@ def _pack_error(exc: BaseException, pod: str | None,
     if kind is None and isinstance(found, messages.ErrorKind):
         kind = found
     error: messages.ErrorInfo = {
-        "type": f"{typ.__module__}.{typ.__qualname__}" if typ.__module__ != "builtins"
-        else typ.__qualname__,
+        # named as Python's traceback names it: a class of a cell is "BadInput"
+        "type": f"{typ.__module__}.{typ.__qualname__}"
+        if typ.__module__ not in ("builtins", "__main__") else typ.__qualname__,
         "message": str(exc),
         "traceback": tb_text,
         "frames": frames,

@@ -20,6 +20,7 @@ from typing import Any
 from pod_runtime import protocol
 
 from ..exceptions import VersionMismatchError, VersionMismatchWarning
+from ..warn import user_stacklevel
 
 __all__ = ["Mismatch", "VersionMismatchError", "VersionMismatchWarning", "check", "compare",
            "local_versions"]
@@ -108,4 +109,4 @@ def check(conn: Any) -> None:
             return
         _checked.add(key)
     for problem in problems:
-        warnings.warn(problem.message, VersionMismatchWarning, stacklevel=3)
+        warnings.warn(problem.message, VersionMismatchWarning, stacklevel=user_stacklevel())

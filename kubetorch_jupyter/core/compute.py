@@ -17,6 +17,7 @@ from .. import config
 from ..backends import get_backend
 from ..backends.base import Backend, PodChanged, PodInfo
 from ..exceptions import ComputeNotFoundError, ConfigError
+from ..warn import user_stacklevel
 from . import connections, policy
 from .image import Image
 from .names import check_name
@@ -193,7 +194,7 @@ class Compute:
             backend.check(decision.spec, progress=show)  # a restart that cannot happen
             warnings.warn(f"restarting compute {self.name!r}: its spec changed "
                           f"({'; '.join(decision.changes)}); no other client was "
-                          "connected", RuntimeWarning, stacklevel=3)
+                          "connected", RuntimeWarning, stacklevel=user_stacklevel())
             connections.drop(self.name, backend.name)
             replacing = decision.info.spec_hash
         self._info = backend.up(decision.spec, progress=show, replacing=replacing)
@@ -236,7 +237,7 @@ class Compute:
                    f"pod {info.name!r} ended ({status.describe() if status else 'gone'})")
             warnings.warn(f"{why}; starting a new pod {info.name!r}: the state of the old "
                           "one (imports, globals, instances) is lost", RuntimeWarning,
-                          stacklevel=2)
+                          stacklevel=user_stacklevel())
             connections.drop(info.name, backend.name)  # the old pod's, not yet marked dead
             info = self._start_again()
         try:

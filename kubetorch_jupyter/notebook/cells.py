@@ -29,7 +29,7 @@ from ..calls.display import event_sink
 from ..calls.serialize import dump_call
 from ..core import connections
 from ..core.compute import Compute
-from ..exceptions import ConfigError, SerializationError
+from ..exceptions import CellTimeoutError, ConfigError, SerializationError
 from ..sync import session as _sync
 
 __all__ = ["RunId", "attach", "cancel_run", "cell_filename", "list_runs", "run_cell",
@@ -139,7 +139,8 @@ def run_cell(
 
     Raises:
         RemoteError: The cell raised (also an instance of the original type).
-        TimeoutError: ``timeout`` seconds passed; the cell was interrupted on the pod.
+        CellTimeoutError: ``timeout`` seconds passed; the cell was interrupted on the pod
+            (a TimeoutError too).
     """
     msg, label = _cell_message(source, filename, first_line, push, pull, detach=False)
     conn = _connect(compute)
@@ -152,7 +153,7 @@ def run_cell(
             raise
         handle.cancel()
         _finish_quietly(handle)
-        raise TimeoutError(
+        raise CellTimeoutError(
             f"the cell ran longer than its timeout ({timeout:g}s) and was interrupted on pod "
             f"{conn.name!r}; the pod and its variables are intact") from None
     except KeyboardInterrupt:
