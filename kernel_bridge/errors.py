@@ -20,7 +20,7 @@ subclass of that type too, so ``except ValueError`` works as it would locally.
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import Any, cast
 
 __all__ = [
     "AuthenticationError",
@@ -190,7 +190,7 @@ def as_remote(
                 exc = cls.__new__(cls, *args)
                 if typ.__module__ == "builtins":  # C attributes (SyntaxError.lineno, errno)
                     with contextlib.suppress(Exception):
-                        typ.__init__(exc, *args)
+                        cast(Any, typ).__init__(exc, *args)
                 exc.args = tuple(args)
                 exc.__dict__.update(state)
                 exc._set_remote(remote_type, message, traceback_text, pod)  # type: ignore[attr-defined]

@@ -57,9 +57,8 @@ class RemoteSyntaxError(KtError):
         if notes is not None:  # the remote traceback's note would show it twice
             self.error.__notes__ = [n for n in notes if not n.lstrip().startswith("Remote ")]
         try:
-            with_no_frames: list[Any] = []
             rendered: list[str] = shell.SyntaxTB.structured_traceback(
-                SyntaxError, self.error, with_no_frames)
+                SyntaxError, self.error, None)  # no frames: none of them is the user's
         finally:
             if notes is not None:
                 self.error.__notes__ = notes
