@@ -131,10 +131,12 @@ class Compute:
         (after the pod died) keeps its definition.
 
         Raises:
+            ConfigError: When ``name`` is not a valid compute name (the one rule of
+                :func:`.names.check_name`, whatever the backend).
             ComputeNotFoundError: When no compute of that name is running.
         """
         be = get_backend(backend)
-        info = be.get(name)
+        info = be.get(check_name(name))
         try:
             spec = ComputeSpec.from_json(info.spec)
         except (ValueError, TypeError):  # a record without a spec: only its name is known

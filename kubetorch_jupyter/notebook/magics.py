@@ -271,7 +271,7 @@ class KtMagics(Magics):
 
     def _cmd_logs(self, args: argparse.Namespace) -> None:
         name = args.name or self._current().name
-        sys.stdout.write(get_backend().logs(name, tail=args.tail))
+        sys.stdout.write(ComputeManager().logs(name, tail=args.tail))
 
     def _cmd_push(self, args: argparse.Namespace) -> None:
         names = [n for v in args.variables for n in variable_names(v, "push")]

@@ -45,7 +45,7 @@ from pod_runtime.protocol import shm
 from ... import config
 from ...core.names import check_name as _check_name
 from ...core.spec import ComputeSpec
-from ...exceptions import ComputeNotFoundError, PodStartError
+from ...exceptions import ComputeNotFoundError, ConfigError, PodStartError
 from ..base import ANY_POD, Backend, PodChanged, PodInfo, PodStatus
 from . import gpus as _gpus
 from . import venvs
@@ -111,8 +111,18 @@ class LocalBackend(Backend):
 
     @property
     def state_dir(self) -> Path:
-        """The state directory (created mode 0700 when missing)."""
-        return make_private_dir(Path(self._state_dir or config.get("state_dir")))
+        """The state directory (created mode 0700 when missing).
+
+        Raises:
+            ConfigError: When it cannot be created or used (``KT_STATE_DIR=/proc/nope``).
+        """
+        path = Path(self._state_dir or config.get("state_dir"))
+        try:
+            return make_private_dir(path)
+        except OSError as exc:
+            raise ConfigError(f"the state directory {str(path)!r} cannot be used "
+                              f"({exc.strerror or exc}): point KT_STATE_DIR at a directory "
+                              "you can write to") from None
 
     def _pods(self) -> Path:
         return make_private_dir(self.state_dir / "pods")
