@@ -36,7 +36,7 @@ from typing import Any, cast
 
 import cloudpickle
 
-from . import capture, protocol, settings
+from . import aio, capture, protocol, settings
 from .protocol import messages, shm
 from .registry import HANDLERS, register
 
@@ -581,7 +581,7 @@ def _run_fn(ex: Executor, body: dict[str, Any], record: CallRecord) -> Any:
     msg = cast(messages.FnCall, body)
     fn = _cached(ex, ex.functions, msg["fn_id"], msg.get("fn_blob"))
     record.label = getattr(fn, "__qualname__", "function")
-    return fn(*msg.get("args", ()), **msg.get("kwargs", {}))
+    return aio.resolve(fn(*msg.get("args", ()), **msg.get("kwargs", {})))
 
 
 @register("init")
@@ -609,4 +609,4 @@ def _run_method(ex: Executor, body: dict[str, Any], record: CallRecord) -> Any:
     attr = getattr(obj, method)
     if msg.get("get_attr"):
         return attr
-    return attr(*msg.get("args", ()), **msg.get("kwargs", {}))
+    return aio.resolve(attr(*msg.get("args", ()), **msg.get("kwargs", {})))

@@ -6,6 +6,7 @@
     remote_train(10, lr=0.5)                  # blocks; output streams back live
     handle = remote_train.submit(10)          # returns at once; handle.result() later
     await remote_train.acall(10)              # from async code
+    await kt.fn(async_fetch).to(compute)(url) # async def: awaited on the pod, as locally
 
     counter = kt.cls(Counter).to(compute, init_args={"start": 5})
     counter.add(2)                            # state lives on the pod
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 from collections.abc import Callable, Mapping
 from types import CodeType, FunctionType
 from typing import Any, Generic, TypeVar
@@ -148,7 +150,13 @@ class RemoteFn(Generic[T]):
                            shipping=True)
 
     def __call__(self, *args: Any, **kwargs: Any) -> T:
-        """Run on the pod and return the result; output streams back while it runs."""
+        """Run on the pod and return the result; output streams back while it runs.
+
+        For an ``async def`` function, as locally, the call returns an awaitable (the
+        coroutine runs on the pod; ``await remote(...)`` gives its result).
+        """
+        if inspect.iscoroutinefunction(self.func):
+            return self.acall(*args, **kwargs)  # type: ignore[return-value]
         handle = self.submit(*args, **kwargs)
         return _retrying(lambda force: self._send(args, kwargs, force_blob=force))(handle)
 
@@ -285,7 +293,9 @@ class RemoteMethod:
         return _invoke(self.owner.compute, msg, label, None)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """Run the method on the pod and return its result."""
+        """Run the method on the pod and return its result (an awaitable for an async one)."""
+        if inspect.iscoroutinefunction(getattr(self.owner.klass, self.method, None)):
+            return self.acall(*args, **kwargs)
         return self.submit(*args, **kwargs).result()
 
     async def acall(self, *args: Any, **kwargs: Any) -> Any:
