@@ -134,3 +134,28 @@ def test_a_restart_warning_in_a_script_names_the_scripts_line() -> None:
         assert [w.filename for w in seen] == [__file__], [(w.filename, w.lineno) for w in seen]
     finally:
         compute.teardown()
+
+
+def test_teardown_during_a_call_says_who_tore_the_pod_down(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    compute = kt.Compute(name=f"td-{secrets.token_hex(3)}")
+
+    def slow() -> None:
+        import time
+
+        print("started", flush=True)
+        time.sleep(120)
+
+    handle = kt.fn(slow).to(compute).submit()
+    assert next(iter(handle.stream(timeout(30))))["text"].startswith("started")
+    done = subprocess.run([sys.executable, "-m", "kubetorch_jupyter.cli", "teardown",
+                           compute.name], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done
+    with pytest.raises(kt.PodDiedError) as info:
+        handle.result(timeout(30))
+    message = str(info.value)
+    assert info.value.reason == "TornDown"
+    assert f"pod {compute.name!r} was torn down by kt teardown {compute.name} (pid " in message
+    assert "exit status" not in message and "signal" not in message, message

@@ -48,7 +48,7 @@ from ...core.spec import ComputeSpec
 from ...exceptions import ComputeNotFoundError, ConfigError, PodStartError
 from ..base import ANY_POD, Backend, PodChanged, PodInfo, PodStatus
 from . import gpus as _gpus
-from . import venvs
+from . import teardowns, venvs
 from .process import make_private_dir, read_line, source_root, wait_gone
 from .process import tail as read_tail
 
@@ -284,6 +284,7 @@ class LocalBackend(Backend):
             info = self._read(name)
             if info is None:
                 raise ComputeNotFoundError(name, [p.name for p in self.list()])
+            teardowns.record(self.state_dir, name, info.pid)  # its clients read "torn down"
             self._stop(info)
 
     def status(self, info: PodInfo) -> PodStatus:
@@ -291,13 +292,18 @@ class LocalBackend(Backend):
 
         The exit status (a signal: ``failed``, reason ``Killed``; a non-zero code:
         ``failed``, reason ``Error``) is known for pods this process started; of others
-        only that they are ``gone``. (A SIGKILL from the kernel's OOM killer cannot be
-        told apart from any other SIGKILL here.)
+        only that they are ``gone``. A pod that :meth:`down` stopped is ``gone``, reason
+        ``TornDown``, its message naming the process that did it. (A SIGKILL from the
+        kernel's OOM killer cannot be told apart from any other SIGKILL here.)
         """
         if self._alive(info):
             return PodStatus("running")
         child = _CHILDREN.get(info.pid) if info.pid is not None else None
-        return PodStatus.from_exit(child.returncode if child is not None else None)
+        code = child.returncode if child is not None else None
+        torn = teardowns.who_tore_down(self.state_dir, info.name, info.pid)
+        if torn is not None:
+            return PodStatus("gone", "TornDown", torn, code)
+        return PodStatus.from_exit(code)
 
     def settle(self, info: PodInfo, timeout: float) -> PodStatus:
         """The status once the pod's exit is visible, waiting up to ``timeout`` seconds for it.
@@ -423,6 +429,7 @@ class LocalBackend(Backend):
         want = math.ceil(spec.cpus) if spec.cpus else len(cores)
         pin = cores[:want] if want < len(cores) else None
         indices = _gpus.allocate(state, name, spec.gpus, discover=self._discover)
+        teardowns.clear(state, name)
         proc = None
         try:
             token = secrets.token_urlsafe(32)
