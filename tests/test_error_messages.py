@@ -159,3 +159,23 @@ def test_teardown_during_a_call_says_who_tore_the_pod_down(tmp_path: Path) -> No
     assert info.value.reason == "TornDown"
     assert f"pod {compute.name!r} was torn down by kt teardown {compute.name} (pid " in message
     assert "exit status" not in message and "signal" not in message, message
+
+
+def test_a_python_without_the_runtimes_dependencies_is_named(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+    import sys
+    import venv
+
+    bare = tmp_path / "bare"
+    venv.EnvBuilder(with_pip=False).create(bare)  # the same Python, none of its packages
+    python = str(bare / "bin" / "python")
+    assert subprocess.run([python, "-c", "import websockets"], capture_output=True
+                          ).returncode != 0, sys.executable
+    monkeypatch.setenv("KT_PYTHON", python)
+    with pytest.raises(kt.PodStartError) as info:
+        kt.Compute(name=f"bare-{secrets.token_hex(3)}").up()
+    message = str(info.value)
+    assert "\n" not in message and "Traceback" not in message, message
+    assert "websockets" in message and "cloudpickle" in message
+    assert f"{python} -m pip install websockets cloudpickle" in message

@@ -465,6 +465,15 @@ class LocalBackend(Backend):
             try:
                 ready = self._wait_ready(read_fd, proc, name, progress=progress,
                                          log_path=log_path, offset=offset)
+            except PodStartError as exc:
+                missing = venvs.missing_runtime_deps(python, env) if proc.poll() else []
+                if not missing:
+                    raise
+                raise PodStartError(
+                    f"pod {name!r} cannot start: its Python ({python}) lacks the pod "
+                    f"runtime's dependencies {', '.join(missing)}. Install them with "
+                    f"`{python} -m pip install {' '.join(missing)}`, or point KT_PYTHON at "
+                    "a Python that has them", pod=name, reason=exc.reason) from None
             finally:
                 os.close(read_fd)
             started_at = time.time()  # after the pod (whichever pid reported) was created
