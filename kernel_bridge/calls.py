@@ -273,12 +273,14 @@ class CallHandle:
             buffers = protocol.resolve_buffers(frame.buffers, shm.map_claimed)
             msg = protocol.loads(frame.body, buffers)
         except Exception as exc:  # noqa: BLE001
-            return False, SerializationError(
+            err = SerializationError(
                 f"the result of {self.label} could not be unpickled here: "
                 f"{type(exc).__name__}: {exc}. Is the package that defines it installed "
                 "locally, in a compatible version?",
                 target="result",
             )
+            err.__cause__ = exc  # (a module missing here: the client names the versions)
+            return False, err
         if msg["ok"]:
             return True, msg["value"]
         err = msg["error"]

@@ -340,12 +340,7 @@ class Executor:
             try:
                 msg = protocol.loads(body, protocol.resolve_buffers(buffers, shm.map_claimed))
             except ModuleNotFoundError as exc:
-                raise ModuleNotFoundError(
-                    f"the call refers to module {exc.name!r}, which this pod cannot import: "
-                    "it is neither installed here (kt.Image().pip_install) nor part of the "
-                    "synced project (is it ignored by .gitignore/.ktignore, or outside the "
-                    "project root?). Sync it, install it, or pass plain data instead",
-                    name=exc.name) from exc
+                raise _not_importable(exc) from exc
             finally:
                 protocol.release_buffers(buffers)  # whatever was not mapped
             handler = HANDLERS.get(msg.get("kind", "")) if isinstance(msg, dict) else None
@@ -495,6 +490,29 @@ def _pack_error_safely(exc: BaseException, pod: str) -> tuple[bytes, list[memory
                  "traceback": "".join(traceback.format_exception_only(typ, None)),
                  "frames": None, "exc": None, "category": None}
         return protocol.dumps({"ok": False, "error": error})
+
+
+def _not_importable(exc: ModuleNotFoundError) -> ModuleNotFoundError:
+    """The error for a call naming a module this pod cannot import.
+
+    When the package is installed here (another version than the client's, whose
+    objects name modules this one lacks: ``numpy._core``), it says which version, and
+    carries ``module`` and ``pod_version`` so the client can name both versions.
+    """
+    top = (exc.name or "").split(".")[0]
+    version = protocol.installed_version(top) if top else None
+    if version is not None:
+        why = (f"this pod has {top} {version}, which has no such module: the client's "
+               f"{top} is probably another version. Install the same version on both")
+    else:
+        why = ("it is neither installed here (kt.Image().pip_install) nor part of the synced "
+               "project (is it ignored by .gitignore/.ktignore, or outside the project "
+               "root?). Sync it, install it, or pass plain data instead")
+    err = ModuleNotFoundError(f"the call refers to module {exc.name!r}, which this pod "
+                              f"cannot import: {why}", name=exc.name)
+    err.module = exc.name  # type: ignore[attr-defined]  # travel in the error's state
+    err.pod_version = version  # type: ignore[attr-defined]
+    return err
 
 
 def _pack_ok(value: Any) -> tuple[bytes, list[memoryview]]:

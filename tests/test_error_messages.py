@@ -179,3 +179,42 @@ def test_a_python_without_the_runtimes_dependencies_is_named(
     assert "\n" not in message and "Traceback" not in message, message
     assert "websockets" in message and "cloudpickle" in message
     assert f"{python} -m pip install websockets cloudpickle" in message
+
+
+def _fake_package(root: Path, version: str, *, core: bool) -> Path:
+    """A real installed package ``fakever`` (a dist-info importlib.metadata reads)."""
+    pkg = root / "fakever"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text(f"__version__ = {version!r}\n")
+    if core:  # what the newer version moved its classes to (as numpy 2 did: numpy._core)
+        (pkg / "_core.py").write_text("class Thing:\n    def __init__(self, v):\n"
+                                      "        self.v = v\n")
+    info = root / f"fakever-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: fakever\nVersion: {version}\n")
+    return root
+
+
+def test_a_module_missing_for_a_version_mismatch_names_both_versions(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+    import sys
+
+    here = _fake_package(tmp_path / "v2", "2.0", core=True)
+    there = _fake_package(tmp_path / "v1", "1.0", core=False)
+    monkeypatch.syspath_prepend(str(here))
+    importlib.invalidate_caches()
+    core = importlib.import_module("fakever._core")
+    compute = kt.Compute(name=f"vm-{secrets.token_hex(3)}", env={"PYTHONPATH": str(there)})
+    try:
+        with pytest.raises(kt.VersionMismatchError) as info:
+            kt.fn(len).to(compute)([core.Thing(1)])
+        message = str(info.value)
+        assert "fakever 2.0 here but 1.0 on pod" in message, message
+        assert "fakever._core" in message and 'pip_install(["fakever==2.0"])' in message
+        assert "neither installed here" not in message
+        assert (info.value.local, info.value.remote) == ("2.0", "1.0")
+    finally:
+        compute.teardown()
+        for mod in [m for m in sys.modules if m.split(".")[0] == "fakever"]:
+            del sys.modules[mod]

@@ -3,6 +3,8 @@
 * the cell's number is its prompt's (``In[8]``), as IPython counts it while it runs;
 * a syntax error shows as IPython shows a local one (file, line, caret), without the
   frames of the magic that sent it;
+* a module one side lacks because the two have different versions of its package
+  names both versions (:func:`..calls.versions.explain_missing`);
 * a ``NameError`` on a pod that restarted since the notebook's last cell there says so:
   the variables of earlier cells went with the old pod.
 """
@@ -13,6 +15,7 @@ from typing import Any
 
 from kernel_bridge import RemoteError
 
+from ..calls import versions as _versions
 from ..core import connections
 from ..core.compute import Compute
 from ..exceptions import KtError
@@ -86,6 +89,11 @@ def explain(exc: BaseException, compute: Compute, before: str | None) -> BaseExc
     """
     if isinstance(exc, SyntaxError) and isinstance(exc, RemoteError):
         return RemoteSyntaxError(exc)
+    info = compute._info
+    mismatch = _versions.explain_missing(
+        exc, connections.live(compute.backend, info) if info is not None else None)
+    if mismatch is not exc:
+        return mismatch
     now = boot_id(compute)
     if isinstance(exc, NameError) and before is not None and now is not None and now != before:
         exc.add_note(
