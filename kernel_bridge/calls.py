@@ -321,12 +321,14 @@ class CallHandle:
             buffers = protocol.resolve_buffers(frame.buffers, shm.map_claimed)
             msg = protocol.loads(frame.body, buffers)
         except Exception as exc:  # noqa: BLE001
-            return False, SerializationError(
+            err = SerializationError(
                 f"the result of {self.label} could not be unpickled here: "
                 f"{type(exc).__name__}: {exc}. Is the package that defines it installed "
                 "locally, in a compatible version?",
                 target="result",
             )
+            err.__cause__ = exc  # (a module missing here: the client names the versions)
+            return False, err
         if msg["ok"]:
             return True, msg["value"]
         err = msg["error"]
@@ -339,7 +341,8 @@ class CallHandle:
         if err.get("category") == "SerializationError":
             return False, SerializationError(err["message"], target="result")
         text = format_remote_traceback(err) if err.get("frames") else err["traceback"]
-        return False, as_remote(original, err["type"], err["message"], text, self.conn.name)
+        return False, as_remote(original, err["type"], err["message"], text, self.conn.name,
+                                err.get("frames"))
 
 
 def format_remote_traceback(err: dict[str, Any]) -> str:

@@ -20,7 +20,8 @@ subclass of that type too, so ``except ValueError`` works as it would locally.
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, cast
 
 __all__ = [
     "AuthenticationError",
@@ -118,12 +119,16 @@ class RemoteError(KtError):
         remote_type: ``module.QualName`` of the remote exception's type.
         remote_message: ``str()`` of the remote exception.
         remote_traceback: The remote traceback, formatted as Python prints it.
+        remote_frames: The remote frames as (file, line, function, source line), outermost
+            first, when the pod sent them (not for chained exceptions); IPython renders
+            them as it renders a local traceback.
         pod: The pod the call ran on.
     """
 
     remote_type: str
     remote_message: str
     remote_traceback: str
+    remote_frames: list[tuple[str, int, str, str | None]] | None = None
     pod: str | None
 
     def __init__(
@@ -143,10 +148,26 @@ class RemoteError(KtError):
         self.pod = pod
 
     def _render_traceback_(self) -> list[str]:
-        """IPython hook: show the remote traceback as the cell's traceback."""
+        """IPython hook: the remote traceback, rendered as IPython renders a local one.
+
+        Without the remote frames (a chained exception), the pod's formatted text.
+        """
         where = f" on pod '{self.pod}'" if self.pod else ""
+        notes = list(getattr(self, "__notes__", ()))
+        own = [n for n in notes if not n.startswith(_NOTE_HEAD)]  # e.g. "the pod restarted"
+        if self.remote_frames:
+            from .render import ipython_traceback
+
+            self.__notes__ = own  # the remote-traceback note would repeat the traceback
+            try:
+                rendered = ipython_traceback(self, self.remote_frames)
+            finally:
+                self.__notes__ = notes
+            if rendered is not None:
+                return [*rendered, f"(raised on pod '{self.pod}')" if self.pod else ""]
         lines = [f"Remote traceback{where}:"]
         lines.extend(self.remote_traceback.rstrip("\n").splitlines())
+        lines.extend(own)
         return lines
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -157,6 +178,8 @@ class RemoteError(KtError):
 
 
 _as_remote_cache: dict[type, type | None] = {}
+_named_cache: dict[str, type[RemoteError]] = {}
+_NOTE_HEAD = "\nRemote traceback"
 
 
 def as_remote(
@@ -165,30 +188,55 @@ def as_remote(
     message: str,
     traceback_text: str,
     pod: str | None,
+    frames: list[Any] | None = None,
 ) -> BaseException:
     """Build the exception to raise locally for a remote failure.
 
     ``original`` is the remote exception's (type, args, attributes) when its type could
     be unpickled here. Then the result is an instance of a subclass of both that type
     and :class:`RemoteError`, with those args and attributes, so ``except ValueError``
-    and ``err.code`` work as they would locally. Otherwise it is a plain RemoteError.
+    and ``err.code`` work as they would locally. Otherwise it is a RemoteError of a
+    subclass named as the remote type (``BadInput``, a class defined on the pod), so
+    tracebacks and ``type(err).__name__`` name it as they would locally.
     """
+    remote_frames = [tuple(f) for f in frames] if frames else None
     if original is not None:
         typ, args, state = original
         cls = _remote_subclass(typ) if isinstance(typ, type) else None
         if cls is not None:
             try:
                 exc = cls.__new__(cls, *args)
+                if typ.__module__ == "builtins":  # C attributes (SyntaxError.lineno, errno)
+                    with contextlib.suppress(Exception):
+                        cast(Any, typ).__init__(exc, *args)
                 exc.args = tuple(args)
                 exc.__dict__.update(state)
                 exc._set_remote(remote_type, message, traceback_text, pod)  # type: ignore[attr-defined]
+                exc.remote_frames = remote_frames  # type: ignore[attr-defined]
                 exc.add_note(_note(traceback_text, pod))
                 return exc
             except Exception:  # noqa: BLE001 - an exotic type that will not combine
                 pass
-    err = RemoteError(remote_type, message, traceback_text, pod)
+    err = _named_remote(remote_type)(remote_type, message, traceback_text, pod)
+    err.remote_frames = remote_frames
     err.add_note(_note(traceback_text, pod))
     return err
+
+
+def _named_remote(remote_type: str) -> type[RemoteError]:
+    """A RemoteError subclass named as the remote type (module and qualified name)."""
+    if remote_type in _named_cache:
+        return _named_cache[remote_type]
+    module, _, qualname = remote_type.rpartition(".")
+    name = qualname.rpartition(".")[2]
+    if not name.isidentifier():
+        return RemoteError
+    cls = type(name, (RemoteError,), {
+        "__module__": module or "__main__", "__qualname__": qualname,
+        "__str__": lambda self: self.remote_message,
+        "__doc__": f"{remote_type}, raised on a pod (the type is not importable here)."})
+    _named_cache[remote_type] = cls
+    return cls
 
 
 def _note(traceback_text: str, pod: str | None) -> str:

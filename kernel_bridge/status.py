@@ -80,6 +80,11 @@ def died_error(pod: str, state: PodState) -> PodDiedError:
         how = f"exit status {status}"
     reason = getattr(state, "reason", None)
     detail = getattr(state, "message", "") or how
+    if reason == "TornDown":  # stopped on purpose: no crash to report
+        return PodDiedError(
+            f"pod {pod!r} was {detail if detail.startswith('torn down') else 'torn down'} "
+            "while calls were in flight; its state is lost. The next .to() or %%kt starts "
+            "a fresh pod", pod=pod, exit_status=status, reason=reason)
     if reason and reason.lower() not in detail.lower():
         detail = f"{reason}: {detail}"
     return PodDiedError(

@@ -14,6 +14,7 @@ Hierarchy (the bridge's part is in :mod:`kernel_bridge.errors`)::
     ├── CallCancelledError          the call was cancelled (handle.cancel())
     ├── SerializationError
     │   └── VersionMismatchError    this Python and the pod's cannot exchange pickles
+    ├── CellTimeoutError            a %%kt cell ran past --timeout (also a TimeoutError)
     ├── SyncError                   the project could not be synced to a pod
     │   ├── SyncLimitError          a file or the tree is over the limits
     │   └── ReloadError             an edit failed to import on the pod (file, line)
@@ -44,6 +45,7 @@ __all__ = [
     "BridgeError",
     "CallCancelledError",
     "CallLostError",
+    "CellTimeoutError",
     "ComputeInUseError",
     "ComputeNotFoundError",
     "ConfigError",
@@ -141,6 +143,10 @@ class PodStartError(KtError):
         self.pod = pod
         self.reason = reason
         self.log_tail = log_tail
+
+
+class CellTimeoutError(KtError, TimeoutError):
+    """A ``%%kt`` cell ran longer than its ``--timeout`` and was interrupted on the pod."""
 
 
 class SyncError(KtError):

@@ -36,7 +36,7 @@ from typing import Any, cast
 
 import cloudpickle
 
-from . import capture, protocol, settings
+from . import aio, capture, protocol, settings
 from .protocol import messages, shm
 from .registry import HANDLERS, register
 
@@ -399,12 +399,7 @@ class Executor:
             try:
                 msg = protocol.loads(body, protocol.resolve_buffers(buffers, shm.map_claimed))
             except ModuleNotFoundError as exc:
-                raise ModuleNotFoundError(
-                    f"the call refers to module {exc.name!r}, which this pod cannot import: "
-                    "it is neither installed here (kt.Image().pip_install) nor part of the "
-                    "synced project (is it ignored by .gitignore/.ktignore, or outside the "
-                    "project root?). Sync it, install it, or pass plain data instead",
-                    name=exc.name) from exc
+                raise _not_importable(exc) from exc
             finally:
                 protocol.release_buffers(buffers)  # whatever was not mapped
             handler = HANDLERS.get(msg.get("kind", "")) if isinstance(msg, dict) else None
@@ -562,6 +557,29 @@ def _pack_error_safely(exc: BaseException, pod: str) -> tuple[bytes, list[memory
         return protocol.dumps({"ok": False, "error": error})
 
 
+def _not_importable(exc: ModuleNotFoundError) -> ModuleNotFoundError:
+    """The error for a call naming a module this pod cannot import.
+
+    When the package is installed here (another version than the client's, whose
+    objects name modules this one lacks: ``numpy._core``), it says which version, and
+    carries ``module`` and ``pod_version`` so the client can name both versions.
+    """
+    top = (exc.name or "").split(".")[0]
+    version = protocol.installed_version(top) if top else None
+    if version is not None:
+        why = (f"this pod has {top} {version}, which has no such module: the client's "
+               f"{top} is probably another version. Install the same version on both")
+    else:
+        why = ("it is neither installed here (kt.Image().pip_install) nor part of the synced "
+               "project (is it ignored by .gitignore/.ktignore, or outside the project "
+               "root?). Sync it, install it, or pass plain data instead")
+    err = ModuleNotFoundError(f"the call refers to module {exc.name!r}, which this pod "
+                              f"cannot import: {why}", name=exc.name)
+    err.module = exc.name  # type: ignore[attr-defined]  # travel in the error's state
+    err.pod_version = version  # type: ignore[attr-defined]
+    return err
+
+
 def _pack_ok(value: Any) -> tuple[bytes, list[memoryview]]:
     try:
         ok: messages.Result = {"ok": True, "value": value}
@@ -616,8 +634,9 @@ def _pack_error(exc: BaseException, pod: str | None,
     if kind is None and isinstance(found, messages.ErrorKind):
         kind = found
     error: messages.ErrorInfo = {
-        "type": f"{typ.__module__}.{typ.__qualname__}" if typ.__module__ != "builtins"
-        else typ.__qualname__,
+        # named as Python's traceback names it: a class of a cell is "BadInput"
+        "type": f"{typ.__module__}.{typ.__qualname__}"
+        if typ.__module__ not in ("builtins", "__main__") else typ.__qualname__,
         "message": str(exc),
         "traceback": tb_text,
         "frames": frames,
@@ -645,7 +664,7 @@ def _run_fn(ex: Executor, body: dict[str, Any], record: CallRecord) -> Any:
     msg = cast(messages.FnCall, body)
     fn = _cached(ex, ex.functions, msg["fn_id"], msg.get("fn_blob"))
     record.label = getattr(fn, "__qualname__", "function")
-    return fn(*msg.get("args", ()), **msg.get("kwargs", {}))
+    return aio.resolve(fn(*msg.get("args", ()), **msg.get("kwargs", {})))
 
 
 @register("init")
@@ -673,4 +692,4 @@ def _run_method(ex: Executor, body: dict[str, Any], record: CallRecord) -> Any:
     attr = getattr(obj, method)
     if msg.get("get_attr"):
         return attr
-    return attr(*msg.get("args", ()), **msg.get("kwargs", {}))
+    return aio.resolve(attr(*msg.get("args", ()), **msg.get("kwargs", {})))

@@ -107,7 +107,10 @@ def test_start_warm_find_from_another_process_and_down(backend, state):
 
     backend.down("dev")
     assert not record.exists()
-    assert backend.status(info) == local.PodStatus("gone", "Completed", "exit status 0", 0)
+    by = f"torn down by {os.path.basename(sys.argv[0])}"  # who stopped it, for its clients
+    gone = backend.status(info)
+    assert (gone.phase, gone.reason, gone.exit_status) == ("gone", "TornDown", 0)
+    assert gone.message.startswith(by) and gone.message.endswith(f"(pid {os.getpid()})"), gone
     assert "listening" in backend.logs("dev")  # the log outlives the pod
     with pytest.raises(ComputeNotFoundError):
         backend.get("dev")

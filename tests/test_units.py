@@ -81,7 +81,13 @@ def test_remote_errors_become_the_original_type_when_possible() -> None:
     assert isinstance(err, Strict) and err.b == 2
 
     plain = as_remote(None, "mod.Unknown", "msg", "tb", "p")
-    assert type(plain) is RemoteError and plain.remote_type == "mod.Unknown"
+    assert isinstance(plain, RemoteError) and plain.remote_type == "mod.Unknown"
+    assert (type(plain).__module__, type(plain).__name__, str(plain)) == ("mod", "Unknown", "msg")
+
+    syntax = as_remote((SyntaxError, ("never closed", ("<kt In[3] ab>", 2, 5, "x = (1,\n", 2, 6)),
+                        {}), "SyntaxError", "never closed", "tb", "p")
+    assert isinstance(syntax, SyntaxError)  # its C attributes are set, as for a local one
+    assert (syntax.msg, syntax.filename, syntax.lineno) == ("never closed", "<kt In[3] ab>", 2)
 
 
 def test_progress_bars_only_where_someone_can_see_them(monkeypatch: pytest.MonkeyPatch) -> None:

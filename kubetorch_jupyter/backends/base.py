@@ -81,7 +81,8 @@ class PodStatus:
         reason: A word a program can branch on: ``"OOMKilled"``, ``"Unschedulable"``,
             ``"ImagePullBackOff"``, ``"Evicted"``, ``"Killed"`` (by a signal; the message
             names it), ``"Error"`` (a non-zero exit; the message has the code),
-            ``"Completed"`` (exit status 0); None when there is nothing to say.
+            ``"Completed"`` (exit status 0), ``"TornDown"`` (stopped on purpose: the
+            message says by whom); None when there is nothing to say.
         message: A line for people, e.g. ``"killed by SIGKILL"``.
         exit_status: The process exit status (negative: killed by that signal), when known.
     """

@@ -6,6 +6,7 @@
     remote_train(10, lr=0.5)                  # blocks; output streams back live
     handle = remote_train.submit(10)          # returns at once; handle.result() later
     await remote_train.acall(10)              # from async code
+    await kt.fn(async_fetch).to(compute)(url) # async def: awaited on the pod, as locally
 
     counter = kt.cls(Counter).to(compute, init_args={"start": 5})
     counter.add(2)                            # state lives on the pod
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 from collections.abc import Callable, Mapping
 from types import CodeType, FunctionType
 from typing import Any, Generic, TypeVar
@@ -23,7 +25,7 @@ from kernel_bridge import CallHandle
 from pod_runtime.protocol import messages
 
 from ..core.compute import Compute
-from ..exceptions import ConfigError
+from ..exceptions import ConfigError, SerializationError
 from ..sync import session as _sync
 from . import versions as _versions
 from .display import cell_sink
@@ -65,14 +67,36 @@ def _invoke(compute: Compute, msg: _Call, label: str, blob: tuple[str, bytes] | 
     return handle
 
 
+def _result(handle: CallHandle) -> Any:
+    """``handle.result()``; a module one side lacks for a version mismatch says so."""
+    try:
+        return handle.result()
+    except (ModuleNotFoundError, SerializationError) as exc:
+        better = _versions.explain_missing(exc, handle.conn)
+        if better is exc:
+            raise
+        raise better from None
+
+
+async def _aresult(handle: CallHandle) -> Any:
+    """:func:`_result` for async callers."""
+    try:
+        return await handle.aresult()
+    except (ModuleNotFoundError, SerializationError) as exc:
+        better = _versions.explain_missing(exc, handle.conn)
+        if better is exc:
+            raise
+        raise better from None
+
+
 def _retrying(send: Callable[[bool], CallHandle]) -> Callable[[CallHandle], Any]:
     """Wait for a handle; if the pod lost its cache of our function, send it again."""
 
     def wait(handle: CallHandle) -> Any:
         try:
-            return handle.result()
+            return _result(handle)
         except messages.NotCachedError:  # the pod lost its copy: send it with the blob
-            return send(True).result()
+            return _result(send(True))
 
     return wait
 
@@ -148,7 +172,13 @@ class RemoteFn(Generic[T]):
                            shipping=True)
 
     def __call__(self, *args: Any, **kwargs: Any) -> T:
-        """Run on the pod and return the result; output streams back while it runs."""
+        """Run on the pod and return the result; output streams back while it runs.
+
+        For an ``async def`` function, as locally, the call returns an awaitable (the
+        coroutine runs on the pod; ``await remote(...)`` gives its result).
+        """
+        if inspect.iscoroutinefunction(self.func):
+            return self.acall(*args, **kwargs)  # type: ignore[return-value]
         handle = self.submit(*args, **kwargs)
         return _retrying(lambda force: self._send(args, kwargs, force_blob=force))(handle)
 
@@ -160,10 +190,10 @@ class RemoteFn(Generic[T]):
         """
         handle = await asyncio.to_thread(self.submit, *args, **kwargs)
         try:
-            result: T = await handle.aresult()
+            result: T = await _aresult(handle)
         except messages.NotCachedError:  # the pod lost its copy: send it with the blob
             again = await asyncio.to_thread(self._send, args, kwargs, force_blob=True)
-            result = await again.aresult()
+            result = await _aresult(again)
         return result
 
     def teardown(self) -> None:
@@ -285,13 +315,15 @@ class RemoteMethod:
         return _invoke(self.owner.compute, msg, label, None)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """Run the method on the pod and return its result."""
-        return self.submit(*args, **kwargs).result()
+        """Run the method on the pod and return its result (an awaitable for an async one)."""
+        if inspect.iscoroutinefunction(getattr(self.owner.klass, self.method, None)):
+            return self.acall(*args, **kwargs)
+        return _result(self.submit(*args, **kwargs))
 
     async def acall(self, *args: Any, **kwargs: Any) -> Any:
         """Run the method without blocking the caller's event loop (sending on a thread)."""
         handle = await asyncio.to_thread(self.submit, *args, **kwargs)
-        return await handle.aresult()
+        return await _aresult(handle)
 
 
 class RemoteInstance:
@@ -315,7 +347,7 @@ class RemoteInstance:
         _sync.ensure(self.compute)
         msg: messages.MethodCall = {"kind": "method", "instance": self.instance,
                                     "method": name, "get_attr": True}
-        return _invoke(self.compute, msg, f"{self.klass.__qualname__}.{name}", None).result()
+        return _result(_invoke(self.compute, msg, f"{self.klass.__qualname__}.{name}", None))
 
     def teardown(self) -> None:
         """Stop the compute this instance lives on."""

@@ -11,6 +11,7 @@ check runs once per pod process (its ``boot_id``).
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import warnings
@@ -19,10 +20,16 @@ from typing import Any
 
 from pod_runtime import protocol
 
-from ..exceptions import VersionMismatchError, VersionMismatchWarning
+from ..exceptions import (
+    RemoteError,
+    SerializationError,
+    VersionMismatchError,
+    VersionMismatchWarning,
+)
+from ..warn import user_stacklevel
 
 __all__ = ["Mismatch", "VersionMismatchError", "VersionMismatchWarning", "check", "compare",
-           "local_versions"]
+           "explain_missing", "local_versions"]
 
 #: Package -> how many leading version components must agree for pickles to load.
 PACKAGES = {"cloudpickle": 2, "numpy": 1, "torch": 1, "pandas": 1}
@@ -108,4 +115,55 @@ def check(conn: Any) -> None:
             return
         _checked.add(key)
     for problem in problems:
-        warnings.warn(problem.message, VersionMismatchWarning, stacklevel=3)
+        warnings.warn(problem.message, VersionMismatchWarning, stacklevel=user_stacklevel())
+
+
+def _distribution(package: str) -> str:
+    """The distribution (what pip installs) that provides import name ``package``."""
+    from importlib import metadata
+
+    with contextlib.suppress(Exception):
+        names = metadata.packages_distributions().get(package)
+        if names:
+            return names[0]
+    return package
+
+
+def explain_missing(exc: BaseException, conn: Any = None) -> BaseException:
+    """A missing module explained by a version mismatch, else ``exc`` itself.
+
+    Objects of one version of a package can name modules another version lacks
+    (numpy 2 pickles name ``numpy._core``, which numpy 1 has not): the pod's
+    ``ModuleNotFoundError`` for an argument, or this side's failure to unpickle a result.
+    When the package's versions differ between here and the pod, the error is a
+    :class:`VersionMismatchError` naming both versions and the fix.
+
+    Args:
+        exc: What a call raised.
+        conn: Its connection (the pod's versions, when the error does not carry them).
+    """
+    cause = exc.__cause__
+    if isinstance(exc, ModuleNotFoundError) and isinstance(exc, RemoteError):
+        module, lacks = getattr(exc, "module", None), "pod"
+        there = getattr(exc, "pod_version", None)
+    elif isinstance(exc, SerializationError) and isinstance(cause, ModuleNotFoundError):
+        module, lacks = cause.name, "here"
+        remote = (getattr(conn, "welcome", None) or {}).get("versions") or {}
+        there = remote.get((module or "").split(".")[0])
+    else:
+        return exc
+    if not module or not there:
+        return exc
+    top = module.split(".")[0]
+    here = protocol.installed_version(top)
+    if here is None or here == there:
+        return exc
+    pod = getattr(conn, "name", None) or getattr(exc, "pod", None) or "pod"
+    dist = _distribution(top)
+    without = there if lacks == "pod" else here
+    err = VersionMismatchError(
+        f"{dist} {here} here but {there} on pod {pod!r}: the call's objects refer to "
+        f"{module}, which {dist} {without} does not have. Use one version on both sides: "
+        f"kt.Image().pip_install([\"{dist}=={here}\"]) for the pod, or `pip install "
+        f"{dist}=={there}` here", package=dist, local=here, remote=there)
+    return err

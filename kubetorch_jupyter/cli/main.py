@@ -21,7 +21,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from .. import config
+from .. import __version__, config
 from ..exceptions import KtError
 from ..manager import ComputeManager
 from ..manager.table import render, table
@@ -96,11 +96,23 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return int(demo.main() or 0)
 
 
+def _lines(text: str) -> int:
+    """``-n LINES``: a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of lines >= 0, got {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kt", description="Manage kubetorch-jupyter pods.",
         epilog="Settings come from KT_... environment variables; see `kt config`.",
     )
+    parser.add_argument("--version", action="version", version=f"kt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("list", help="list running pods")
@@ -114,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("logs", help="print what a pod printed")
     p.add_argument("name", metavar="NAME")
-    p.add_argument("-n", "--tail", type=int, default=200, metavar="LINES",
+    p.add_argument("-n", "--tail", type=_lines, default=200, metavar="LINES",
                    help="how many of the last lines to print (default 200)")
     p.add_argument("-f", "--follow", action="store_true",
                    help="keep printing new lines until Ctrl-C")

@@ -17,6 +17,7 @@ from .. import config
 from ..backends import get_backend
 from ..backends.base import Backend, PodChanged, PodInfo
 from ..exceptions import ComputeNotFoundError, ConfigError
+from ..warn import user_stacklevel
 from . import connections, policy
 from .image import Image
 from .names import check_name
@@ -130,10 +131,12 @@ class Compute:
         (after the pod died) keeps its definition.
 
         Raises:
+            ConfigError: When ``name`` is not a valid compute name (the one rule of
+                :func:`.names.check_name`, whatever the backend).
             ComputeNotFoundError: When no compute of that name is running.
         """
         be = get_backend(backend)
-        info = be.get(name)
+        info = be.get(check_name(name))
         try:
             spec = ComputeSpec.from_json(info.spec)
         except (ValueError, TypeError):  # a record without a spec: only its name is known
@@ -193,7 +196,7 @@ class Compute:
             backend.check(decision.spec, progress=show)  # a restart that cannot happen
             warnings.warn(f"restarting compute {self.name!r}: its spec changed "
                           f"({'; '.join(decision.changes)}); no other client was "
-                          "connected", RuntimeWarning, stacklevel=3)
+                          "connected", RuntimeWarning, stacklevel=user_stacklevel())
             connections.drop(self.name, backend.name)
             replacing = decision.info.spec_hash
         self._info = backend.up(decision.spec, progress=show, replacing=replacing)
@@ -236,7 +239,7 @@ class Compute:
                    f"pod {info.name!r} ended ({status.describe() if status else 'gone'})")
             warnings.warn(f"{why}; starting a new pod {info.name!r}: the state of the old "
                           "one (imports, globals, instances) is lost", RuntimeWarning,
-                          stacklevel=2)
+                          stacklevel=user_stacklevel())
             connections.drop(info.name, backend.name)  # the old pod's, not yet marked dead
             info = self._start_again()
         try:

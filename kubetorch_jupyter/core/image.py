@@ -48,6 +48,14 @@ class Image:
 
     def set_env_vars(self, env: Mapping[str, str]) -> Image:
         """Set environment variables in the pod."""
+        if not isinstance(env, Mapping):
+            example = {}
+            for item in env if isinstance(env, list | tuple) else ():
+                key, _, value = str(item).partition("=")
+                example[key] = value
+            raise ConfigError(f"set_env_vars takes a mapping of names to values, got a "
+                              f"{type(env).__name__}: "
+                              f"set_env_vars({example or {'NAME': 'value'}!r})")
         items: list[str] = []
         for key, value in env.items():
             if not isinstance(key, str) or not key or "=" in key:

@@ -26,6 +26,7 @@ from ..backends import backend_names, get_backend
 from ..backends.base import Backend, PodInfo, PodStatus
 from ..core import connections
 from ..core.compute import Compute
+from ..core.names import check_name
 from ..core.spec import ComputeSpec
 from ..exceptions import ComputeNotFoundError, ConfigError
 from .summary import ComputeSummary
@@ -99,7 +100,8 @@ class ComputeManager:
         return out
 
     def _backend(self, name: str, backend: str | Backend | None) -> tuple[Backend, PodInfo]:
-        """The backend running compute ``name``, and its pod."""
+        """The backend running compute ``name``, and its pod (ConfigError: not a valid name)."""
+        check_name(name)  # the one rule, before any backend is asked
         candidates = [get_backend(backend)] if backend is not None else self.backends()
         for be in candidates:
             try:
@@ -175,6 +177,7 @@ class ComputeManager:
         Raises:
             ComputeNotFoundError: When it never wrote a log.
         """
+        check_name(name)
         be = get_backend(backend) if backend is not None else self._log_backend(name)
         return be.logs(name, tail)
 
@@ -192,6 +195,7 @@ class ComputeManager:
             ComputeNotFoundError: When it never wrote a log.
             ConfigError: When its backend cannot follow logs.
         """
+        check_name(name)
         be = get_backend(backend) if backend is not None else self._log_backend(name)
         return be.follow_logs(name, tail, stop)
 

@@ -38,7 +38,7 @@ from ..calls.display import event_sink
 from ..calls.serialize import dump_call
 from ..core import connections
 from ..core.compute import Compute
-from ..exceptions import ConfigError, SerializationError
+from ..exceptions import CellTimeoutError, ConfigError, SerializationError
 from ..sync import session as _sync
 
 __all__ = ["CellInterrupted", "RunId", "attach", "busy_since", "cancel_run", "cell_filename",
@@ -151,7 +151,8 @@ def run_cell(
 
     Raises:
         RemoteError: The cell raised (also an instance of the original type).
-        TimeoutError: ``timeout`` seconds passed; the cell was interrupted on the pod.
+        CellTimeoutError: ``timeout`` seconds passed; the cell was interrupted on the pod
+            (a TimeoutError too).
         CellInterrupted: Ctrl-C, and the cell had not started, or the pod did not act
             on the interrupt (it is busy in C code).
     """
@@ -175,7 +176,7 @@ def run_cell(
             raise
         handle.cancel()
         _finish_quietly(handle)
-        raise TimeoutError(
+        raise CellTimeoutError(
             f"the cell ran longer than its timeout ({timeout:g}s) and was interrupted on pod "
             f"{conn.name!r}; the pod and its variables are intact") from None
     except InterruptIgnored:

@@ -34,6 +34,7 @@ from ..manager.table import age as _age
 from ..manager.table import render
 from ..manager.table import table as _table
 from . import cells as _cells
+from .cell_errors import boot_id, cell_count, explain
 from .magic_args import (
     RESOURCE_ARGS,
     TARGET_ARGS,
@@ -70,6 +71,7 @@ class KtMagics(Magics):
         self.pinned = False  # %kt use chose the current compute
         self.auto: Compute | None = None
         self.last_run: str | None = None  # the last run this kernel detached
+        self._boots: dict[str, str | None] = {}  # compute -> boot id its last cell ran on
         self._parser = line_parser()
 
     @property
@@ -140,7 +142,7 @@ class KtMagics(Magics):
         _ = compute.pod  # started if new: one that cannot start fails before it is adopted
         self._use(compute)
         first_line = 1 if args.autokt_cell else 2  # line 1 of a %%kt cell is the magic
-        filename = _cells.cell_filename(cell, self.ip.execution_count, first_line)
+        filename = _cells.cell_filename(cell, cell_count(self.ip), first_line)
         if args.detach:
             run_id = _cells.start_detached(compute, cell, filename=filename,
                                            first_line=first_line, push=push)
@@ -149,8 +151,17 @@ class KtMagics(Magics):
                   f"restarts or the browser closes.\nFollow it (from any kernel) with:  "
                   f"%kt attach {run_id}")
             return
-        pulled = _cells.run_cell(compute, cell, filename=filename, first_line=first_line,
-                                 push=push, pull=pull, timeout=timeout)
+        before = self._boots.get(compute.name)
+        try:
+            pulled = _cells.run_cell(compute, cell, filename=filename, first_line=first_line,
+                                     push=push, pull=pull, timeout=timeout)
+        except Exception as exc:
+            shown = explain(exc, compute, before)
+            if shown is not exc:
+                raise shown from None
+            raise
+        finally:
+            self._boots[compute.name] = boot_id(compute) or before
         self.ip.user_ns.update(pulled)
 
     # ------------------------------------------------------------------- %kt
@@ -307,7 +318,7 @@ class KtMagics(Magics):
 
     def _cmd_logs(self, args: argparse.Namespace) -> None:
         name = args.name or self._current().name
-        sys.stdout.write(get_backend().logs(name, tail=args.tail))
+        sys.stdout.write(ComputeManager().logs(name, tail=args.tail))
 
     def _cmd_push(self, args: argparse.Namespace) -> None:
         names = [n for v in args.variables for n in variable_names(v, "push")]

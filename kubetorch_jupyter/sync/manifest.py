@@ -27,6 +27,7 @@ import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ..warn import user_stacklevel
 from .ignore import DEFAULT_RULES, NEVER_DIRS, VENV_MARKERS, Rule, ignored, parse
 from .watch import Watcher, trusted_filesystem
 
@@ -107,7 +108,7 @@ def _warn_dir_link(root: str, rel: str) -> None:
     warnings.warn(
         f"code sync does not follow {rel!r}, a symbolic link to a directory: its files do "
         "not reach the pod. Make it a real directory of the project, or install what it "
-        "holds with kt.Image().pip_install", RuntimeWarning, stacklevel=2)
+        "holds with kt.Image().pip_install", RuntimeWarning, stacklevel=user_stacklevel())
 
 
 def _mode(st_mode: int) -> int:

@@ -56,6 +56,7 @@ from pod_runtime.protocol import messages
 
 from .. import config
 from ..exceptions import ReloadError, SyncError, SyncLimitError
+from ..warn import user_stacklevel
 from . import transfer as _transfer
 from .manifest import Scan, Scanner
 from .project import (
@@ -459,7 +460,7 @@ def ensure(compute: Compute) -> SyncReport | None:
             "and every other project live there). Your modules are sent by value instead. "
             "Work from a project folder (one with pyproject.toml, setup.py or .git) to "
             "sync it, or run `%kt sync` (kubetorch_jupyter.sync.sync) to sync this one "
-            "on purpose.", RuntimeWarning, stacklevel=3)
+            "on purpose.", RuntimeWarning, stacklevel=user_stacklevel())
         return None
     try:
         report = _sync(compute, root, marked, None)
@@ -472,7 +473,7 @@ def ensure(compute: Compute) -> SyncReport | None:
             f"setup.py) and {exc.reason}. Your modules are sent by value instead. To "
             "sync, work from a project directory, or add a marker or a .ktignore there "
             "and run `%kt sync` (kubetorch_jupyter.sync.sync).",
-            RuntimeWarning, stacklevel=3)
+            RuntimeWarning, stacklevel=user_stacklevel())
         return None
     if report.scan is not None:
         _quiet[compute] = _Quiet(getcwd(), _scanner(root, report.max_files), report.scan,

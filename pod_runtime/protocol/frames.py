@@ -67,6 +67,7 @@ __all__ = [
     "dump_json",
     "dumps",
     "encode_frame",
+    "installed_version",
     "load_json",
     "loads",
     "presented_token",
@@ -363,6 +364,19 @@ def package_versions() -> dict[str, str]:
         with contextlib.suppress(metadata.PackageNotFoundError):
             out[name] = metadata.version(name)
     return out
+
+
+def installed_version(package: str) -> str | None:
+    """The installed version of the distribution that provides import name ``package``."""
+    from importlib import metadata
+
+    names = [package]
+    with contextlib.suppress(Exception):
+        names = metadata.packages_distributions().get(package) or names
+    for name in names:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            return metadata.version(name)
+    return None
 
 
 def token_proof(token: str, nonce: str) -> str:

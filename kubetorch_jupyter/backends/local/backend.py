@@ -45,10 +45,10 @@ from pod_runtime.protocol import shm
 from ... import config
 from ...core.names import check_name as _check_name
 from ...core.spec import ComputeSpec
-from ...exceptions import ComputeNotFoundError, PodStartError
+from ...exceptions import ComputeNotFoundError, ConfigError, PodStartError
 from ..base import ANY_POD, Backend, PodChanged, PodInfo, PodStatus
 from . import gpus as _gpus
-from . import venvs
+from . import teardowns, venvs
 from .process import make_private_dir, read_line, source_root, wait_gone
 from .process import tail as read_tail
 
@@ -111,8 +111,18 @@ class LocalBackend(Backend):
 
     @property
     def state_dir(self) -> Path:
-        """The state directory (created mode 0700 when missing)."""
-        return make_private_dir(Path(self._state_dir or config.get("state_dir")))
+        """The state directory (created mode 0700 when missing).
+
+        Raises:
+            ConfigError: When it cannot be created or used (``KT_STATE_DIR=/proc/nope``).
+        """
+        path = Path(self._state_dir or config.get("state_dir"))
+        try:
+            return make_private_dir(path)
+        except OSError as exc:
+            raise ConfigError(f"the state directory {str(path)!r} cannot be used "
+                              f"({exc.strerror or exc}): point KT_STATE_DIR at a directory "
+                              "you can write to") from None
 
     def _pods(self) -> Path:
         return make_private_dir(self.state_dir / "pods")
@@ -274,6 +284,7 @@ class LocalBackend(Backend):
             info = self._read(name)
             if info is None:
                 raise ComputeNotFoundError(name, [p.name for p in self.list()])
+            teardowns.record(self.state_dir, name, info.pid)  # its clients read "torn down"
             self._stop(info)
 
     def status(self, info: PodInfo) -> PodStatus:
@@ -281,13 +292,18 @@ class LocalBackend(Backend):
 
         The exit status (a signal: ``failed``, reason ``Killed``; a non-zero code:
         ``failed``, reason ``Error``) is known for pods this process started; of others
-        only that they are ``gone``. (A SIGKILL from the kernel's OOM killer cannot be
-        told apart from any other SIGKILL here.)
+        only that they are ``gone``. A pod that :meth:`down` stopped is ``gone``, reason
+        ``TornDown``, its message naming the process that did it. (A SIGKILL from the
+        kernel's OOM killer cannot be told apart from any other SIGKILL here.)
         """
         if self._alive(info):
             return PodStatus("running")
         child = _CHILDREN.get(info.pid) if info.pid is not None else None
-        return PodStatus.from_exit(child.returncode if child is not None else None)
+        code = child.returncode if child is not None else None
+        torn = teardowns.who_tore_down(self.state_dir, info.name, info.pid)
+        if torn is not None:
+            return PodStatus("gone", "TornDown", torn, code)
+        return PodStatus.from_exit(code)
 
     def settle(self, info: PodInfo, timeout: float) -> PodStatus:
         """The status once the pod's exit is visible, waiting up to ``timeout`` seconds for it.
@@ -413,6 +429,7 @@ class LocalBackend(Backend):
         want = math.ceil(spec.cpus) if spec.cpus else len(cores)
         pin = cores[:want] if want < len(cores) else None
         indices = _gpus.allocate(state, name, spec.gpus, discover=self._discover)
+        teardowns.clear(state, name)
         proc = None
         try:
             token = secrets.token_urlsafe(32)
@@ -448,6 +465,15 @@ class LocalBackend(Backend):
             try:
                 ready = self._wait_ready(read_fd, proc, name, progress=progress,
                                          log_path=log_path, offset=offset)
+            except PodStartError as exc:
+                missing = venvs.missing_runtime_deps(python, env) if proc.poll() else []
+                if not missing:
+                    raise
+                raise PodStartError(
+                    f"pod {name!r} cannot start: its Python ({python}) lacks the pod "
+                    f"runtime's dependencies {', '.join(missing)}. Install them with "
+                    f"`{python} -m pip install {' '.join(missing)}`, or point KT_PYTHON at "
+                    "a Python that has them", pod=name, reason=exc.reason) from None
             finally:
                 os.close(read_fd)
             started_at = time.time()  # after the pod (whichever pid reported) was created

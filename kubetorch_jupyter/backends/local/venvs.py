@@ -40,7 +40,10 @@ from ...core.progress import progress_bar
 from ...exceptions import ImageBuildError
 from .process import make_private_dir
 
-__all__ = ["env_dir", "image_python", "inherited_paths"]
+__all__ = ["RUNTIME_DEPS", "env_dir", "image_python", "inherited_paths", "missing_runtime_deps"]
+
+#: What ``python -m pod_runtime`` imports beyond the standard library.
+RUNTIME_DEPS = ("websockets", "cloudpickle")
 
 #: Lines of a failed step's output kept in :class:`ImageBuildError`.
 TAIL_LINES = 40
@@ -64,6 +67,18 @@ def inherited_paths() -> list[str]:
         if d not in out and os.path.isdir(d):
             out.append(d)
     return out
+
+
+def missing_runtime_deps(python: str, env: dict[str, str] | None = None) -> list[str]:
+    """Which of :data:`RUNTIME_DEPS` ``python`` cannot import (with the pod's ``env``)."""
+    code = ("import importlib.util as u, sys; "
+            "print(' '.join(m for m in sys.argv[1:] if u.find_spec(m) is None))")
+    try:
+        done = subprocess.run([python, "-c", code, *RUNTIME_DEPS], env=env, text=True,
+                              capture_output=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return done.stdout.split() if done.returncode == 0 else []
 
 
 def env_dir(image: Image, state_dir: str | Path | None = None) -> Path:
