@@ -91,7 +91,7 @@ class Fn(Generic[T]):
         if not isinstance(compute, Compute):
             raise ConfigError(f".to() needs a kt.Compute, got {type(compute).__name__}")
         compute.connection()
-        _sync.ensure(compute)
+        _sync.ensure(compute, self.func)
         return RemoteFn(self.func, compute)
 
     def __call__(self, *args: Any, **kwargs: Any) -> T:
@@ -137,7 +137,7 @@ class RemoteFn(Generic[T]):
 
     def _send(self, args: tuple[Any, ...], kwargs: dict[str, Any], *, force_blob: bool
               ) -> CallHandle:
-        _sync.ensure(self.compute)  # before pickling; cheap when nothing changed
+        _sync.ensure(self.compute, self.func)  # before pickling; cheap when nothing changed
         with _sync.shipping_to(self.compute):  # synced modules by reference
             digest, data = self._blob()
             if force_blob:
@@ -245,7 +245,7 @@ class Cls:
         if not isinstance(compute, Compute):
             raise ConfigError(f".to() needs a kt.Compute, got {type(compute).__name__}")
         instance = name or self.klass.__name__
-        _sync.ensure(compute)
+        _sync.ensure(compute, self.klass)
         with _sync.shipping_to(compute):
             blob = dump_callable(self.klass)
         msg: messages.InitCall = {"kind": "init", "cls_id": blob[0], "instance": instance,
@@ -278,7 +278,7 @@ class RemoteMethod:
 
     def submit(self, *args: Any, **kwargs: Any) -> CallHandle:
         """Start the call and return at once."""
-        _sync.ensure(self.owner.compute)
+        _sync.ensure(self.owner.compute, self.owner.klass)
         msg: messages.MethodCall = {"kind": "method", "instance": self.owner.instance,
                                     "method": self.method, "args": args, "kwargs": kwargs}
         label = f"{self.owner.klass.__qualname__}.{self.method}()"
@@ -312,7 +312,7 @@ class RemoteInstance:
 
     def getattr(self, name: str) -> Any:
         """Read an attribute of the remote instance (``counter.getattr("n")``)."""
-        _sync.ensure(self.compute)
+        _sync.ensure(self.compute, self.klass)
         msg: messages.MethodCall = {"kind": "method", "instance": self.instance,
                                     "method": name, "get_attr": True}
         return _invoke(self.compute, msg, f"{self.klass.__qualname__}.{name}", None).result()

@@ -56,6 +56,7 @@ from pod_runtime.protocol import messages
 
 from .. import config
 from ..exceptions import ReloadError, SyncError, SyncLimitError
+from . import needs as _needs
 from . import transfer as _transfer
 from .manifest import Scan, Scanner
 from .project import (
@@ -262,8 +263,6 @@ def _sync_pod(conn: PodConnection, job: _transfer.Job) -> PodSync:
                 and state.files is not None)
         if (same and state.manifest_id == job.manifest_id and state.paths == job.paths
                 and state.cwd == job.cwd):
-            if state.error is not None:
-                raise state.error
             return PodSync(conn.name, up_to_date=True, tree=state.tree)
         result = PodSync(conn.name)
         msg: messages.SyncApplyCall = {
@@ -314,9 +313,13 @@ def _sync_pod(conn: PodConnection, job: _transfer.Job) -> PodSync:
             conn.known.clear()  # the pod dropped its cached functions
         err = reply.get("error")
         state.error = _reload_error(err, job.root, reply["tree"], conn.name) if err else None
-        if state.error is not None:
-            raise state.error
+        state.blocked = tuple(err.get("blocked") or (err.get("module"),)) if err else ()
         return result
+
+
+def _blocked(err: dict[str, Any]) -> str:
+    names = list(err.get("blocked") or [err.get("module") or "the project"])
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
 def _reload_error(err: dict[str, Any], root: Path, tree: str, pod: str) -> ReloadError:
@@ -325,8 +328,8 @@ def _reload_error(err: dict[str, Any], root: Path, tree: str, pod: str) -> Reloa
     where = f"{rel}, line {line}" if rel and line else (rel or err.get("module") or "?")
     tb = str(err.get("traceback") or "").replace(tree.rstrip("/") + "/", f"{root}{os.sep}")
     message = (f"{where}: {err['type']}: {err['message']}\n{tb.rstrip()}\n"
-               f"The previous code of {err.get('module') or 'the project'} keeps serving on "
-               f"pod '{pod}'; fix the file and call again.")
+               f"The previous code of {_blocked(err)} keeps serving on pod '{pod}', and "
+               "calls that use it fail; fix the file and call again.")
     return ReloadError(message, path=local, line=line, module=err.get("module") or "",
                        remote_type=err["type"], remote_traceback=tb, pod=pod)
 
@@ -430,11 +433,20 @@ def sync(compute: Compute, *, progress: bool | None = None) -> SyncReport:
     """
     root, marked = find_project()
     _declined.pop(root, None)
-    return _sync(compute, root, marked, progress)
+    report = _sync(compute, root, marked, progress)
+    for state in _transfer.states(_connections(compute)):
+        if state is not None and state.error is not None:
+            raise state.error
+    return report
 
 
-def ensure(compute: Compute) -> SyncReport | None:
+def ensure(compute: Compute, needs: Any = None) -> SyncReport | None:
     """The sync done before every remote call: :func:`sync`, or None when declined.
+
+    An edit that failed to import on a pod fails only the calls whose code uses it:
+    ``needs`` is what the call sends (a function, a class, a cell's source); if it uses
+    a module the failure holds back, the :class:`ReloadError` is raised, else the call
+    goes ahead with one warning naming the file. None checks nothing.
 
     A working directory that is no project (no marker above it, e.g. a notebook in the
     home directory) and is over the limits is not synced: one warning says why, and the
@@ -442,6 +454,34 @@ def ensure(compute: Compute) -> SyncReport | None:
     limits raises :class:`SyncLimitError` like :func:`sync`. ``KT_SYNC=0`` turns the
     implicit sync off (``%kt sync`` / :func:`sync` still work).
     """
+    report = _ensure(compute)
+    if needs is not None:
+        _check_reload(compute, needs)
+    return report
+
+
+def _check_reload(compute: Compute, needs: Any) -> None:
+    """Raise the reload error of a pod if ``needs`` uses what it holds back, else warn once."""
+    conns = _connections(compute)
+    for conn, state in zip(conns, _transfer.states(conns), strict=True):
+        if (state is None or state.error is None
+                or state.boot_id != conn.welcome.get("boot_id")):
+            continue
+        if _needs.uses(needs, state.blocked):
+            raise state.error
+        if state.warned is not state.error:
+            state.warned = state.error
+            err = state.error
+            where = str(err).split(": ", 1)[0]  # "mypkg/model.py, line 4"
+            kind = getattr(err, "remote_type", type(err).__name__)
+            _needs.warn_at_user(
+                f"{where} failed to reload on pod '{conn.name}' ({kind}); "
+                f"{', '.join(state.blocked)} keep their previous code there and calls "
+                "that use them fail until it is fixed. This call does not use them: it "
+                "runs.", RuntimeWarning)
+
+
+def _ensure(compute: Compute) -> SyncReport | None:
     if not config.get("sync"):
         return None
     memo = _quiet.get(compute)

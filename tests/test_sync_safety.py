@@ -1,0 +1,54 @@
+"""Code sync that fails safe: a broken module blocks only what uses it, explicit syncs
+count with KT_SYNC=0, links never lead out of the project, and secrets stay home.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import test_sync
+
+import kubetorch_jupyter as kt
+from kubetorch_jupyter.sync import session as ks
+
+project, compute, write, tree_files = (test_sync.project, test_sync.compute, test_sync.write,
+                                       test_sync.tree_files)
+
+
+def test_a_broken_module_fails_only_the_calls_that_use_it(project: Path,
+                                                           compute: kt.Compute) -> None:
+    write(project, "mypkg/__init__.py", "")
+    write(project, "mypkg/model.py", "def predict():\n    return 'v1'\n")
+    write(project, "mypkg/train.py", "from mypkg import model\n\n\n"
+                                     "def train():\n    return model.predict()\n")
+    write(project, "mypkg/other.py", "def other():\n    return 'o1'\n")
+    from mypkg.other import other
+    from mypkg.train import train
+
+    remote_train, remote_other = kt.fn(train).to(compute), kt.fn(other).to(compute)
+    assert (remote_train(), remote_other()) == ("v1", "o1")
+    write(project, "mypkg/model.py", "def predict(:\n    return 'v2'\n")
+    write(project, "mypkg/other.py", "def other():\n    return 'o2'\n")
+
+    def unrelated() -> int:  # a notebook function that uses none of it
+        return 41 + 1
+
+    with pytest.warns(RuntimeWarning, match=r"mypkg/model.py, line 1 failed to reload") as w:
+        assert kt.fn(unrelated).to(compute)() == 42
+    assert w[0].filename == __file__  # attributed to the user's line
+    assert remote_other() == "o2"  # the unrelated edit applied; no second warning
+    with pytest.raises(ks.ReloadError, match=r"mypkg/model\.py, line 1: SyntaxError"):
+        remote_train()  # train imports model: it is held back with it
+
+    def uses_model() -> str:
+        from mypkg import model
+
+        return str(model.predict())
+
+    with pytest.raises(ks.ReloadError):
+        kt.fn(uses_model).to(compute)
+    write(project, "mypkg/model.py", "def predict():\n    return 'v3'\n")
+    assert remote_train() == "v3"
+    sys.modules.pop("mypkg.model", None)
