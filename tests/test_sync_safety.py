@@ -52,3 +52,19 @@ def test_a_broken_module_fails_only_the_calls_that_use_it(project: Path,
     write(project, "mypkg/model.py", "def predict():\n    return 'v3'\n")
     assert remote_train() == "v3"
     sys.modules.pop("mypkg.model", None)
+
+
+def test_after_an_explicit_sync_project_modules_go_by_reference_with_sync_off(
+        project: Path, compute: kt.Compute, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KT_SYNC", "0")
+    write(project, "mypkg/__init__.py", "")
+    write(project, "mypkg/train.py", "def where():\n    import sys\n"
+                                     "    mod = sys.modules.get(__name__)\n"
+                                     "    return mod and mod.__file__\n")
+    from mypkg.train import where
+
+    remote = kt.fn(where).to(compute)
+    assert remote() is None  # no sync: sent by value, from the client's copy
+    tree = Path(ks.sync(compute).pods[0].tree)
+    assert Path(remote()) == tree / "mypkg/train.py"  # by reference, from the synced tree
+    assert Path(kt.fn(where).to(compute)()) == tree / "mypkg/train.py"

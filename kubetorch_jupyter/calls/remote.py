@@ -105,7 +105,7 @@ class RemoteFn(Generic[T]):
     def __init__(self, func: Callable[..., T], compute: Compute) -> None:
         self.func = func
         self.compute = compute
-        self._cached: tuple[tuple[Any, ...], tuple[str, bytes]] | None = None
+        self._cached: tuple[tuple[Any, ...], Any, tuple[str, bytes]] | None = None
         self.__name__ = getattr(func, "__name__", "fn")
         self.__qualname__ = getattr(func, "__qualname__", self.__name__)
         self.__doc__ = func.__doc__
@@ -124,15 +124,17 @@ class RemoteFn(Generic[T]):
         or its defaults is rebound (re-running a notebook cell, ``lr = 0.01``), checked
         by identity on every call (a few microseconds, not a pickle). A global that is
         mutated in place (``config["lr"] = 0.01``) is not noticed: rebind it, or pass it
-        as an argument.
+        as an argument. A sync changes what goes by reference: it is pickled again then.
         """
         refs = _captured(self.func)
         cached = self._cached
+        shipped = _sync.shipping_key()
         if (refs is not None and cached is not None and len(refs) == len(cached[0])
+                and cached[1] == shipped
                 and all(a is b for a, b in zip(refs, cached[0], strict=True))):
-            return cached[1]
+            return cached[2]
         blob = dump_callable(self.func)
-        self._cached = (refs, blob) if refs is not None else None
+        self._cached = (refs, shipped, blob) if refs is not None else None
         return blob
 
     def _send(self, args: tuple[Any, ...], kwargs: dict[str, Any], *, force_blob: bool

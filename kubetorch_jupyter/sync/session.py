@@ -82,6 +82,7 @@ __all__ = [
     "SyncReport",
     "ensure",
     "find_project_root",
+    "shipping_key",
     "shipping_to",
     "sync",
     "synced_module",
@@ -228,6 +229,11 @@ def shipping_to(compute: Compute) -> Iterator[None]:
         yield
     finally:
         _shipping.reset(token)
+
+
+def shipping_key() -> tuple[tuple[int, str | None], ...]:
+    """What :func:`synced_module` decides from now: a pickle made under another is stale."""
+    return tuple((id(s), s.manifest_id) for s in _shipping.get())
 
 
 def synced_module(module: ModuleType) -> bool:
