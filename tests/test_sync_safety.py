@@ -68,3 +68,35 @@ def test_after_an_explicit_sync_project_modules_go_by_reference_with_sync_off(
     tree = Path(ks.sync(compute).pods[0].tree)
     assert Path(remote()) == tree / "mypkg/train.py"  # by reference, from the synced tree
     assert Path(kt.fn(where).to(compute)()) == tree / "mypkg/train.py"
+
+
+def test_links_out_of_the_project_and_secrets_stay_home(project: Path,
+                                                         compute: kt.Compute) -> None:
+    outside = project.parent / "outside.txt"
+    outside.write_text("not the project's\n")
+    (project / "passwd_link").symlink_to(outside)
+    write(project, "real.py", "X = 1\n")
+    (project / "inner_link.py").symlink_to(project / "real.py")  # inside: travels as a file
+    write(project, ".env", "TOKEN=secret\n")
+    write(project, ".env.local", "TOKEN=secret\n")
+    write(project, "certs/server.pem", "-----BEGIN PRIVATE KEY-----\n")
+    write(project, "keys/id_rsa", "-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    write(project, "keys/id_rsa.pub", "ssh-rsa AAAA\n")
+    write(project, "id_utils.py", "Y = 2\n")  # a module named like a key is no key
+    (project / "env_link").symlink_to(project / ".env")  # a secret under another name
+    with pytest.warns(RuntimeWarning, match="'passwd_link', a symbolic link out of the project"):
+        report = ks.sync(compute)
+    tree = tree_files(Path(report.pods[0].tree))
+    assert tree["inner_link.py"] == b"X = 1\n"
+    assert {"real.py", "id_utils.py", "keys/id_rsa.pub"} <= tree.keys()
+    for gone in ("passwd_link", ".env", ".env.local", "certs/server.pem", "keys/id_rsa",
+                 "env_link"):
+        assert gone not in tree
+    note = str(report).splitlines()[-1]
+    assert note.startswith("  left out as secrets: .env, .env.local, certs/server.pem, env_link")
+    assert "links out of it: passwd_link" in note
+
+    write(project, ".ktignore", "!.env\n")  # one on purpose
+    report = ks.sync(compute)
+    assert tree_files(Path(report.pods[0].tree))[".env"] == b"TOKEN=secret\n"
+    assert ".env.local" in str(report) and ".env," not in str(report)

@@ -193,10 +193,24 @@ class SyncReport:
             seen.update(dict.fromkeys(p.reloaded))
         return list(seen)
 
+    def _left_out(self) -> str:
+        """The note of what was left out on purpose: secrets, links out of the project."""
+        notes = []
+        for names, what in ((self.scan.secrets if self.scan else [], "as secrets"),
+                            (self.scan.links_out if self.scan else [], "links out of it")):
+            if names:
+                shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more"
+                                                if len(names) > 6 else "")
+                notes.append(f"{what}: {shown}")
+        if not notes:
+            return ""
+        return (f"\n  left out {'; '.join(notes)} (a '!name' line in .ktignore sends a "
+                "secret on purpose)")
+
     def __str__(self) -> str:
         where = (f"pod '{self.pods[0].pod}'" if len(self.pods) == 1
                  else f"{len(self.pods)} pods")
-        took = f"[{self.seconds * 1e3:.0f} ms]"
+        took = f"[{self.seconds * 1e3:.0f} ms]" + self._left_out()
         if self.up_to_date:
             return f"kt sync: {self.root.name} up to date on {where} ({self.files} files) {took}"
         parts = [f"{len(self.changed)} file{'s' * (len(self.changed) != 1)} written"]
