@@ -45,7 +45,8 @@ from pod_runtime.protocol import shm
 from ... import config
 from ...core.names import check_name as _check_name
 from ...core.spec import ComputeSpec
-from ...exceptions import ComputeNotFoundError, PodStartError
+from ...core.resources import format_bytes
+from ...exceptions import ComputeNotFoundError, PodStartError, ResourceUnavailableError
 from ..base import ANY_POD, Backend, PodChanged, PodInfo, PodStatus
 from . import gpus as _gpus
 from . import venvs
@@ -201,7 +202,8 @@ class LocalBackend(Backend):
         (:func:`kubetorch_jupyter.core.policy.decide`), made before this is called.
 
         Raises:
-            ResourceUnavailableError: When it asks for more GPUs than are free.
+            ResourceUnavailableError: When it asks for more GPUs than are free, or more
+                memory or cores than this machine has.
             ImageBuildError: When building its image's environment fails.
             PodStartError: When the pod exits or stays silent past ``start_timeout``.
             PodChanged: When the live pod is not the one ``replacing`` names.
@@ -232,7 +234,8 @@ class LocalBackend(Backend):
         self._prepare(spec, progress=bool(progress and config.get("progress")))
 
     def _prepare(self, spec: ComputeSpec, *, progress: bool) -> str:
-        """Check the GPUs are free and build the image's environment; its Python."""
+        """Check the machine can hold it and the GPUs are free, build the image; its Python."""
+        _check_fits(spec)
         _gpus.allocate(self.state_dir, spec.name, spec.gpus, discover=self._discover,
                        dry_run=True)
         return venvs.image_python(spec.build_image(), state_dir=self.state_dir,
@@ -494,6 +497,26 @@ class LocalBackend(Backend):
             reason = status.reason or "Error"
         raise PodStartError(f"pod {name!r} {why} before it was ready", pod=name,
                             reason=reason, log_tail=read_tail(log_path, LOG_TAIL_LINES, offset))
+
+
+def _check_fits(spec: ComputeSpec) -> None:
+    """Refuse what this machine can never give: more memory or cores than it has.
+
+    Memory is checked against the machine's total (not what is free now: that changes);
+    cores against those this process may run on (``sched_getaffinity``).
+    """
+    total = psutil.virtual_memory().total
+    if spec.memory is not None and spec.memory > total:
+        raise ResourceUnavailableError(
+            f"memory={format_bytes(spec.memory)}: this machine has "
+            f"{total / 2**30:.1f} GiB; ask for at most that (e.g. "
+            f"memory='{int(total * 0.8) // 2**30 or 1}Gi')",
+            requested=spec.memory, available=total)
+    cores = len(os.sched_getaffinity(0))
+    if spec.cpus is not None and spec.cpus > cores:
+        raise ResourceUnavailableError(
+            f"cpus={spec.cpus:g}: this machine has {cores} core{'s' * (cores != 1)}; ask "
+            f"for at most {cores}", requested=math.ceil(spec.cpus), available=cores)
 
 
 def _follow(path: Path, f: BinaryIO, first: str, stop: threading.Event) -> Iterator[str]:
