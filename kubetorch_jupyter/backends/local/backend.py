@@ -44,8 +44,8 @@ from pod_runtime.protocol import shm
 
 from ... import config
 from ...core.names import check_name as _check_name
-from ...core.spec import ComputeSpec
 from ...core.resources import format_bytes
+from ...core.spec import ComputeSpec
 from ...exceptions import ComputeNotFoundError, PodStartError, ResourceUnavailableError
 from ..base import ANY_POD, Backend, PodChanged, PodInfo, PodStatus
 from . import gpus as _gpus
