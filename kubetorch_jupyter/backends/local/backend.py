@@ -34,7 +34,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
@@ -124,14 +124,37 @@ class LocalBackend(Backend):
 
     @contextlib.contextmanager
     def _locked(self, name: str, *, wait: bool = True) -> Iterator[bool]:
-        """Hold the pod's lock (find-or-start, stop); without ``wait``, yield False if busy."""
-        with open(self._pods() / f"{name}.lock", "a") as lock:
+        """Hold the pod's lock (find-or-start, stop); without ``wait``, yield False if busy.
+
+        The lock file goes when its holder leaves no pod record behind (a teardown, a
+        start that failed), so names once typed leave nothing in the state directory.
+        That is safe because it is removed only by a holder, and a process that locked
+        a file is sure it holds the lock only once the file it locked is still the one
+        at the path (same inode); else it locks the new one.
+        """
+        path = self._pods() / f"{name}.lock"
+        while True:
+            lock = open(path, "a")  # noqa: SIM115  (closed below)
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                lock.close()
                 yield False
                 return
+            try:
+                same = os.stat(path).st_ino == os.fstat(lock.fileno()).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            lock.close()  # its holder removed it while we waited: lock the one there now
+        try:
             yield True
+        finally:
+            if not (self._pods() / f"{name}.json").exists():
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()  # still holding it: a waiter re-checks and re-opens
+            lock.close()
 
     def _read(self, name: str) -> PodInfo | None:
         try:
@@ -305,13 +328,21 @@ class LocalBackend(Backend):
     def logs(self, name: str, tail: int = 200) -> str:
         """The last ``tail`` lines of the pod's log (kept after it exits).
 
+        The pod rotates its log past ``KT_POD_LOG_MAX_BYTES`` to ``<log>.1``; lines
+        from there complete a tail the fresh log is too short for.
+
         Raises:
             ComputeNotFoundError: When the pod never wrote a log.
         """
         path = self.log_path(name)
         if not path.exists():
             raise ComputeNotFoundError(name, [p.name for p in self.list()])
-        return read_tail(path, tail)
+        text = read_tail(path, tail)
+        older = path.with_name(path.name + ".1")
+        have = text.count("\n")
+        if have < tail and older.exists():
+            text = read_tail(older, tail - have) + text
+        return text
 
     @staticmethod
     def _probe(info: PodInfo, path: str) -> tuple[int, bytes]:
@@ -348,9 +379,10 @@ class LocalBackend(Backend):
                     stop: threading.Event | None = None) -> Iterator[str]:
         """The last ``tail`` lines of the pod's log, then each line appended, until ``stop``.
 
-        A file has no "appended" event in the stdlib: new data is looked for every
-        quarter second (waiting on ``stop``, so setting it ends the wait at once). A
-        truncated log (a restarted pod) is read again from its start.
+        Ends by itself when the pod ends (torn down, exited, or not running to begin
+        with), after the last lines it wrote. A file has no "appended" event in the
+        stdlib: new data is looked for every quarter second (waiting on ``stop``, so
+        setting it ends the wait at once).
 
         Raises:
             ComputeNotFoundError: When the pod never wrote a log.
@@ -358,9 +390,18 @@ class LocalBackend(Backend):
         path = self.log_path(name)
         if not path.exists():
             raise ComputeNotFoundError(name, [p.name for p in self.list()])
+        info = self._read(name)
+        pid = info.pid if info is not None else None
+
+        def ended() -> bool:
+            current = self._read(name)  # torn down: the record goes (a zombie may linger)
+            return (current is None or current.pid != pid
+                    or self.gone(current))
+
         f = open(path, "rb")  # noqa: SIM115  (closed by the generator)
         end = f.seek(0, os.SEEK_END)  # now, not at the first next(): no line is missed
-        return _follow(path, f, read_tail(path, tail, end=end), stop or threading.Event())
+        return _follow(path, f, read_tail(path, tail, end=end), stop or threading.Event(),
+                       ended)
 
     # ---- processes ------------------------------------------------------------------------
 
@@ -519,22 +560,37 @@ def _check_fits(spec: ComputeSpec) -> None:
             f"for at most {cores}", requested=math.ceil(spec.cpus), available=cores)
 
 
-def _follow(path: Path, f: BinaryIO, first: str, stop: threading.Event) -> Iterator[str]:
-    """``first``'s lines, then each line appended to ``f`` (``path``), until ``stop``."""
+def _follow(path: Path, f: BinaryIO, first: str, stop: threading.Event,
+            ended: Callable[[], bool]) -> Iterator[str]:
+    """``first``'s lines, then each line appended to ``f``, until ``stop`` or ``ended()``.
+
+    A log the pod rotated (another file at ``path`` now) is followed into the new one,
+    once the old one has been read to its end.
+    """
     try:
         yield from first.splitlines(keepends=True)
         partial = b""
         while not stop.is_set():
+            over = ended()  # before reading: what the pod wrote last is read after
             chunk = f.read(65536)
             if chunk:
                 *lines, partial = (partial + chunk).split(b"\n")
                 for line in lines:
                     yield line.decode(errors="replace") + "\n"
                 continue
-            if path.exists() and path.stat().st_size < f.tell():  # truncated: start over
+            if over:
+                if partial:
+                    yield partial.decode(errors="replace") + "\n"
+                return
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                st = None
+            if st is not None and (st.st_ino != os.fstat(f.fileno()).st_ino
+                                   or st.st_size < f.tell()):  # rotated, or truncated
                 f.close()
                 f = open(path, "rb")  # noqa: SIM115
-                partial = b""
+                continue
             stop.wait(0.25)  # a file has no "appended" event in the stdlib
     finally:
         f.close()
