@@ -22,16 +22,32 @@ from typing import Any, Generic, TypeVar
 from kernel_bridge import CallHandle
 from pod_runtime.protocol import messages
 
+from ..core import connections as _connections
 from ..core.compute import Compute
-from ..exceptions import ConfigError
+from ..exceptions import ConfigError, KtError
 from ..sync import session as _sync
 from . import versions as _versions
 from .display import cell_sink
 from .serialize import dump_call, dump_callable
 
-__all__ = ["Cls", "Fn", "RemoteFn", "RemoteInstance", "RemoteMethod", "cls", "fn"]
+__all__ = ["Cls", "Fn", "InstanceGoneError", "RemoteFn", "RemoteInstance", "RemoteMethod",
+           "cls", "fn"]
 
 T = TypeVar("T")
+
+
+class InstanceGoneError(KtError, LookupError):
+    """A :class:`RemoteInstance`'s pod ended (torn down, restarted): the instance is gone.
+
+    Attributes:
+        instance: The instance's name on the pod.
+        pod: The compute's name.
+    """
+
+    def __init__(self, message: str, *, instance: str, pod: str) -> None:
+        super().__init__(message)
+        self.instance = instance
+        self.pod = pod
 _Call = messages.FnCall | messages.InitCall | messages.MethodCall
 
 
@@ -280,6 +296,7 @@ class RemoteMethod:
 
     def submit(self, *args: Any, **kwargs: Any) -> CallHandle:
         """Start the call and return at once."""
+        self.owner._check_pod()
         _sync.ensure(self.owner.compute, self.owner.klass)
         msg: messages.MethodCall = {"kind": "method", "instance": self.owner.instance,
                                     "method": self.method, "args": args, "kwargs": kwargs}
@@ -303,6 +320,28 @@ class RemoteInstance:
         self.klass = klass
         self.compute = compute
         self.instance = instance
+        #: The pod process the instance lives in: it is gone with it.
+        self._boot = compute.connection().welcome.get("boot_id")
+
+    def _check_pod(self) -> None:
+        """Raise :class:`InstanceGoneError` if the pod it lives in ended; never start one."""
+        compute = self.compute
+        info = compute._info
+        if info is not None:
+            conn = _connections.live(compute.backend, info)
+            if (conn is not None and conn.welcome.get("boot_id") == self._boot
+                    and not compute.backend.gone(info)):
+                return  # warm: a dict lookup and, locally, one waitpid
+        why = "was torn down" if info is None else "ended"
+        if compute.is_up():
+            if compute.connection().welcome.get("boot_id") == self._boot:
+                return
+            why = "was restarted since"
+        name = self.klass.__qualname__
+        raise InstanceGoneError(
+            f"the {name} instance {self.instance!r} is gone with its pod: compute "
+            f"{compute.name!r} {why}, and the instance's state with it. Create it again "
+            f"with kt.cls({name}).to(compute)", instance=self.instance, pod=compute.name)
 
     def __repr__(self) -> str:
         return f"<remote {self.klass.__qualname__} {self.instance!r} on {self.compute.name!r}>"
@@ -314,6 +353,7 @@ class RemoteInstance:
 
     def getattr(self, name: str) -> Any:
         """Read an attribute of the remote instance (``counter.getattr("n")``)."""
+        self._check_pod()
         _sync.ensure(self.compute, self.klass)
         msg: messages.MethodCall = {"kind": "method", "instance": self.instance,
                                     "method": name, "get_attr": True}
