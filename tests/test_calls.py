@@ -309,4 +309,4 @@ def test_an_instance_after_teardown_says_it_is_gone_and_starts_no_pod() -> None:
         counter.add(1)
     with pytest.raises(InstanceGoneError):
         counter.getattr("n")
-    assert LocalBackend().list() == []  # no pod was started for it
+    assert "gone-inst" not in [p.name for p in LocalBackend().list()]  # none started
