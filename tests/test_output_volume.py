@@ -58,3 +58,43 @@ def test_progress_bars_leave_no_dead_widget_in_the_saved_notebook(
     assert len(bars) >= 2  # the pod start's bar and the build's did run as widgets
     texts = [o["data"].get("text/plain", "") for o in nb.cells[1].outputs if "data" in o]
     assert any(t.startswith("building image demo (") for t in texts), texts
+
+
+def test_a_flood_of_lines_arrives_in_few_messages_and_the_first_at_once(
+        state: Path, tmp_path: Path) -> None:
+    import secrets
+    import time
+
+    from _kernel import Kernel
+
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    lines = 200_000
+    kernel = Kernel({"KT_STATE_DIR": str(state), "KT_PROGRESS": "0"})
+    try:
+        assert kernel.run("%load_ext kubetorch_jupyter").reply["status"] == "ok"
+        name = f"flood-{secrets.token_hex(2)}"
+        assert kernel.run(f"%%kt --name {name}\nprint('warm')").stdout == "warm\n"
+        code = (f"%%kt --name {name}\n"
+                "print('first line')\n"
+                f"open({str(gate)!r}).read()  # the test lets it go on once it saw the line\n"
+                f"for i in range({lines}):\n"
+                "    print(i)\n")
+        t0 = time.perf_counter()
+        mid = kernel.execute(code)
+        kernel.collect(mid, timeout=timeout(60),
+                       until=lambda cells: "first line" in cells[mid].stdout)
+        assert not kernel.cells[mid].idle  # the first line came while the cell still ran
+        with open(gate, "w") as f:
+            f.write("go")
+        cell = kernel.collect(mid, timeout=timeout(120))[mid]
+        wall = time.perf_counter() - t0
+        streams = cell.of_type("stream")
+        out = cell.stdout.splitlines()
+        assert out[0] == "first line" and out[1:] == [str(i) for i in range(lines)]
+        print(f"\n{lines:,} lines through %%kt: {len(streams):,} stream messages, "
+              f"{wall:.2f} s")
+        assert len(streams) < lines / 500  # batched, not a message per line or event
+        kernel.run(f"%kt teardown {name}")
+    finally:
+        kernel.shutdown()
