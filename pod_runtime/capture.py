@@ -5,6 +5,14 @@ A write looks up the call bound to the current thread and appends a ``stream`` e
 it; every write is also teed to the pod's own log (the original stream) so that
 ``kt logs`` and a cluster's log shipper see it.
 
+When the pod's stdout is a file (the local backend's log), the pod keeps it under
+``KT_POD_LOG_MAX_BYTES``: once the bytes teed since the last check pass a step, a file
+over the cap is renamed to ``<log>.1`` (replacing the previous one) and a fresh file is
+put on descriptors 1 and 2 (``dup2``), so no line is lost and whatever writes to the
+descriptors directly (C code, subprocesses) follows at the next rotation. Rotating in
+the pod rather than in the backend at start bounds a flood within one run too; a pipe
+(a cluster's container log) is left to its runtime.
+
 Threads the user starts inside a call are not bound to it. Their output goes to the only
 call in flight when there is exactly one, and otherwise only to the pod's log, rather
 than to a call that did not produce it.
@@ -14,6 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import stat
 import sys
 import threading
 from collections.abc import Callable
@@ -53,6 +63,63 @@ def current() -> Any | None:
     return None
 
 
+class _LogCap:
+    """Rotates the pod's log file when it passes its cap (see the module docstring)."""
+
+    #: Teed characters between two size checks (an fstat).
+    STEP = 256 * 1024
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._since = 0
+        self._cap: int | None = None
+
+    def wrote(self, tee: TextIO, n: int) -> None:
+        self._since += n  # unlocked: a lost increment only delays a check
+        if self._since < self.STEP:
+            return
+        with self._lock:
+            if self._since < self.STEP:
+                return
+            self._since = 0
+            with contextlib.suppress(OSError, ValueError):
+                self._rotate(tee)
+
+    def _rotate(self, tee: TextIO) -> None:
+        if self._cap is None:
+            from . import settings
+
+            self._cap = int(settings.get("KT_POD_LOG_MAX_BYTES"))
+        fd = tee.fileno()
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size <= self._cap:
+            return
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        if not os.path.isabs(path) or os.stat(path).st_ino != st.st_ino:
+            return  # not a file we can name (deleted, or another system)
+        for stream in (sys.__stdout__, sys.__stderr__):
+            if stream is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    stream.flush()
+        fresh = os.open(path + ".new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND,
+                        stat.S_IMODE(st.st_mode))
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path + ".1.new")
+            os.link(path, path + ".1.new")  # the path never goes missing for readers
+            os.replace(path + ".1.new", path + ".1")
+            os.replace(path + ".new", path)
+            for target in {fd, 1, 2}:
+                with contextlib.suppress(OSError):
+                    if os.path.samestat(os.fstat(target), st):
+                        os.dup2(fresh, target)
+        finally:
+            os.close(fresh)
+
+
+_log_cap = _LogCap()
+
+
 class RoutingStream(io.TextIOBase):
     """A text stream that sends what is written to the current call and the pod's log."""
 
@@ -78,6 +145,7 @@ class RoutingStream(io.TextIOBase):
         if self._tee is not None:
             with contextlib.suppress(OSError, ValueError):
                 self._tee.write(text)
+            _log_cap.wrote(self._tee, len(text))
         return len(text)
 
     def flush(self) -> None:

@@ -11,10 +11,12 @@ module's source (``import`` statements that run at import time, i.e. outside fun
 bodies) and its namespace (module objects, and functions or classes of tree modules,
 bound in it).
 
-The batch is all or nothing. Each module's namespace is copied before the first
-reload; if any module fails to execute, every namespace of the batch is put back, so
-the previous code keeps serving and no module is left half-executed. The error names
-the file and line inside the tree.
+A failure holds back only what depends on it. Each module's namespace is copied
+before the first reload; if a module fails to execute, every namespace of the batch is
+put back (no module is left half-executed), and the batch runs again without the
+failed module and the modules importing it, directly or not (``blocked``): their
+previous code keeps serving, while the rest of the edit applies. The error names the
+file and line inside the tree.
 
 After a successful batch, functions and classes that outlive the reload (held by
 class instances, caches or other modules) are updated in place where that is safe:
@@ -50,12 +52,18 @@ class ReloadResult:
         reloaded: Modules re-executed, in the order they ran.
         removed: Modules dropped from ``sys.modules`` because their file was deleted.
         error: None, or what failed: ``module``, ``path`` (relative to the tree),
-            ``line``, ``type``, ``message`` and ``traceback`` (text).
+            ``line``, ``type``, ``message``, ``traceback`` (text) and ``blocked``.
+        blocked: The failed module and the loaded modules importing it: they keep
+            their previous code (sorted).
+        unapplied: Changed files (relative to the tree) of blocked modules: reload them
+            again once the failure is fixed.
     """
 
     reloaded: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     error: dict[str, Any] | None = None
+    blocked: list[str] = field(default_factory=list)
+    unapplied: list[str] = field(default_factory=list)
 
 
 def tree_modules(tree: str) -> dict[str, ModuleType]:
@@ -192,7 +200,7 @@ def reload_changed(tree: str, changed: Iterable[str], deleted: Iterable[str], *,
             (the client's copy of the project): errors are located under either.
 
     Returns:
-        What was reloaded, or the error that made the batch roll back.
+        What was reloaded, and the first error with what it held back.
     """
     tree = os.path.normpath(tree)
     known = tree_modules(tree)
@@ -221,11 +229,41 @@ def reload_changed(tree: str, changed: Iterable[str], deleted: Iterable[str], *,
     affected -= deleted_mods
     order = _order(affected, deps)
 
+    blocked: set[str] = set()
+    while True:
+        failed = _run_batch(tree, known, [n for n in order if n not in blocked],
+                            deleted_mods, result, shown)
+        if failed is None or failed in blocked or failed not in affected:
+            break
+        # hold back the failed module and its importers; the rest of the edit applies
+        more = {failed}
+        todo = [failed]
+        while todo:
+            for user in importers.get(todo.pop(), ()):
+                if user in affected and user not in more:
+                    more.add(user)
+                    todo.append(user)
+        blocked |= more
+    if result.error is not None:
+        result.blocked = sorted(blocked)
+        result.error["blocked"] = result.blocked
+        files = {n: _rel(tree, known[n].__file__ or "") for n in blocked}
+        result.unapplied = sorted(rel for rel in changed if rel in set(files.values()))
+    return result
+
+
+def _run_batch(tree: str, known: dict[str, ModuleType], order: list[str],
+               deleted_mods: set[str], result: ReloadResult, shown: str | None) -> str | None:
+    """Reload ``order`` all or nothing; on a failure, roll back and return the module.
+
+    The first failure is recorded in ``result.error``; a success fills ``reloaded`` and
+    ``removed``.
+    """
     before = set(sys.modules)
-    snapshots = {n: dict(vars(known[n])) for n in affected}
+    snapshots = {n: dict(vars(known[n])) for n in order}
     unbound: list[tuple[ModuleType, str, ModuleType]] = []
     for name in sorted(deleted_mods):
-        del sys.modules[name]
+        sys.modules.pop(name, None)
         parent, _, child = name.rpartition(".")
         holder = sys.modules.get(parent) if parent else None
         if holder is not None and getattr(holder, child, None) is known[name]:
@@ -250,13 +288,14 @@ def reload_changed(tree: str, changed: Iterable[str], deleted: Iterable[str], *,
                 del sys.modules[name]
         if not isinstance(exc, Exception):
             raise
-        result.error = _describe(exc, (tree, shown or tree), current or "", known)
-        return result
+        if result.error is None:
+            result.error = _describe(exc, (tree, shown or tree), current or "", known)
+        return current or ""
     for name in order:
         _update_in_place(name, snapshots[name], vars(known[name]))
     result.reloaded = order
     result.removed = sorted(deleted_mods)
-    return result
+    return None
 
 
 # ---------------------------------------------------------------- errors

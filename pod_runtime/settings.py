@@ -88,6 +88,9 @@ POD_SETTINGS: dict[str, PodSetting] = {
                    "Bytes of results queued for one client that is not reading them; past "
                    "this the pod closes that client's connection (it reconnects and "
                    "collects: results are kept)."),
+        PodSetting("KT_POD_LOG_MAX_BYTES", 10 * 1024**2, byte_size,
+                   "Size at which the pod's log file (its stdout, when that is a file) is "
+                   "rotated to <log>.1; one rotated file is kept."),
     ]
 }
 

@@ -313,7 +313,7 @@ class SyncTarget:
             py_deleted = {r for r in deleted if r.endswith(".py")}
             outcome = _reload.reload_changed(proj.tree, py_written, py_deleted,
                                              shown=treeimport.shown_root(proj.tree))
-            proj.pending = py_written if outcome.error else set()
+            proj.pending = set(outcome.unapplied)  # applied once the failure is fixed
             if outcome.reloaded and executor is not None:
                 executor.functions.clear()  # cached functions may hold old code
         return {

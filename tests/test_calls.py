@@ -294,3 +294,19 @@ def test_a_global_rebound_behind_a_helper_is_sent_again(compute: kt.Compute) -> 
     assert remote() == 0.1
     ns["LR"] = 0.5  # rebound in a later cell
     assert remote() == 0.5
+
+
+def test_an_instance_after_teardown_says_it_is_gone_and_starts_no_pod() -> None:
+    from kubetorch_jupyter.backends.local.backend import LocalBackend
+    from kubetorch_jupyter.calls.remote import InstanceGoneError
+
+    c = kt.Compute(name="gone-inst")
+    counter = kt.cls(Counter).to(c, {"start": 1})
+    assert counter.add(1) == 2
+    c.teardown()
+    with pytest.raises(InstanceGoneError, match=r"^the Counter instance 'Counter' is gone "
+                       r"with its pod: compute 'gone-inst' was torn down"):
+        counter.add(1)
+    with pytest.raises(InstanceGoneError):
+        counter.getattr("n")
+    assert "gone-inst" not in [p.name for p in LocalBackend().list()]  # none started

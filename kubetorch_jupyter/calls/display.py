@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -58,6 +59,28 @@ class RemoteValue:
         return str(self.data.get("text/plain", "<remote value>"))
 
 
+#: Under a flood of output, a kernel stream is flushed (one IOPub message) at most this
+#: often; what comes between goes with the next flush or the kernel's own timer.
+FLUSH_INTERVAL = 0.1
+_last_flush: dict[int, float] = {}
+
+
+def _flush(stream: Any) -> None:
+    """Send whole lines now, without a message per line when they pour in.
+
+    The first line after a quiet spell is flushed at once. In a kernel, lines that come
+    sooner than :data:`FLUSH_INTERVAL` after a flush wait in its stream, which its own
+    timer (``flush_interval``) sends; another stream (a script's) is flushed each time.
+    """
+    if not hasattr(stream, "flush_interval"):  # not ipykernel's OutStream: no timer
+        stream.flush()
+        return
+    now = time.monotonic()
+    if now - _last_flush.get(id(stream), 0.0) >= FLUSH_INTERVAL:
+        _last_flush[id(stream)] = now
+        stream.flush()
+
+
 def event_sink(event: dict[str, Any]) -> None:
     """Write a pod event where a local call would have written it.
 
@@ -72,8 +95,8 @@ def event_sink(event: dict[str, Any]) -> None:
         stream = sys.stderr if event.get("name") == "stderr" else sys.stdout
         text = event["text"]
         stream.write(text)
-        if "\n" in text or "\r" in text:  # whole lines (or a progress bar's redraw) now;
-            stream.flush()  # a kernel's own timer sends the rest: fewer, fuller messages
+        if "\n" in text or "\r" in text:  # whole lines (or a progress bar's redraw)
+            _flush(stream)
         return
     shell = _ipython()
     if kind == "clear_output":

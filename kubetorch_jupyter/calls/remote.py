@@ -24,16 +24,32 @@ from typing import Any, Generic, TypeVar
 from kernel_bridge import CallHandle
 from pod_runtime.protocol import messages
 
+from ..core import connections as _connections
 from ..core.compute import Compute
-from ..exceptions import ConfigError, SerializationError
+from ..exceptions import ConfigError, KtError, SerializationError
 from ..sync import session as _sync
 from . import versions as _versions
 from .display import cell_sink
 from .serialize import dump_call, dump_callable
 
-__all__ = ["Cls", "Fn", "RemoteFn", "RemoteInstance", "RemoteMethod", "cls", "fn"]
+__all__ = ["Cls", "Fn", "InstanceGoneError", "RemoteFn", "RemoteInstance", "RemoteMethod",
+           "cls", "fn"]
 
 T = TypeVar("T")
+
+
+class InstanceGoneError(KtError, LookupError):
+    """A :class:`RemoteInstance`'s pod ended (torn down, restarted): the instance is gone.
+
+    Attributes:
+        instance: The instance's name on the pod.
+        pod: The compute's name.
+    """
+
+    def __init__(self, message: str, *, instance: str, pod: str) -> None:
+        super().__init__(message)
+        self.instance = instance
+        self.pod = pod
 _Call = messages.FnCall | messages.InitCall | messages.MethodCall
 
 
@@ -115,7 +131,7 @@ class Fn(Generic[T]):
         if not isinstance(compute, Compute):
             raise ConfigError(f".to() needs a kt.Compute, got {type(compute).__name__}")
         compute.connection()
-        _sync.ensure(compute)
+        _sync.ensure(compute, self.func)
         return RemoteFn(self.func, compute)
 
     def __call__(self, *args: Any, **kwargs: Any) -> T:
@@ -129,7 +145,7 @@ class RemoteFn(Generic[T]):
     def __init__(self, func: Callable[..., T], compute: Compute) -> None:
         self.func = func
         self.compute = compute
-        self._cached: tuple[tuple[Any, ...], tuple[str, bytes]] | None = None
+        self._cached: tuple[tuple[Any, ...], Any, tuple[str, bytes]] | None = None
         self.__name__ = getattr(func, "__name__", "fn")
         self.__qualname__ = getattr(func, "__qualname__", self.__name__)
         self.__doc__ = func.__doc__
@@ -148,20 +164,22 @@ class RemoteFn(Generic[T]):
         or its defaults is rebound (re-running a notebook cell, ``lr = 0.01``), checked
         by identity on every call (a few microseconds, not a pickle). A global that is
         mutated in place (``config["lr"] = 0.01``) is not noticed: rebind it, or pass it
-        as an argument.
+        as an argument. A sync changes what goes by reference: it is pickled again then.
         """
         refs = _captured(self.func)
         cached = self._cached
+        shipped = _sync.shipping_key()
         if (refs is not None and cached is not None and len(refs) == len(cached[0])
+                and cached[1] == shipped
                 and all(a is b for a, b in zip(refs, cached[0], strict=True))):
-            return cached[1]
+            return cached[2]
         blob = dump_callable(self.func)
-        self._cached = (refs, blob) if refs is not None else None
+        self._cached = (refs, shipped, blob) if refs is not None else None
         return blob
 
     def _send(self, args: tuple[Any, ...], kwargs: dict[str, Any], *, force_blob: bool
               ) -> CallHandle:
-        _sync.ensure(self.compute)  # before pickling; cheap when nothing changed
+        _sync.ensure(self.compute, self.func)  # before pickling; cheap when nothing changed
         with _sync.shipping_to(self.compute):  # synced modules by reference
             digest, data = self._blob()
             if force_blob:
@@ -275,7 +293,7 @@ class Cls:
         if not isinstance(compute, Compute):
             raise ConfigError(f".to() needs a kt.Compute, got {type(compute).__name__}")
         instance = name or self.klass.__name__
-        _sync.ensure(compute)
+        _sync.ensure(compute, self.klass)
         with _sync.shipping_to(compute):
             blob = dump_callable(self.klass)
         msg: messages.InitCall = {"kind": "init", "cls_id": blob[0], "instance": instance,
@@ -308,7 +326,8 @@ class RemoteMethod:
 
     def submit(self, *args: Any, **kwargs: Any) -> CallHandle:
         """Start the call and return at once."""
-        _sync.ensure(self.owner.compute)
+        self.owner._check_pod()
+        _sync.ensure(self.owner.compute, self.owner.klass)
         msg: messages.MethodCall = {"kind": "method", "instance": self.owner.instance,
                                     "method": self.method, "args": args, "kwargs": kwargs}
         label = f"{self.owner.klass.__qualname__}.{self.method}()"
@@ -333,6 +352,28 @@ class RemoteInstance:
         self.klass = klass
         self.compute = compute
         self.instance = instance
+        #: The pod process the instance lives in: it is gone with it.
+        self._boot = compute.connection().welcome.get("boot_id")
+
+    def _check_pod(self) -> None:
+        """Raise :class:`InstanceGoneError` if the pod it lives in ended; never start one."""
+        compute = self.compute
+        info = compute._info
+        if info is not None:
+            conn = _connections.live(compute.backend, info)
+            if (conn is not None and conn.welcome.get("boot_id") == self._boot
+                    and not compute.backend.gone(info)):
+                return  # warm: a dict lookup and, locally, one waitpid
+        why = "was torn down" if info is None else "ended"
+        if compute.is_up():
+            if compute.connection().welcome.get("boot_id") == self._boot:
+                return
+            why = "was restarted since"
+        name = self.klass.__qualname__
+        raise InstanceGoneError(
+            f"the {name} instance {self.instance!r} is gone with its pod: compute "
+            f"{compute.name!r} {why}, and the instance's state with it. Create it again "
+            f"with kt.cls({name}).to(compute)", instance=self.instance, pod=compute.name)
 
     def __repr__(self) -> str:
         return f"<remote {self.klass.__qualname__} {self.instance!r} on {self.compute.name!r}>"
@@ -344,7 +385,8 @@ class RemoteInstance:
 
     def getattr(self, name: str) -> Any:
         """Read an attribute of the remote instance (``counter.getattr("n")``)."""
-        _sync.ensure(self.compute)
+        self._check_pod()
+        _sync.ensure(self.compute, self.klass)
         msg: messages.MethodCall = {"kind": "method", "instance": self.instance,
                                     "method": name, "get_attr": True}
         return _result(_invoke(self.compute, msg, f"{self.klass.__qualname__}.{name}", None))

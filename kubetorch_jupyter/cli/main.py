@@ -16,7 +16,6 @@ Errors (an unknown pod, a bad setting) print one line on stderr and exit with st
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import sys
 from collections.abc import Sequence
@@ -65,10 +64,14 @@ def _cmd_logs(args: argparse.Namespace) -> int:
     if not args.follow:
         sys.stdout.write(manager.logs(args.name, tail=args.tail))
         return 0
-    with contextlib.suppress(KeyboardInterrupt):
+    try:
         for line in manager.follow_logs(args.name, tail=args.tail):
             sys.stdout.write(line)
             sys.stdout.flush()
+    except KeyboardInterrupt:
+        return 0
+    print(f"kt: pod {args.name!r} is not running (torn down or exited); stopped following",
+          file=sys.stderr)
     return 0
 
 

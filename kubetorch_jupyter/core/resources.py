@@ -20,7 +20,8 @@ def parse_memory(value: str | int | None) -> int | None:
     """Parse a Kubernetes memory quantity ("512Mi", "16Gi", "1G", 1073741824) to bytes.
 
     Raises:
-        ConfigError: For anything else, with the spelling the user probably meant.
+        ConfigError: For anything else (zero too), with the spelling the user probably
+            meant. Whether a machine has that much is the backend's check.
     """
     if value is None:
         return None
@@ -33,12 +34,11 @@ def parse_memory(value: str | int | None) -> int | None:
     m = _MEMORY.match(str(value))
     if m:
         number, unit = float(m.group(1)), m.group(2)
-        if unit == "":
-            return int(number)
-        if unit in _BINARY:
-            return int(number * _BINARY[unit])
-        if unit in _DECIMAL:
-            return int(number * _DECIMAL[unit])
+        scale = 1 if unit == "" else _BINARY.get(unit) or _DECIMAL.get(unit)
+        if scale is not None:
+            if int(number * scale) <= 0:
+                raise ConfigError(f"memory must be positive, got {value!r}")
+            return int(number * scale)
         hint = _SUGGEST.get(unit.lower())
         if hint:
             raise ConfigError(

@@ -86,11 +86,15 @@ def register_source(filename: str, source: str, first_line: int = 1) -> None:
     linecache.cache[filename] = (len(text), None, text.splitlines(True), filename)
 
 
-def _connect(compute: Compute) -> PodConnection:
-    """Connect, check versions, and sync the project so the cell sees the code as it is."""
+def _connect(compute: Compute, source: str | None = None) -> PodConnection:
+    """Connect, check versions, and sync the project so the cell sees the code as it is.
+
+    ``source``: the cell's code, which fails here if it uses a module whose edit failed
+    to reload on the pod.
+    """
     conn = compute.connection()
     _versions.check(conn)
-    _sync.ensure(compute)
+    _sync.ensure(compute, source)
     return conn
 
 
@@ -157,7 +161,7 @@ def run_cell(
             on the interrupt (it is busy in C code).
     """
     msg, label = _cell_message(source, filename, first_line, push, pull, detach=False)
-    conn = _connect(compute)
+    conn = _connect(compute, source)
     body, buffers = _dump(compute, msg, label)
     _note_stuck(compute.name, conn)
 
@@ -293,7 +297,7 @@ def start_detached(
 ) -> RunId:
     """Start ``source`` on the pod as a detached run and return its id at once."""
     msg, label = _cell_message(source, filename, first_line, push, (), detach=True)
-    conn = _connect(compute)
+    conn = _connect(compute, source)
     body, buffers = _dump(compute, msg, label)
     started = conn.call(body, buffers, label=label, sink=event_sink).result()
     return RunId.make(compute.name, int(started["run"]))

@@ -2,7 +2,8 @@
 
 Rules come from, in increasing precedence (the last matching rule decides, as in git):
 
-1. built-in defaults (caches and tool folders nobody wants on a pod; a ``!`` rule in a
+1. built-in defaults (caches and tool folders nobody wants on a pod, and secrets:
+   ``.env``, ``*.pem``, ``id_rsa``..., :data:`SECRET_PATTERNS`; a ``!`` rule in a
    ``.ktignore`` can bring one back),
 2. ``.git/info/exclude``, then every ``.gitignore`` from the project root down to the
    file's directory,
@@ -24,7 +25,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_PATTERNS", "NEVER_DIRS", "VENV_MARKERS", "Rule", "ignored", "parse"]
+__all__ = ["DEFAULT_PATTERNS", "NEVER_DIRS", "SECRET_PATTERNS", "SECRET_RULES", "VENV_MARKERS",
+           "Rule", "ignored", "parse"]
 
 #: Directories that never travel.
 NEVER_DIRS = frozenset({".git", "__pycache__"})
@@ -42,17 +44,34 @@ DEFAULT_PATTERNS = (
     ".tox/",
     ".nox/",
     ".DS_Store",
-    # Credentials, should a project (or a home directory) hold them: a rule in
-    # .ktignore ("!.aws/") sends one on purpose.
+)
+#: Secrets, should a project (or a home directory) hold them: left out unless a ``!``
+#: rule re-includes one (``!.env`` in .ktignore sends it on purpose), and named in the
+#: sync report.
+SECRET_PATTERNS = (
     ".ssh/",
     ".aws/",
     ".gnupg/",
     ".kube/",
     ".docker/",
+    "/.config/gcloud/",
     ".netrc",
     ".git-credentials",
     ".pypirc",
-    "/.config/gcloud/",
+    ".env",
+    ".env.*",
+    "*.pem",
+    "*.key",
+    "*.p12",
+    "*.pfx",
+    "id_rsa",
+    "id_dsa",
+    "id_ecdsa",
+    "id_ed25519",
+    "id_ecdsa_sk",
+    "id_ed25519_sk",
+    "credentials.json",
+    "service-account*.json",
 )
 
 
@@ -161,7 +180,8 @@ def parse(lines: Iterable[str], base: str = "") -> list[Rule]:
     return rules
 
 
-DEFAULT_RULES = tuple(parse(DEFAULT_PATTERNS))
+SECRET_RULES = tuple(parse(SECRET_PATTERNS))
+DEFAULT_RULES = tuple(parse(DEFAULT_PATTERNS)) + SECRET_RULES
 
 
 def ignored(rules: Iterable[Rule], rel: str, name: str, is_dir: bool) -> bool:

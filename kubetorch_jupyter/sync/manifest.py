@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..warn import user_stacklevel
-from .ignore import DEFAULT_RULES, NEVER_DIRS, VENV_MARKERS, Rule, ignored, parse
+from .ignore import DEFAULT_RULES, NEVER_DIRS, SECRET_RULES, VENV_MARKERS, Rule, ignored, parse
 from .watch import Watcher, trusted_filesystem
 
 __all__ = ["RACY_WINDOW_NS", "Scan", "Scanner"]
@@ -52,6 +52,9 @@ class Scan:
         too_large: (path, size) of files over the size limit (not in ``files``).
         truncated: The walk stopped at ``max_files``; ``files`` is incomplete.
         hashed: Files whose content was read this time (not served from the cache).
+        secrets: Paths left out as secrets (``.env``, ``id_rsa``; a directory ends
+            with ``/``), by the built-in rules or the project's own.
+        links_out: Symbolic links that lead out of the project: never followed.
     """
 
     files: dict[str, Entry] = field(default_factory=dict)
@@ -59,6 +62,8 @@ class Scan:
     too_large: list[tuple[str, int]] = field(default_factory=list)
     truncated: bool = False
     hashed: int = 0
+    secrets: list[str] = field(default_factory=list)
+    links_out: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -72,6 +77,7 @@ class _Dir:
     decisions: dict[tuple[str, bool], bool] = field(default_factory=dict)
     files: set[str] = field(default_factory=set)  # names of files listed in the manifest
     large: set[str] = field(default_factory=set)  # names of files over the size limit
+    skipped: set[str] = field(default_factory=set)  # names left out as secrets or links out
     dirs: set[str] = field(default_factory=set)  # names of subdirectories walked
 
 
@@ -111,6 +117,17 @@ def _warn_dir_link(root: str, rel: str) -> None:
         "holds with kt.Image().pip_install", RuntimeWarning, stacklevel=user_stacklevel())
 
 
+def _warn_link_out(root: str, rel: str, target: str) -> None:
+    """Say once that a link out of the project is not followed."""
+    if (root, rel) in _warned_links:
+        return
+    _warned_links.add((root, rel))
+    warnings.warn(
+        f"code sync does not follow {rel!r}, a symbolic link out of the project (to "
+        f"{target}): it does not reach the pod. Copy the file into the project if the pod "
+        "needs it", RuntimeWarning, stacklevel=2)
+
+
 def _mode(st_mode: int) -> int:
     """The mode a file travels with: executable or not, private (owner only) or not."""
     mode = 0o755 if st_mode & 0o111 else 0o644
@@ -144,6 +161,9 @@ class Scanner:
         self._lock = threading.Lock()
         self._last: Scan | None = None
         self._large: dict[str, int] = {}
+        self._real = os.path.realpath(self._root)
+        #: Root-relative path -> "secret" or "link": left out, named in the report.
+        self._skipped: dict[str, str] = {}
         self._watcher: Watcher | None = None
         if watch and trusted_filesystem(self._root):
             try:
@@ -261,7 +281,7 @@ class Scanner:
         """Walk the whole tree."""
         self.walks += 1
         files: dict[str, Entry] = {}
-        self._large = {}
+        self._large, self._skipped = {}, {}
         out = Scan(files)
         old_dirs, self._dirs = self._dirs, {k: v for k, v in self._dirs.items()
                                             if k == _EXCLUDE}
@@ -302,7 +322,7 @@ class Scanner:
         if old_dirs is not None and rel in old_dirs:
             self._dirs[rel] = old_dirs[rel]  # reuse cached ignore decisions if still valid
         state = self._state(rel, entries)
-        state.files, state.large, state.dirs = set(), set(), set()
+        state.files, state.large, state.dirs, state.skipped = set(), set(), set(), set()
         self._dirs[rel] = state
         decisions, rules, hashes = state.decisions, state.rules, self._hashes
         for name, entry in entries.items():
@@ -319,6 +339,8 @@ class Scanner:
             if skip is None:
                 skip = decisions[(name, is_dir)] = ignored(rules, child, name, is_dir)
             if skip:
+                if ignored(SECRET_RULES, child, name, is_dir):
+                    self._skip(state, rel, name, "secret", is_dir)
                 continue
             if is_dir:
                 state.dirs.add(name)
@@ -331,8 +353,20 @@ class Scanner:
                 if stat.S_ISDIR(st.st_mode):
                     _warn_dir_link(self._root, child)
                 continue
-            if self._watcher is not None and entry.is_symlink():
-                self._watcher.watch(os.path.dirname(os.path.realpath(entry.path)), whole=True)
+            if entry.is_symlink():
+                target = os.path.realpath(entry.path)
+                inside = target.startswith(self._real + os.sep)
+                if not inside:  # never out of the project: /etc/passwd stays home
+                    self._skip(state, rel, name, "link", False)
+                    _warn_link_out(self._root, child, target)
+                    continue
+                # a link inside travels as the file it names, unless that is a secret
+                target_rel = target[len(self._real) + 1:].replace(os.sep, "/")
+                if ignored(SECRET_RULES, target_rel, os.path.basename(target), False):
+                    self._skip(state, rel, name, "secret", False)
+                    continue
+                if self._watcher is not None:
+                    self._watcher.watch(os.path.dirname(target), whole=True)
             size = st.st_size
             if size > self.max_file_size:
                 state.large.add(name)
@@ -357,6 +391,15 @@ class Scanner:
                 raise _Limit
         return state
 
+    def _skip(self, state: _Dir, rel: str, name: str, why: str, is_dir: bool) -> None:
+        state.skipped.add(name)
+        self._skipped[_join(rel, name) + ("/" if is_dir else "")] = why
+
+    def _unskip(self, rel: str, state: _Dir) -> None:
+        for name in state.skipped:
+            self._skipped.pop(_join(rel, name), None)
+            self._skipped.pop(_join(rel, name) + "/", None)
+
     def _forget(self, rel: str, files: dict[str, Entry]) -> None:
         """Drop a directory and everything below it from ``files`` and the listings."""
         stack = [rel]
@@ -369,6 +412,7 @@ class Scanner:
                 files.pop(_join(cur, name), None)
             for name in state.large:
                 self._large.pop(_join(cur, name), None)
+            self._unskip(cur, state)
             stack.extend(_join(cur, d) for d in state.dirs)
 
     def _update(self, last: Scan, dirty: set[str]) -> Scan | None:
@@ -394,6 +438,7 @@ class Scanner:
                     files.pop(_join(rel, name), None)
                 for name in old.large:
                     self._large.pop(_join(rel, name), None)
+                self._unskip(rel, old)
                 state = self._list(rel, files, out)
                 if state is None:
                     self._dirs[rel] = old
@@ -434,3 +479,5 @@ class Scanner:
     def _finish(self, out: Scan) -> None:
         out.total = sum(e[1] for e in out.files.values())
         out.too_large = sorted(self._large.items())
+        out.secrets = sorted(k for k, v in self._skipped.items() if v == "secret")
+        out.links_out = sorted(k for k, v in self._skipped.items() if v == "link")

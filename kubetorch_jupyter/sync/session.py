@@ -57,6 +57,7 @@ from pod_runtime.protocol import messages
 from .. import config
 from ..exceptions import ReloadError, SyncError, SyncLimitError
 from ..warn import user_stacklevel
+from . import needs as _needs
 from . import transfer as _transfer
 from .manifest import Scan, Scanner
 from .project import (
@@ -82,6 +83,7 @@ __all__ = [
     "SyncReport",
     "ensure",
     "find_project_root",
+    "shipping_key",
     "shipping_to",
     "sync",
     "synced_module",
@@ -192,10 +194,24 @@ class SyncReport:
             seen.update(dict.fromkeys(p.reloaded))
         return list(seen)
 
+    def _left_out(self) -> str:
+        """The note of what was left out on purpose: secrets, links out of the project."""
+        notes = []
+        for names, what in ((self.scan.secrets if self.scan else [], "as secrets"),
+                            (self.scan.links_out if self.scan else [], "links out of it")):
+            if names:
+                shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more"
+                                                if len(names) > 6 else "")
+                notes.append(f"{what}: {shown}")
+        if not notes:
+            return ""
+        return (f"\n  left out {'; '.join(notes)} (a '!name' line in .ktignore sends a "
+                "secret on purpose)")
+
     def __str__(self) -> str:
         where = (f"pod '{self.pods[0].pod}'" if len(self.pods) == 1
                  else f"{len(self.pods)} pods")
-        took = f"[{self.seconds * 1e3:.0f} ms]"
+        took = f"[{self.seconds * 1e3:.0f} ms]" + self._left_out()
         if self.up_to_date:
             return f"kt sync: {self.root.name} up to date on {where} ({self.files} files) {took}"
         parts = [f"{len(self.changed)} file{'s' * (len(self.changed) != 1)} written"]
@@ -228,6 +244,11 @@ def shipping_to(compute: Compute) -> Iterator[None]:
         yield
     finally:
         _shipping.reset(token)
+
+
+def shipping_key() -> tuple[tuple[int, str | None], ...]:
+    """What :func:`synced_module` decides from now: a pickle made under another is stale."""
+    return tuple((id(s), s.manifest_id) for s in _shipping.get())
 
 
 def synced_module(module: ModuleType) -> bool:
@@ -263,8 +284,6 @@ def _sync_pod(conn: PodConnection, job: _transfer.Job) -> PodSync:
                 and state.files is not None)
         if (same and state.manifest_id == job.manifest_id and state.paths == job.paths
                 and state.cwd == job.cwd):
-            if state.error is not None:
-                raise state.error
             return PodSync(conn.name, up_to_date=True, tree=state.tree)
         result = PodSync(conn.name)
         msg: messages.SyncApplyCall = {
@@ -315,9 +334,13 @@ def _sync_pod(conn: PodConnection, job: _transfer.Job) -> PodSync:
             conn.known.clear()  # the pod dropped its cached functions
         err = reply.get("error")
         state.error = _reload_error(err, job.root, reply["tree"], conn.name) if err else None
-        if state.error is not None:
-            raise state.error
+        state.blocked = tuple(err.get("blocked") or (err.get("module"),)) if err else ()
         return result
+
+
+def _blocked(err: dict[str, Any]) -> str:
+    names = list(err.get("blocked") or [err.get("module") or "the project"])
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
 def _reload_error(err: dict[str, Any], root: Path, tree: str, pod: str) -> ReloadError:
@@ -326,8 +349,8 @@ def _reload_error(err: dict[str, Any], root: Path, tree: str, pod: str) -> Reloa
     where = f"{rel}, line {line}" if rel and line else (rel or err.get("module") or "?")
     tb = str(err.get("traceback") or "").replace(tree.rstrip("/") + "/", f"{root}{os.sep}")
     message = (f"{where}: {err['type']}: {err['message']}\n{tb.rstrip()}\n"
-               f"The previous code of {err.get('module') or 'the project'} keeps serving on "
-               f"pod '{pod}'; fix the file and call again.")
+               f"The previous code of {_blocked(err)} keeps serving on pod '{pod}', and "
+               "calls that use it fail; fix the file and call again.")
     return ReloadError(message, path=local, line=line, module=err.get("module") or "",
                        remote_type=err["type"], remote_traceback=tb, pod=pod)
 
@@ -431,11 +454,20 @@ def sync(compute: Compute, *, progress: bool | None = None) -> SyncReport:
     """
     root, marked = find_project()
     _declined.pop(root, None)
-    return _sync(compute, root, marked, progress)
+    report = _sync(compute, root, marked, progress)
+    for state in _transfer.states(_connections(compute)):
+        if state is not None and state.error is not None:
+            raise state.error
+    return report
 
 
-def ensure(compute: Compute) -> SyncReport | None:
+def ensure(compute: Compute, needs: Any = None) -> SyncReport | None:
     """The sync done before every remote call: :func:`sync`, or None when declined.
+
+    An edit that failed to import on a pod fails only the calls whose code uses it:
+    ``needs`` is what the call sends (a function, a class, a cell's source); if it uses
+    a module the failure holds back, the :class:`ReloadError` is raised, else the call
+    goes ahead with one warning naming the file. None checks nothing.
 
     A working directory that is no project (no marker above it, e.g. a notebook in the
     home directory) and is over the limits is not synced: one warning says why, and the
@@ -443,6 +475,34 @@ def ensure(compute: Compute) -> SyncReport | None:
     limits raises :class:`SyncLimitError` like :func:`sync`. ``KT_SYNC=0`` turns the
     implicit sync off (``%kt sync`` / :func:`sync` still work).
     """
+    report = _ensure(compute)
+    if needs is not None:
+        _check_reload(compute, needs)
+    return report
+
+
+def _check_reload(compute: Compute, needs: Any) -> None:
+    """Raise the reload error of a pod if ``needs`` uses what it holds back, else warn once."""
+    conns = _connections(compute)
+    for conn, state in zip(conns, _transfer.states(conns), strict=True):
+        if (state is None or state.error is None
+                or state.boot_id != conn.welcome.get("boot_id")):
+            continue
+        if _needs.uses(needs, state.blocked):
+            raise state.error
+        if state.warned is not state.error:
+            state.warned = state.error
+            err = state.error
+            where = str(err).split(": ", 1)[0]  # "mypkg/model.py, line 4"
+            kind = getattr(err, "remote_type", type(err).__name__)
+            _needs.warn_at_user(
+                f"{where} failed to reload on pod '{conn.name}' ({kind}); "
+                f"{', '.join(state.blocked)} keep their previous code there and calls "
+                "that use them fail until it is fixed. This call does not use them: it "
+                "runs.", RuntimeWarning)
+
+
+def _ensure(compute: Compute) -> SyncReport | None:
     if not config.get("sync"):
         return None
     memo = _quiet.get(compute)

@@ -50,6 +50,8 @@ class PodState:
     root: str = ""
     tree: str = ""
     error: Exception | None = None  # the ReloadError of the tree it has, raised again
+    blocked: tuple[str, ...] = ()  # the modules that error holds back on the pod
+    warned: Exception | None = None  # the error a call that does not need it warned of
 
 
 _states: weakref.WeakKeyDictionary[PodConnection, PodState] = weakref.WeakKeyDictionary()

@@ -34,7 +34,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
@@ -44,8 +44,9 @@ from pod_runtime.protocol import shm
 
 from ... import config
 from ...core.names import check_name as _check_name
+from ...core.resources import format_bytes
 from ...core.spec import ComputeSpec
-from ...exceptions import ComputeNotFoundError, ConfigError, PodStartError
+from ...exceptions import ComputeNotFoundError, ConfigError, PodStartError, ResourceUnavailableError
 from ..base import ANY_POD, Backend, PodChanged, PodInfo, PodStatus
 from . import gpus as _gpus
 from . import teardowns, venvs
@@ -133,14 +134,37 @@ class LocalBackend(Backend):
 
     @contextlib.contextmanager
     def _locked(self, name: str, *, wait: bool = True) -> Iterator[bool]:
-        """Hold the pod's lock (find-or-start, stop); without ``wait``, yield False if busy."""
-        with open(self._pods() / f"{name}.lock", "a") as lock:
+        """Hold the pod's lock (find-or-start, stop); without ``wait``, yield False if busy.
+
+        The lock file goes when its holder leaves no pod record behind (a teardown, a
+        start that failed), so names once typed leave nothing in the state directory.
+        That is safe because it is removed only by a holder, and a process that locked
+        a file is sure it holds the lock only once the file it locked is still the one
+        at the path (same inode); else it locks the new one.
+        """
+        path = self._pods() / f"{name}.lock"
+        while True:
+            lock = open(path, "a")  # noqa: SIM115  (closed below)
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                lock.close()
                 yield False
                 return
+            try:
+                same = os.stat(path).st_ino == os.fstat(lock.fileno()).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            lock.close()  # its holder removed it while we waited: lock the one there now
+        try:
             yield True
+        finally:
+            if not (self._pods() / f"{name}.json").exists():
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()  # still holding it: a waiter re-checks and re-opens
+            lock.close()
 
     def _read(self, name: str) -> PodInfo | None:
         try:
@@ -211,7 +235,8 @@ class LocalBackend(Backend):
         (:func:`kubetorch_jupyter.core.policy.decide`), made before this is called.
 
         Raises:
-            ResourceUnavailableError: When it asks for more GPUs than are free.
+            ResourceUnavailableError: When it asks for more GPUs than are free, or more
+                memory or cores than this machine has.
             ImageBuildError: When building its image's environment fails.
             PodStartError: When the pod exits or stays silent past ``start_timeout``.
             PodChanged: When the live pod is not the one ``replacing`` names.
@@ -242,7 +267,8 @@ class LocalBackend(Backend):
         self._prepare(spec, progress=bool(progress and config.get("progress")))
 
     def _prepare(self, spec: ComputeSpec, *, progress: bool) -> str:
-        """Check the GPUs are free and build the image's environment; its Python."""
+        """Check the machine can hold it and the GPUs are free, build the image; its Python."""
+        _check_fits(spec)
         _gpus.allocate(self.state_dir, spec.name, spec.gpus, discover=self._discover,
                        dry_run=True)
         return venvs.image_python(spec.build_image(), state_dir=self.state_dir,
@@ -318,13 +344,21 @@ class LocalBackend(Backend):
     def logs(self, name: str, tail: int = 200) -> str:
         """The last ``tail`` lines of the pod's log (kept after it exits).
 
+        The pod rotates its log past ``KT_POD_LOG_MAX_BYTES`` to ``<log>.1``; lines
+        from there complete a tail the fresh log is too short for.
+
         Raises:
             ComputeNotFoundError: When the pod never wrote a log.
         """
         path = self.log_path(name)
         if not path.exists():
             raise ComputeNotFoundError(name, [p.name for p in self.list()])
-        return read_tail(path, tail)
+        text = read_tail(path, tail)
+        older = path.with_name(path.name + ".1")
+        have = text.count("\n")
+        if have < tail and older.exists():
+            text = read_tail(older, tail - have) + text
+        return text
 
     @staticmethod
     def _probe(info: PodInfo, path: str) -> tuple[int, bytes]:
@@ -361,9 +395,10 @@ class LocalBackend(Backend):
                     stop: threading.Event | None = None) -> Iterator[str]:
         """The last ``tail`` lines of the pod's log, then each line appended, until ``stop``.
 
-        A file has no "appended" event in the stdlib: new data is looked for every
-        quarter second (waiting on ``stop``, so setting it ends the wait at once). A
-        truncated log (a restarted pod) is read again from its start.
+        Ends by itself when the pod ends (torn down, exited, or not running to begin
+        with), after the last lines it wrote. A file has no "appended" event in the
+        stdlib: new data is looked for every quarter second (waiting on ``stop``, so
+        setting it ends the wait at once).
 
         Raises:
             ComputeNotFoundError: When the pod never wrote a log.
@@ -371,9 +406,18 @@ class LocalBackend(Backend):
         path = self.log_path(name)
         if not path.exists():
             raise ComputeNotFoundError(name, [p.name for p in self.list()])
+        info = self._read(name)
+        pid = info.pid if info is not None else None
+
+        def ended() -> bool:
+            current = self._read(name)  # torn down: the record goes (a zombie may linger)
+            return (current is None or current.pid != pid
+                    or self.gone(current))
+
         f = open(path, "rb")  # noqa: SIM115  (closed by the generator)
         end = f.seek(0, os.SEEK_END)  # now, not at the first next(): no line is missed
-        return _follow(path, f, read_tail(path, tail, end=end), stop or threading.Event())
+        return _follow(path, f, read_tail(path, tail, end=end), stop or threading.Event(),
+                       ended)
 
     # ---- processes ------------------------------------------------------------------------
 
@@ -522,22 +566,57 @@ class LocalBackend(Backend):
                             reason=reason, log_tail=read_tail(log_path, LOG_TAIL_LINES, offset))
 
 
-def _follow(path: Path, f: BinaryIO, first: str, stop: threading.Event) -> Iterator[str]:
-    """``first``'s lines, then each line appended to ``f`` (``path``), until ``stop``."""
+def _check_fits(spec: ComputeSpec) -> None:
+    """Refuse what this machine can never give: more memory or cores than it has.
+
+    Memory is checked against the machine's total (not what is free now: that changes);
+    cores against those this process may run on (``sched_getaffinity``).
+    """
+    total = psutil.virtual_memory().total
+    if spec.memory is not None and spec.memory > total:
+        raise ResourceUnavailableError(
+            f"memory={format_bytes(spec.memory)}: this machine has "
+            f"{total / 2**30:.1f} GiB; ask for at most that (e.g. "
+            f"memory='{int(total * 0.8) // 2**30 or 1}Gi')",
+            requested=spec.memory, available=total)
+    cores = len(os.sched_getaffinity(0))
+    if spec.cpus is not None and spec.cpus > cores:
+        raise ResourceUnavailableError(
+            f"cpus={spec.cpus:g}: this machine has {cores} core{'s' * (cores != 1)}; ask "
+            f"for at most {cores}", requested=math.ceil(spec.cpus), available=cores)
+
+
+def _follow(path: Path, f: BinaryIO, first: str, stop: threading.Event,
+            ended: Callable[[], bool]) -> Iterator[str]:
+    """``first``'s lines, then each line appended to ``f``, until ``stop`` or ``ended()``.
+
+    A log the pod rotated (another file at ``path`` now) is followed into the new one,
+    once the old one has been read to its end.
+    """
     try:
         yield from first.splitlines(keepends=True)
         partial = b""
         while not stop.is_set():
+            over = ended()  # before reading: what the pod wrote last is read after
             chunk = f.read(65536)
             if chunk:
                 *lines, partial = (partial + chunk).split(b"\n")
                 for line in lines:
                     yield line.decode(errors="replace") + "\n"
                 continue
-            if path.exists() and path.stat().st_size < f.tell():  # truncated: start over
+            if over:
+                if partial:
+                    yield partial.decode(errors="replace") + "\n"
+                return
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                st = None
+            if st is not None and (st.st_ino != os.fstat(f.fileno()).st_ino
+                                   or st.st_size < f.tell()):  # rotated, or truncated
                 f.close()
                 f = open(path, "rb")  # noqa: SIM115
-                partial = b""
+                continue
             stop.wait(0.25)  # a file has no "appended" event in the stdlib
     finally:
         f.close()
