@@ -125,7 +125,7 @@ def _warn_link_out(root: str, rel: str, target: str) -> None:
     warnings.warn(
         f"code sync does not follow {rel!r}, a symbolic link out of the project (to "
         f"{target}): it does not reach the pod. Copy the file into the project if the pod "
-        "needs it", RuntimeWarning, stacklevel=2)
+        "needs it", RuntimeWarning, stacklevel=user_stacklevel())
 
 
 def _mode(st_mode: int) -> int:
