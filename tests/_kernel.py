@@ -127,6 +127,17 @@ class Kernel:
         self.km.restart_kernel(now=True)
         self.kc.wait_for_ready(timeout=60)
 
+    def die_and_restart(self) -> None:
+        """The kernel process dies at once (a crash, or a restart whose kill beats its
+        interrupt), then a new one starts: nothing it ran gets to clean up."""
+        import signal
+
+        process = self.km.provisioner.process  # the local provisioner's Popen
+        self.km.signal_kernel(signal.SIGKILL)
+        process.wait(timeout=30)
+        self.km.restart_kernel(now=True)
+        self.kc.wait_for_ready(timeout=60)
+
     def interrupt(self) -> None:
         """Interrupt the kernel (the notebook's stop button: SIGINT)."""
         self.km.interrupt_kernel()
