@@ -146,3 +146,15 @@ class Kernel:
         """Stop the kernel process and close the channels."""
         self.kc.stop_channels()
         self.km.shutdown_kernel(now=True)
+
+
+def start_kernel(state: Path) -> Kernel:
+    """A kernel on the local backend's ``state`` dir, with the extension loaded."""
+    k = Kernel({"KT_STATE_DIR": str(state), "KT_PROGRESS": "0"})
+    try:
+        cell = k.run("%load_ext kubetorch_jupyter")
+        assert cell.reply is not None and cell.reply["status"] == "ok", cell.messages
+    except BaseException:
+        k.shutdown()
+        raise
+    return k

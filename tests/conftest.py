@@ -8,7 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _kernel import Kernel, start_kernel
 from kt_testing import RawPod, start_raw_pod
+from tcp_proxy import TcpProxy
 
 
 @pytest.fixture(autouse=True)
@@ -58,3 +60,36 @@ def state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     backend = LocalBackend(path)
     for pod in backend.list():
         backend.down(pod.name)
+
+
+@pytest.fixture()
+def proxied(tmp_path: Path) -> Iterator[tuple[RawPod, TcpProxy]]:
+    """A pod process behind a TCP proxy the test can drop connections with."""
+    pod = start_raw_pod(tmp_path)
+    proxy = TcpProxy(pod.port)
+    yield pod, proxy
+    proxy.close()
+    pod.stop()
+
+
+@pytest.fixture(scope="module")
+def kernel(state: Path) -> Iterator[Kernel]:
+    """A real ipykernel with ``%load_ext kubetorch_jupyter`` done, for one test module."""
+    k = start_kernel(state)
+    try:
+        yield k
+    finally:
+        k.shutdown()
+
+
+@pytest.fixture(scope="module")
+def kernels(state: Path) -> Iterator[list[Kernel]]:
+    """Two kernels: the one that starts runs, and another that attaches to them."""
+    ks: list[Kernel] = []
+    try:
+        ks.append(start_kernel(state))
+        ks.append(start_kernel(state))
+        yield ks
+    finally:
+        for k in ks:
+            k.shutdown()

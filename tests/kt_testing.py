@@ -64,3 +64,13 @@ def start_raw_pod(tmp: Path, *args: str, token: str | None = None) -> RawPod:
         proc.wait(timeout(10))
         raise RuntimeError(f"pod did not start: {log.read_text()}")
     return RawPod(proc, json.loads(line)["port"], token, log)
+
+
+def fn_call(fn: object, *args: object) -> tuple[bytes, list[memoryview]]:
+    """The pickled CALL body (and buffers) of ``fn(*args)``, its function included."""
+    from kubetorch_jupyter.calls.serialize import dump_callable
+    from pod_runtime import protocol
+
+    digest, blob = dump_callable(fn)
+    return protocol.dumps({"kind": "fn", "fn_id": digest, "fn_blob": blob, "args": args,
+                           "kwargs": {}})

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from kt_testing import RawPod, start_raw_pod, timeout
+from kt_testing import RawPod, fn_call, start_raw_pod, timeout
 from tcp_proxy import TcpProxy
 from tls_proxy import Proxy
 
@@ -19,29 +19,13 @@ from kernel_bridge import (
     PodDiedError,
     PodUnreachableError,
 )
-from kubetorch_jupyter.calls.serialize import dump_callable
-from pod_runtime import protocol
 from pod_runtime.protocol import shm
 
 
-def _fn_call(fn: object, *args: object) -> tuple[bytes, list[memoryview]]:
-    digest, blob = dump_callable(fn)
-    return protocol.dumps({"kind": "fn", "fn_id": digest, "fn_blob": blob, "args": args,
-                           "kwargs": {}})
-
-
 def _call(conn: PodConnection, fn: object, *args: object) -> CallHandle:
-    body, buffers = _fn_call(fn, *args)
+    body, buffers = fn_call(fn, *args)
     return conn.call(body, buffers, sink=lambda e: None)
 
-
-@pytest.fixture()
-def proxied(tmp_path: Path) -> Iterator[tuple[RawPod, TcpProxy]]:
-    pod = start_raw_pod(tmp_path)
-    proxy = TcpProxy(pod.port)
-    yield pod, proxy
-    proxy.close()
-    pod.stop()
 
 
 @dataclass(frozen=True)
@@ -258,7 +242,7 @@ def test_events_nobody_reads_are_bounded_and_the_result_is_kept(
     conn = PodConnection(raw_pod.url, raw_pod.token, name="unread", max_pending_events=50)
     try:
         seen: list[dict[str, object]] = []
-        body, buffers = _fn_call(alternate_streams, 600)
+        body, buffers = fn_call(alternate_streams, 600)
         handle = conn.call(body, buffers, label="spammer", sink=seen.append)
         answered = threading.Event()
         handle.on_answer.append(answered.set)

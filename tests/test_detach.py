@@ -7,35 +7,11 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _kernel import Cell, Kernel
+from _kernel import Cell, Kernel, start_kernel
 from kt_testing import timeout
-
-
-def start_kernel(state: Path) -> Kernel:
-    k = Kernel({"KT_STATE_DIR": str(state), "KT_PROGRESS": "0"})
-    try:
-        ok(k.run("%load_ext kubetorch_jupyter"))
-    except BaseException:
-        k.shutdown()
-        raise
-    return k
-
-
-@pytest.fixture(scope="module")
-def kernels(state: Path) -> Iterator[list[Kernel]]:
-    """Two kernels: the one that starts runs, and another that attaches to them."""
-    ks: list[Kernel] = []
-    try:
-        ks.append(start_kernel(state))
-        ks.append(start_kernel(state))
-        yield ks
-    finally:
-        for k in ks:
-            k.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 import secrets
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,16 +33,6 @@ def count(cell: Cell) -> int:
     assert cell.reply is not None
     return int(cell.reply["execution_count"])
 
-
-@pytest.fixture(scope="module")
-def kernel(state: Path) -> Iterator[Kernel]:
-    k = Kernel({"KT_STATE_DIR": str(state), "KT_PROGRESS": "0"})
-    try:
-        cell = k.run("%load_ext kubetorch_jupyter")
-        assert cell.reply is not None and cell.reply["status"] == "ok", cell.messages
-        yield k
-    finally:
-        k.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -9,23 +9,11 @@ from __future__ import annotations
 import base64
 import re
 import secrets
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from _kernel import Kernel
 from kt_testing import timeout
-
-
-@pytest.fixture(scope="module")
-def kernel(state: Path) -> Iterator[Kernel]:
-    k = Kernel({"KT_STATE_DIR": str(state), "KT_PROGRESS": "0"})
-    try:
-        cell = k.run("%load_ext kubetorch_jupyter")
-        assert cell.reply is not None and cell.reply["status"] == "ok", cell.messages
-        yield k
-    finally:
-        k.shutdown()
 
 
 @pytest.fixture(scope="module")

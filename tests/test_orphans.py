@@ -7,25 +7,11 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from _kernel import Cell, Kernel
 from kt_testing import timeout
-from test_detach import gated, ok, start_kernel
-
-
-@pytest.fixture(scope="module")
-def kernels(state: Path) -> Iterator[list[Kernel]]:
-    ks: list[Kernel] = []
-    try:
-        ks.append(start_kernel(state))
-        ks.append(start_kernel(state))
-        yield ks
-    finally:
-        for k in ks:
-            k.shutdown()
+from test_detach import gated, ok
 
 
 def stderr_has(mid: str, text: str) -> object:

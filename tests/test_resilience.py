@@ -8,23 +8,15 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kt_testing import RawPod, start_raw_pod, timeout
+from kt_testing import RawPod, fn_call, start_raw_pod, timeout
 from tcp_proxy import TcpProxy
 
 import kubetorch_jupyter as kt
 from kernel_bridge import PodConnection
-from kubetorch_jupyter.calls.serialize import dump_callable
 from pod_runtime import protocol
-
-
-def _fn_call(fn: object, *args: object) -> tuple[bytes, list[memoryview]]:
-    digest, blob = dump_callable(fn)
-    return protocol.dumps({"kind": "fn", "fn_id": digest, "fn_blob": blob, "args": args,
-                           "kwargs": {}})
 
 
 def wait_for_file_then_finish(gate: str, done: str, runs: str) -> int:
@@ -40,14 +32,6 @@ def wait_for_file_then_finish(gate: str, done: str, runs: str) -> int:
     return 42
 
 
-@pytest.fixture()
-def proxied(tmp_path: Path) -> Iterator[tuple[RawPod, TcpProxy]]:
-    pod = start_raw_pod(tmp_path)
-    proxy = TcpProxy(pod.port)
-    yield pod, proxy
-    proxy.close()
-    pod.stop()
-
 
 def test_result_finished_while_disconnected_is_collected(
     proxied: tuple[RawPod, TcpProxy], tmp_path: Path
@@ -55,7 +39,7 @@ def test_result_finished_while_disconnected_is_collected(
     pod, proxy = proxied
     conn = PodConnection(proxy.url, pod.token, name="proxied", reconnect_timeout=timeout(60))
     gate, done, runs = tmp_path / "gate", tmp_path / "done", tmp_path / "runs"
-    body, buffers = _fn_call(wait_for_file_then_finish, str(gate), str(done), str(runs))
+    body, buffers = fn_call(wait_for_file_then_finish, str(gate), str(done), str(runs))
     handle = conn.call(body, buffers, sink=lambda e: None)
     first = next(handle.stream(timeout=timeout(30)))
     assert first["text"].startswith("started")
@@ -87,7 +71,7 @@ def test_call_sent_while_disconnected_runs_once_after_reconnect(
     runs = tmp_path / "runs"
     gate = tmp_path / "gate"
     gate.touch()
-    body, buffers = _fn_call(wait_for_file_then_finish, str(gate), str(tmp_path / "d"),
+    body, buffers = fn_call(wait_for_file_then_finish, str(gate), str(tmp_path / "d"),
                              str(runs))
     handle = conn.call(body, buffers, sink=lambda e: None)
     proxy.restore()
@@ -102,7 +86,7 @@ def test_connection_lost_for_good_fails_calls_clearly(
     pod, proxy = proxied
     conn = PodConnection(proxy.url, pod.token, name="proxied", reconnect_timeout=0.5)
     gate = tmp_path / "gate"
-    body, buffers = _fn_call(wait_for_file_then_finish, str(gate), str(tmp_path / "d"),
+    body, buffers = fn_call(wait_for_file_then_finish, str(gate), str(tmp_path / "d"),
                              str(tmp_path / "r"))
     handle = conn.call(body, buffers, sink=lambda e: None)
     next(handle.stream(timeout=timeout(30)))
@@ -144,7 +128,7 @@ def test_pod_killed_mid_call_raises_pod_died() -> None:
 def test_pod_restarted_under_the_same_address_fails_calls_in_flight(tmp_path: Path) -> None:
     pod = start_raw_pod(tmp_path)
     conn = PodConnection(pod.url, pod.token, name="restarting", reconnect_timeout=timeout(60))
-    body, buffers = _fn_call(wait_for_file_then_finish, str(tmp_path / "never"),
+    body, buffers = fn_call(wait_for_file_then_finish, str(tmp_path / "never"),
                              str(tmp_path / "d"), str(tmp_path / "r"))
     handle = conn.call(body, buffers, sink=lambda e: None)
     next(handle.stream(timeout=timeout(30)))
@@ -235,10 +219,10 @@ def test_both_sides_sending_large_messages_at_once_do_not_deadlock(tmp_path: Pat
     conn = PodConnection(pod.url, pod.token, name="busy", use_shm=False)
     try:
         received = []
-        body, buffers = _fn_call(spam_output, 1000)  # ~60 MB of output
+        body, buffers = fn_call(spam_output, 1000)  # ~60 MB of output
         spam = conn.call(body, buffers, sink=lambda e: received.append(len(e["text"])))
         big = np.ones(64 * 1024 * 1024, dtype=np.uint8)  # 64 MiB inline, the other way
-        body, buffers = _fn_call(len, big)
+        body, buffers = fn_call(len, big)
         sized = conn.call(body, buffers, sink=lambda e: None)
         assert sized.result(timeout(60)) == big.nbytes
         assert spam.result(timeout(60)) == "spammed"
@@ -258,9 +242,9 @@ def test_a_client_that_stops_reading_does_not_hold_up_others(tmp_path: Path) -> 
         ping_interval=None)  # never started: nobody reads this socket
     conn = PodConnection(pod.url, pod.token, name="live")
     try:
-        body, buffers = _fn_call(spam_output, 1000)
+        body, buffers = fn_call(spam_output, 1000)
         stalled.send(protocol.encode_frame(protocol.FrameType.CALL, 1, body, buffers))
-        body, buffers = _fn_call(hello_then_wait, 2.0)
+        body, buffers = fn_call(hello_then_wait, 2.0)
         handle = conn.call(body, buffers, sink=lambda e: None)
         first = next(handle.stream(timeout=timeout(30)))
         assert first["text"].startswith("hello")
@@ -281,7 +265,7 @@ def test_a_stopped_pod_leaves_no_shared_memory_behind(tmp_path: Path) -> None:
     conn = PodConnection(pod.url, pod.token, name="shm")
     try:
         assert conn.shm_active
-        body, buffers = _fn_call(np.zeros, 16 * 1024 * 1024, np.uint8)  # a spare follows
+        body, buffers = fn_call(np.zeros, 16 * 1024 * 1024, np.uint8)  # a spare follows
         assert conn.call(body, buffers, sink=lambda e: None).result(timeout(30)).nbytes
     finally:
         conn.close()
@@ -320,7 +304,7 @@ def test_a_call_made_while_the_pod_restarts_goes_to_the_new_pod(tmp_path: Path) 
     try:
         proxy.cut()
         pod.stop()
-        body, buffers = _fn_call(len, "four")
+        body, buffers = fn_call(len, "four")
         handle = conn.call(body, buffers, sink=lambda e: None)  # never reaches the old pod
         replacement = start_raw_pod(tmp_path, "--port", str(pod.port), token=pod.token)
         proxy.restore()
