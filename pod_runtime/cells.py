@@ -53,8 +53,9 @@ import threading
 from typing import Any, cast
 
 from . import capture, mimebundle, protocol, settings
-from .executor import CallRecord, Executor
+from .executor import Executor
 from .protocol import messages
+from .records import CallRecord
 from .registry import register
 
 __all__ = ["CellRuntime", "get_runtime", "show_figures"]

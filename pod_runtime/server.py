@@ -30,8 +30,9 @@ from typing import Any
 from . import cells as _cells  # noqa: F401 - registers the notebook cell call kinds
 from . import protocol, settings
 from . import sync as _sync  # noqa: F401 - registers the "sync" call kind
-from .executor import CallRecord, Executor
+from .executor import Executor
 from .protocol import FrameType, handshake, shm, wire
+from .records import CallRecord
 
 __all__ = ["PodServer"]
 

@@ -53,8 +53,9 @@ from typing import Any, cast
 
 from . import reload as _reload
 from . import settings, treeimport
-from .executor import CallRecord, Executor
+from .executor import Executor
 from .protocol import messages
+from .records import CallRecord
 from .registry import register
 
 __all__ = ["SyncTarget", "sync_home", "target"]
