@@ -32,11 +32,9 @@ import subprocess
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, Literal
 
 import psutil
 
@@ -50,7 +48,7 @@ from ...exceptions import ComputeNotFoundError, ConfigError, PodStartError, Reso
 from ..base import ANY_POD, Backend, PodChanged, PodInfo, PodStatus
 from . import gpus as _gpus
 from . import teardowns, venvs
-from .process import make_private_dir, read_line, source_root, wait_gone
+from .process import follow, make_private_dir, probe, read_line, source_root, wait_gone
 from .process import tail as read_tail
 
 __all__ = ["LocalBackend"]
@@ -360,21 +358,10 @@ class LocalBackend(Backend):
             text = read_tail(older, tail - have) + text
         return text
 
-    @staticmethod
-    def _probe(info: PodInfo, path: str) -> tuple[int, bytes]:
-        """GET one of the pod's probe endpoints (they need no token): (status, body)."""
-        url = info.url.replace("ws://", "http://", 1).replace("wss://", "https://", 1)
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback
-        try:
-            with opener.open(f"{url}{path}", timeout=1) as resp:
-                return resp.status, resp.read()
-        except urllib.error.HTTPError as exc:
-            return exc.code, b""
-
     def ready(self, info: PodInfo) -> Literal["ready", "starting", "unresponsive"] | None:
         """Ask the pod's ``/ready`` endpoint."""
         try:
-            status, _ = self._probe(info, "/ready")
+            status, _ = probe(info.url, "/ready")
         except OSError:
             return "unresponsive"
         return "ready" if status == 200 else "starting"
@@ -382,7 +369,7 @@ class LocalBackend(Backend):
     def idle_since(self, info: PodInfo) -> float | None:
         """The pod's last activity, from its ``/metrics``."""
         try:
-            status, body = self._probe(info, "/metrics")
+            status, body = probe(info.url, "/metrics")
         except OSError:
             return None
         for line in body.decode("utf-8", "replace").splitlines() if status == 200 else ():
@@ -416,7 +403,7 @@ class LocalBackend(Backend):
 
         f = open(path, "rb")  # noqa: SIM115  (closed by the generator)
         end = f.seek(0, os.SEEK_END)  # now, not at the first next(): no line is missed
-        return _follow(path, f, read_tail(path, tail, end=end), stop or threading.Event(),
+        return follow(path, f, read_tail(path, tail, end=end), stop or threading.Event(),
                        ended)
 
     # ---- processes ------------------------------------------------------------------------
@@ -584,39 +571,3 @@ def _check_fits(spec: ComputeSpec) -> None:
         raise ResourceUnavailableError(
             f"cpus={spec.cpus:g}: this machine has {cores} core{'s' * (cores != 1)}; ask "
             f"for at most {cores}", requested=math.ceil(spec.cpus), available=cores)
-
-
-def _follow(path: Path, f: BinaryIO, first: str, stop: threading.Event,
-            ended: Callable[[], bool]) -> Iterator[str]:
-    """``first``'s lines, then each line appended to ``f``, until ``stop`` or ``ended()``.
-
-    A log the pod rotated (another file at ``path`` now) is followed into the new one,
-    once the old one has been read to its end.
-    """
-    try:
-        yield from first.splitlines(keepends=True)
-        partial = b""
-        while not stop.is_set():
-            over = ended()  # before reading: what the pod wrote last is read after
-            chunk = f.read(65536)
-            if chunk:
-                *lines, partial = (partial + chunk).split(b"\n")
-                for line in lines:
-                    yield line.decode(errors="replace") + "\n"
-                continue
-            if over:
-                if partial:
-                    yield partial.decode(errors="replace") + "\n"
-                return
-            try:
-                st = path.stat()
-            except FileNotFoundError:
-                st = None
-            if st is not None and (st.st_ino != os.fstat(f.fileno()).st_ino
-                                   or st.st_size < f.tell()):  # rotated, or truncated
-                f.close()
-                f = open(path, "rb")  # noqa: SIM115
-                continue
-            stop.wait(0.25)  # a file has no "appended" event in the stdlib
-    finally:
-        f.close()

@@ -7,8 +7,13 @@ import os
 import select
 import site
 import subprocess
+import threading
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import psutil
 
@@ -126,3 +131,56 @@ def source_root() -> str | None:
     root = str(Path(next(iter(spec.submodule_search_locations))).resolve().parent)
     installed = {str(Path(d).resolve()) for d in site.getsitepackages()}
     return None if root in installed else root
+
+
+def probe(url: str, path: str) -> tuple[int, bytes]:
+    """GET one of a pod's probe endpoints (they need no token): (status, body).
+
+    ``url`` is the pod's websocket URL; the request goes to the same host and port.
+
+    Raises:
+        OSError: When the pod does not answer.
+    """
+    http = url.replace("ws://", "http://", 1).replace("wss://", "https://", 1)
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback
+    try:
+        with opener.open(f"{http}{path}", timeout=1) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, b""
+
+
+def follow(path: Path, f: BinaryIO, first: str, stop: threading.Event,
+            ended: Callable[[], bool]) -> Iterator[str]:
+    """``first``'s lines, then each line appended to ``f``, until ``stop`` or ``ended()``.
+
+    A log the pod rotated (another file at ``path`` now) is followed into the new one,
+    once the old one has been read to its end.
+    """
+    try:
+        yield from first.splitlines(keepends=True)
+        partial = b""
+        while not stop.is_set():
+            over = ended()  # before reading: what the pod wrote last is read after
+            chunk = f.read(65536)
+            if chunk:
+                *lines, partial = (partial + chunk).split(b"\n")
+                for line in lines:
+                    yield line.decode(errors="replace") + "\n"
+                continue
+            if over:
+                if partial:
+                    yield partial.decode(errors="replace") + "\n"
+                return
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                st = None
+            if st is not None and (st.st_ino != os.fstat(f.fileno()).st_ino
+                                   or st.st_size < f.tell()):  # rotated, or truncated
+                f.close()
+                f = open(path, "rb")  # noqa: SIM115
+                continue
+            stop.wait(0.25)  # a file has no "appended" event in the stdlib
+    finally:
+        f.close()
