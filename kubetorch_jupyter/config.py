@@ -67,6 +67,42 @@ def _default_username() -> str:
     return re.sub(r"[^a-z0-9-]", "-", user.lower()).strip("-") or "user"
 
 
+def _k8s_name(text: str) -> str:
+    value = text.strip()
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", value) or len(value) > 63:
+        raise ValueError("not a Kubernetes namespace name (lowercase letters, digits and '-')")
+    return value
+
+
+def _connect_mode(text: str) -> str:
+    value = text.strip().lower()
+    if value not in {"port-forward", "url"}:
+        raise ValueError("use 'port-forward' or 'url'")
+    return value
+
+
+def _url_template(text: str) -> str:
+    value = text.strip()
+    if not value.startswith(("ws://", "wss://")):
+        raise ValueError("a pod URL starts with ws:// or wss://")
+    try:
+        value.format(service="s", namespace="n", name="x", username="u", port=1)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(f"unknown placeholder {exc}; use {{service}}, {{namespace}}, "
+                         "{name}, {username}, {port}") from None
+    return value
+
+
+def _headers(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        key, sep, value = part.partition(":")
+        if not sep or not key.strip():
+            raise ValueError(f"{part.split(':')[0]!r} is not 'Name: value'")
+        out[key.strip()] = value.strip()
+    return out
+
+
 @dataclass(frozen=True)
 class Setting:
     """One setting: its environment variable, default, parser and meaning.
@@ -119,6 +155,26 @@ SETTINGS: dict[str, Setting] = {
         Setting("python", "KT_PYTHON", lambda: "", str,
                 "Python interpreter for local pods whose image has no install steps.",
                 shown="the client's own"),
+        Setting("namespace", "KT_NAMESPACE", lambda: "", _k8s_name,
+                "Kubernetes namespace of new computes (and the one kt list looks in).",
+                shown="the kubeconfig context's namespace, else `default`"),
+        Setting("kubeconfig", "KT_KUBECONFIG", lambda: "", _absolute_path,
+                "The kubeconfig file of the Kubernetes backend (without one, in a pod: its "
+                "service account).", shown="`$KUBECONFIG`, else `~/.kube/config`"),
+        Setting("kube_context", "KT_KUBE_CONTEXT", lambda: "", str,
+                "The kubeconfig context the Kubernetes backend uses.",
+                shown="the kubeconfig's current context"),
+        Setting("k8s_connect", "KT_K8S_CONNECT", lambda: "port-forward", _connect_mode,
+                "How the client reaches Kubernetes pods: 'port-forward' (through the API "
+                "server) or 'url' (KT_K8S_URL: in the cluster, or an ingress)."),
+        Setting("k8s_url", "KT_K8S_URL", lambda: "ws://{service}.{namespace}.svc:{port}",
+                _url_template,
+                "With KT_K8S_CONNECT=url: the pod's websocket base URL; {service}, "
+                "{namespace}, {name}, {username} and {port} are filled in (wss:// checks "
+                "the certificate)."),
+        Setting("k8s_headers", "KT_K8S_HEADERS", dict, _headers,
+                "With KT_K8S_CONNECT=url: extra upgrade headers for an ingress, as "
+                "'Name: value; Name2: value2'.", shown="none"),
     ]
 }
 

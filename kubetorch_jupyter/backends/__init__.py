@@ -84,8 +84,14 @@ def _local() -> Backend:
 
 
 def _kubernetes() -> Backend:
-    raise ConfigError("the kubernetes backend is not available yet; use backend='local' "
-                      "(KT_BACKEND=local)")
+    """The Kubernetes backend of this machine's kubeconfig (or the pod's service account).
+
+    Raises ConfigError (one line: what to install or set) when the ``kubernetes`` package
+    or a cluster configuration is missing.
+    """
+    from .kubernetes.backend import KubernetesBackend
+
+    return KubernetesBackend.from_environment()
 
 
 register_backend("local", _local)

@@ -1,0 +1,649 @@
+"""The Kubernetes backend: a compute is a workload (Deployment + Service by default).
+
+``up(spec)`` renders the compute's objects (:mod:`.manifests`, with the runtime bootstrap
+of :mod:`.bootstrap`), server-side applies them with one field manager (:mod:`.apply`)
+and watches its pods until one is ready (:mod:`.readiness`), showing the start phases
+and explaining failures. The pod token lives in a Secret made once per compute (a
+random ``secrets.token_urlsafe``) and owned by the workload, so deleting the workload
+takes it too; teardown deletes everything that carries the compute's identity labels
+(:mod:`.identity`), and nothing else.
+
+Another process learns what a compute runs from the workload's annotations (the spec,
+its hash and when it started), so ``kt list``, ``Compute.from_name`` and the restart
+policy work across processes as on the local backend.
+
+Reaching a pod (``KT_K8S_CONNECT``): ``port-forward`` (the default) dials the compute's
+current ready pod through the API server on every (re)connect (:mod:`.portforward`);
+``url`` connects to ``KT_K8S_URL`` (the Service's cluster DNS name, or an ingress's
+``wss://`` base) with ``KT_K8S_HEADERS``.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import os
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+from kernel_bridge import Endpoint
+
+from ... import config
+from ...core.names import check_name, pod_name
+from ...core.progress import progress_bar
+from ...core.spec import ComputeSpec
+from ...exceptions import ComputeNotFoundError
+from ..base import ANY_POD, Backend, PodChanged, PodInfo, PodStatus
+from . import apply as _apply
+from . import identity, readiness
+from . import pods as _pods
+from .client import Cluster, load
+from .container import RUNTIME_PORT
+from .portforward import dial as _portforward
+
+if TYPE_CHECKING:
+    from kubernetes.client import Configuration
+
+__all__ = ["STARTED_AT_ANNOTATION", "KubernetesBackend"]
+
+logger = logging.getLogger(__name__)
+
+#: Unix time the compute's current spec was applied (a changed spec starts it again).
+STARTED_AT_ANNOTATION = "kubetorch.dev/started-at"
+#: Seconds each plain API request may take.
+REQUEST_TIMEOUT = 30.0
+#: Seconds teardown waits for the compute's pods to be gone.
+TEARDOWN_WAIT = 60.0
+_PODS = _apply.Kind("v1", "Pod", "pods")
+#: Objects as the API answers them (an alias: ``list`` is a method of the backend).
+_Objects = list[dict[str, Any]]
+_SECRETS = _apply.Kind("v1", "Secret", "secrets")
+
+
+@dataclass(frozen=True)
+class _Attached:
+    """The pod a connection was dialled to, and its restart count then."""
+
+    pod: str
+    uid: str
+    restarts: int
+
+
+def _timestamp(text: str | None) -> float:
+    if not text:
+        return 0.0
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def _created(obj: dict[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("creationTimestamp") or "")
+
+
+def _launch_timeout(spec: ComputeSpec) -> float:
+    value = spec.kubernetes.get("launch_timeout")
+    try:
+        return float(value) if value is not None else float(config.get("start_timeout"))
+    except (TypeError, ValueError):
+        return float(config.get("start_timeout"))
+
+
+class KubernetesBackend(Backend):
+    """Computes as Kubernetes workloads, reached through the API server or by URL.
+
+    Args:
+        configuration: A ``kubernetes.client.Configuration`` (tests pass their test
+            server's); default: the kubeconfig or the pod's service account, loaded on
+            first use (see :mod:`.client`).
+        namespace: The namespace (default ``KT_NAMESPACE``, else the context's).
+        username: Prefix of resource names (default ``KT_USERNAME``).
+        connect: ``"port-forward"`` or ``"url"`` (default ``KT_K8S_CONNECT``).
+    """
+
+    name = "kubernetes"
+
+    def __init__(self, configuration: Configuration | None = None, *,
+                 namespace: str | None = None, username: str | None = None,
+                 connect: Literal["port-forward", "url"] | None = None) -> None:
+        self._configuration = configuration
+        self._namespace = namespace
+        self._username = username
+        self._connect = connect
+        self._cluster: Cluster | None = None
+        self._lock = threading.Lock()
+        self._attached: dict[str, _Attached] = {}
+        self._dead: dict[str, PodStatus] = {}
+        self._torn: dict[str, str] = {}
+        self._missing_kinds: set[str] = set()
+
+    @classmethod
+    def from_environment(cls) -> KubernetesBackend:
+        """The backend of ``KT_KUBECONFIG`` / ``KT_KUBE_CONTEXT`` (or the pod's account).
+
+        Raises:
+            ConfigError: When the ``kubernetes`` package or a configuration is missing.
+        """
+        backend = cls()
+        backend._load()
+        return backend
+
+    # ---- plumbing -----------------------------------------------------------------------
+
+    def _load(self) -> Cluster:
+        with self._lock:
+            if self._cluster is None:
+                self._cluster = load(self._configuration, namespace=self._namespace)
+            return self._cluster
+
+    @property
+    def api(self) -> Any:
+        """The ``kubernetes.client.ApiClient`` (loaded on first use)."""
+        return self._load().api
+
+    @property
+    def username(self) -> str:
+        """Whose computes these are (``KT_USERNAME`` unless given)."""
+        return self._username or str(config.get("username"))
+
+    def namespace_of(self, spec: ComputeSpec | dict[str, Any] | None = None) -> str:
+        """The namespace of a compute: its spec's ``kubernetes.namespace``, else the default."""
+        k8s = (spec.kubernetes if isinstance(spec, ComputeSpec)
+               else (spec or {}).get("kubernetes") or {})
+        return str(k8s.get("namespace") or self._load().namespace)
+
+    def _ns(self, info: PodInfo | None = None) -> str:
+        return self.namespace_of(info.spec if info is not None else None)
+
+    def _selector(self, name: str | None = None, component: str | None = None) -> str:
+        return identity.selector(self.username, name, component)
+
+    def _url(self, name: str, namespace: str) -> str:
+        service = pod_name(name, self.username)
+        if (self._connect or config.get("k8s_connect")) == "url":
+            template = str(config.get("k8s_url"))
+        else:  # only the Host header of the upgrade: the dial function picks the pod
+            template = "ws://{service}.{namespace}.svc:{port}"
+        return template.format(service=service, namespace=namespace, name=name,
+                               username=self.username, port=RUNTIME_PORT)
+
+    # ---- what exists ----------------------------------------------------------------------
+
+    def _workloads(self, namespace: str, name: str | None = None) -> list[dict[str, Any]]:
+        """The workloads of this user (one compute's when ``name`` is given)."""
+        out: list[dict[str, Any]] = []
+        for kind in _apply.WORKLOAD_KINDS:
+            if kind.plural + kind.api_version in self._missing_kinds:
+                continue
+            items, version = _apply.list_objects(self.api, kind, namespace,
+                                                 self._selector(name), timeout=REQUEST_TIMEOUT)
+            if kind.operator and not items and not version:
+                self._missing_kinds.add(kind.plural + kind.api_version)  # CRD not installed
+            out.extend(items)
+            if name is not None and out:
+                break
+        return out
+
+    def _tokens(self, namespace: str, name: str | None = None) -> dict[str, str]:
+        """The pod tokens of this user's computes (one's when ``name`` is given), by name."""
+        items, _ = _apply.list_objects(self.api, _SECRETS, namespace,
+                                       self._selector(name, "token"), timeout=REQUEST_TIMEOUT)
+        out = {}
+        for item in items:
+            compute = ((item.get("metadata") or {}).get("labels") or {}).get(
+                identity.COMPUTE_LABEL)
+            raw = (item.get("data") or {}).get("token")
+            if compute and raw:
+                with contextlib.suppress(ValueError):
+                    out[compute] = base64.b64decode(raw).decode()
+        return out
+
+    def _info(self, workload: dict[str, Any], token: str, namespace: str) -> PodInfo:
+        meta = workload.get("metadata") or {}
+        notes = meta.get("annotations") or {}
+        name = str((meta.get("labels") or {}).get(identity.COMPUTE_LABEL) or meta.get("name"))
+        try:
+            spec = json.loads(notes.get(identity.SPEC_ANNOTATION) or "{}")
+        except ValueError:
+            spec = {}
+        try:
+            started = float(notes.get(STARTED_AT_ANNOTATION) or 0) or _timestamp(_created(workload))
+        except ValueError:
+            started = _timestamp(_created(workload))
+        return PodInfo(name=name, url=self._url(name, namespace), token=token,
+                       backend=self.name, started_at=started, spec=spec if isinstance(
+                           spec, dict) else {}, spec_hash=str(notes.get(
+                               identity.SPEC_HASH_ANNOTATION) or ""))
+
+    def _pods(self, name: str, namespace: str) -> list[dict[str, Any]]:
+        items, _ = _apply.list_objects(self.api, _PODS, namespace, self._selector(name, "pod"),
+                                       timeout=REQUEST_TIMEOUT)
+        return items
+
+    # ---- Backend: create ------------------------------------------------------------------
+
+    def check(self, spec: ComputeSpec, *, progress: bool = True) -> None:
+        """Raise now what rendering ``spec``'s objects would raise (a bad option)."""
+        self._render(spec, self.namespace_of(spec), token_secret="check")
+
+    def _render(self, spec: ComputeSpec, namespace: str, *,
+                token_secret: str) -> list[dict[str, Any]]:
+        from .bootstrap import runtime_container
+        from .manifests import render
+
+        runtime = runtime_container(spec, username=self.username, namespace=namespace)
+        return render(spec, runtime=runtime, username=self.username, namespace=namespace,
+                      token_secret=token_secret)
+
+    def up(self, spec: ComputeSpec, *, progress: bool = True,
+           replacing: str | None = ANY_POD) -> PodInfo:
+        """Apply ``spec``'s objects (creating or updating them) and wait for a ready pod.
+
+        Raises:
+            PodChanged: When a live compute of that name runs a spec other than
+                ``replacing`` (another process started or changed it meanwhile).
+            PodStartError: When its pod cannot start (the message says why and what to do).
+            ConfigError: For a bad option, or an API request that fails.
+        """
+        from .manifests import token_secret_manifest
+
+        name = check_name(spec.name, self.username)
+        namespace = self.namespace_of(spec)
+        spec_hash = spec.spec_hash()
+        existing = next(iter(self._workloads(namespace, name)), None)
+        old_pods: list[dict[str, Any]] = []
+        started_at = time.time()
+        if existing is not None:
+            notes = (existing.get("metadata") or {}).get("annotations") or {}
+            have = notes.get(identity.SPEC_HASH_ANNOTATION)
+            if have == spec_hash:
+                with contextlib.suppress(ValueError):
+                    started_at = float(notes.get(STARTED_AT_ANNOTATION) or started_at)
+            else:
+                old_pods = self._pods(name, namespace)
+                live = any(_pods.pod_status(p).alive for p in old_pods)
+                if replacing != ANY_POD and have != replacing and live:
+                    raise PodChanged(name)
+        token = self._tokens(namespace, name).get(name) or secrets.token_urlsafe(32)
+        secret = token_secret_manifest(spec, username=self.username, namespace=namespace,
+                                       token=token)
+        objects = self._render(spec, namespace, token_secret=secret["metadata"]["name"])
+        self._torn.pop(name, None)
+        self._dead.pop(name, None)
+        self._apply_all(spec, secret, objects, namespace, started_at)
+        target = readiness.Target(
+            name=name, namespace=namespace, selector=self._selector(name, "pod"),
+            spec_hash=spec_hash, hash_annotation=identity.SPEC_HASH_ANNOTATION,
+            exclude=frozenset(str((p.get("metadata") or {}).get("uid")) for p in old_pods))
+        show = bool(progress and config.get("progress"))
+        bar = progress_bar(enabled=show, total=None, desc=f"starting pod {name!r}: scheduling",
+                           bar_format="{desc} {elapsed}")
+        try:
+            def say(stage: str) -> None:
+                bar.set_description_str(f"starting pod {name!r}: {stage}", refresh=True)
+
+            readiness.wait_ready(self.api, target, timeout=_launch_timeout(spec), on_stage=say)
+        finally:
+            bar.close()
+        workload = next(iter(self._workloads(namespace, name)), None)
+        if workload is None:  # torn down while it started
+            raise ComputeNotFoundError(name, [])
+        return self._info(workload, token, namespace)
+
+    def _apply_all(self, spec: ComputeSpec, secret: dict[str, Any],
+                   objects: list[dict[str, Any]], namespace: str, started_at: float) -> None:
+        """Apply the Secret, then ``objects`` in order; the compute's own get an owner."""
+        api, timeout = self.api, REQUEST_TIMEOUT
+        _apply.apply(api, secret, namespace, timeout=timeout)
+        workload_kinds = {(k.api_version, k.kind) for k in _apply.WORKLOAD_KINDS}
+        before: list[dict[str, Any]] = [secret]
+        owner: dict[str, Any] | None = None
+        for obj in objects:
+            is_workload = (obj.get("apiVersion"), obj.get("kind")) in workload_kinds
+            if is_workload and owner is None:
+                meta = obj.setdefault("metadata", {})
+                notes = meta.setdefault("annotations", {})
+                notes.setdefault(identity.SPEC_ANNOTATION, json.dumps(spec.to_json(),
+                                                                      sort_keys=True))
+                notes.setdefault(identity.SPEC_HASH_ANNOTATION, spec.spec_hash())
+                notes[STARTED_AT_ANNOTATION] = f"{started_at:.3f}"
+                applied = _apply.apply(api, obj, namespace, timeout=timeout)
+                meta_applied = applied.get("metadata") or {}
+                owner = {"apiVersion": obj["apiVersion"], "kind": obj["kind"],
+                         "name": meta_applied.get("name", meta["name"]),
+                         "uid": meta_applied.get("uid", "")}
+                continue
+            if owner is not None and self._owned(obj, spec.name):
+                obj = _with_owner(obj, owner)
+            applied = _apply.apply(api, obj, namespace, timeout=timeout)
+            if owner is None:
+                before.append(obj)
+        if owner is not None and owner["uid"]:
+            for obj in before:  # the token Secret (and the compute's runtime objects)
+                if self._owned(obj, spec.name):
+                    _apply.apply(api, _with_owner(obj, owner), namespace, timeout=timeout)
+
+    @staticmethod
+    def _owned(obj: dict[str, Any], name: str) -> bool:
+        labels = (obj.get("metadata") or {}).get("labels") or {}
+        return labels.get(identity.COMPUTE_LABEL) == name
+
+    # ---- Backend: find ------------------------------------------------------------------
+
+    def get(self, name: str) -> PodInfo:
+        """The compute called ``name`` (its workload exists, whatever its pods do).
+
+        Raises:
+            ComputeNotFoundError: When there is none in this namespace.
+        """
+        check_name(name, self.username)
+        namespace = self.namespace_of()
+        workload = next(iter(self._workloads(namespace, name)), None)
+        if workload is None:
+            raise ComputeNotFoundError(name, [i.name for i in self.list()])
+        return self._info(workload, self._tokens(namespace, name).get(name, ""), namespace)
+
+    def list(self) -> list[PodInfo]:
+        """Every compute of this user in the namespace, by name.
+
+        An API server that cannot be reached lists nothing, with a warning in the log
+        (``kt list`` still shows the other backends).
+        """
+        namespace = self.namespace_of()
+        try:
+            workloads = self._workloads(namespace)
+            tokens = self._tokens(namespace)
+        except _apply.ApiFailure as exc:
+            if exc.status not in (0, 401, 403):
+                raise
+            logger.warning("kubernetes computes are not listed: %s", exc)
+            return []
+        infos = [self._info(w, "", namespace) for w in workloads
+                 if not (w.get("metadata") or {}).get("deletionTimestamp")]
+        for info in infos:
+            info.token = tokens.get(info.name, "")
+        return sorted(infos, key=lambda i: i.name)
+
+    # ---- Backend: remove ----------------------------------------------------------------
+
+    def down(self, name: str) -> None:
+        """Delete every object of the compute (foreground), then wait for its pods to go.
+
+        Raises:
+            ComputeNotFoundError: When nothing of that name exists.
+        """
+        check_name(name, self.username)
+        namespace = self.namespace_of()
+        api = self.api
+        found = False
+        for kind, obj in list(_apply.owned(api, namespace, self._selector(name),
+                                           timeout=REQUEST_TIMEOUT)):
+            obj_name = str((obj.get("metadata") or {}).get("name"))
+            found = _apply.delete(api, kind, namespace, obj_name, timeout=REQUEST_TIMEOUT) or found
+        if not found:
+            raise ComputeNotFoundError(name, [i.name for i in self.list()])
+        self._torn[name] = f"torn down by process {os.getpid()}"
+        self._wait_pods_gone(name, namespace, TEARDOWN_WAIT)
+
+    def _wait_pods_gone(self, name: str, namespace: str, timeout: float) -> bool:
+        """Watch until the compute has no pods (True), or ``timeout`` passes (False)."""
+        from kubernetes import watch as k8s_watch
+        from kubernetes.client import CoreV1Api
+
+        deadline = time.monotonic() + timeout
+        selector = self._selector(name, "pod")
+        items, version = _apply.list_objects(self.api, _PODS, namespace, selector,
+                                             timeout=REQUEST_TIMEOUT)
+        left = {str((p.get("metadata") or {}).get("uid")) for p in items}
+        while left and time.monotonic() < deadline:
+            stream = k8s_watch.Watch()
+            try:
+                for event in stream.stream(
+                        CoreV1Api(self.api).list_namespaced_pod, namespace,
+                        label_selector=selector, resource_version=version,
+                        timeout_seconds=max(1, int(deadline - time.monotonic() + 0.999)),
+                        _request_timeout=timeout + 10, deserialize=False):
+                    meta = (event.get("object") or {}).get("metadata") or {}
+                    version = str(meta.get("resourceVersion") or version)
+                    if event.get("type") == "DELETED":
+                        left.discard(str(meta.get("uid")))
+                    if not left or time.monotonic() >= deadline:
+                        break
+            except Exception as exc:  # noqa: BLE001 - a dropped watch: look again
+                logger.debug("watching %s's pods go failed: %s", name, exc)
+                items, version = _apply.list_objects(self.api, _PODS, namespace, selector,
+                                                     timeout=REQUEST_TIMEOUT)
+                left = {str((p.get("metadata") or {}).get("uid")) for p in items}
+            finally:
+                stream.stop()
+        if left:
+            logger.warning("compute %r: %d pod(s) still terminating after %gs", name,
+                           len(left), timeout)
+        return not left
+
+    # ---- Backend: status ----------------------------------------------------------------
+
+    def status(self, info: PodInfo) -> PodStatus:
+        """The compute's status; for a connected one, whether the pod it talked to lives.
+
+        A pod the connection was dialled to that is deleted, evicted, failed, or whose
+        container restarted since (an OOM kill, a crash: its state is lost) is ``failed``
+        with that reason, even while a replacement starts. Without a connection: running
+        when a pod is ready, else the most advanced pod's status; ``gone`` (reason
+        ``TornDown``) when the compute's workload is gone.
+        """
+        torn = self._torn.get(info.name)
+        if torn is not None:
+            return PodStatus("gone", "TornDown", torn)
+        namespace = self._ns(info)
+        pods = self._pods(info.name, namespace)
+        attached = self._attached.get(info.name)
+        if attached is not None:
+            status = self._attached_status(info, attached, pods, namespace)
+        else:
+            status = self._overall(info, pods, namespace)
+        if not status.alive:
+            self._dead[info.name] = status
+        return status
+
+    def _gone_workload(self, info: PodInfo, namespace: str) -> bool:
+        return not self._workloads(namespace, info.name)
+
+    def _attached_status(self, info: PodInfo, attached: _Attached,
+                         pods: _Objects, namespace: str) -> PodStatus:
+        pod = next((p for p in pods if (p.get("metadata") or {}).get("uid") == attached.uid),
+                   None)
+        if pod is None:
+            if self._gone_workload(info, namespace):
+                return PodStatus("gone", "TornDown", "its workload was deleted (kt teardown "
+                                 "or kubectl)")
+            return PodStatus("failed", "Deleted", f"pod {attached.pod} was deleted")
+        status = _pods.pod_status(pod)
+        if status.alive and _pods.container_restarts(pod) > attached.restarts:
+            last: dict[str, Any] = {}
+            for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+                last = (cs.get("lastState") or {}).get("terminated") or last
+            reason = str(last.get("reason") or "Restarted")
+            if reason == "OOMKilled":
+                return PodStatus("failed", "OOMKilled", f"pod {attached.pod} ran out of memory "
+                                 f"(limit {_pods.memory_limit(pod) or 'none set'}) and was "
+                                 "restarted", _pods.exit_status(last))
+            return PodStatus("failed", reason, f"the container of pod {attached.pod} restarted "
+                             f"(exit status {last.get('exitCode')})", _pods.exit_status(last))
+        return status
+
+    def _overall(self, info: PodInfo, pods: _Objects, namespace: str) -> PodStatus:
+        if not pods:
+            if self._gone_workload(info, namespace):
+                return PodStatus("gone", "TornDown", "its workload was deleted")
+            return PodStatus("pending", message="no pod yet")
+        order = {"running": 0, "starting": 1, "pending": 2, "failed": 3, "gone": 4}
+        statuses = sorted((_pods.pod_status(p) for p in pods), key=lambda s: order[s.phase])
+        return statuses[0]
+
+    def gone(self, info: PodInfo) -> bool:
+        """Whether a status call already saw the compute's pod end (no API call)."""
+        return info.name in self._dead or info.name in self._torn
+
+    def settle(self, info: PodInfo, timeout: float) -> PodStatus:
+        """The status once a dropped connection's cause shows, waiting up to ``timeout``.
+
+        The kubelet reports a killed container a moment after its sockets close; this
+        watches the connected pod (an event stream, bounded) until it is seen to end.
+        """
+        from kubernetes import watch as k8s_watch
+        from kubernetes.client import CoreV1Api
+
+        status = self.status(info)
+        attached = self._attached.get(info.name)
+        if not status.alive or attached is None:
+            return status
+        deadline = time.monotonic() + timeout
+        stream = k8s_watch.Watch()
+        try:
+            for event in stream.stream(
+                    CoreV1Api(self.api).list_namespaced_pod, self._ns(info),
+                    label_selector=self._selector(info.name, "pod"),
+                    timeout_seconds=max(1, int(timeout + 0.999)),
+                    _request_timeout=timeout + 10, deserialize=False):
+                meta = (event.get("object") or {}).get("metadata") or {}
+                if meta.get("uid") == attached.uid or event.get("type") == "DELETED":
+                    status = self.status(info)
+                    if not status.alive:
+                        return status
+                if time.monotonic() >= deadline:
+                    break
+        except Exception as exc:  # noqa: BLE001 - the status as it is then
+            logger.debug("settling %s: %s", info.name, exc)
+        finally:
+            stream.stop()
+        return self.status(info)
+
+    def ready(self, info: PodInfo) -> Literal["ready", "starting", "unresponsive"] | None:
+        """``ready`` when a pod of the compute is Ready, ``starting`` while one starts."""
+        pods = self._pods(info.name, self._ns(info))
+        if any(_pods.is_ready(p) for p in pods):
+            return "ready"
+        if any(_pods.pod_status(p).phase in ("pending", "starting") for p in pods):
+            return "starting"
+        return "unresponsive" if pods else None
+
+    # ---- Backend: reach -----------------------------------------------------------------
+
+    def _ready_pod(self, info: PodInfo) -> dict[str, Any]:
+        pods = [p for p in self._pods(info.name, self._ns(info)) if _pods.is_ready(p)]
+        if not pods:
+            raise ConnectionError(f"compute {info.name!r} has no ready pod now")
+        same = [p for p in pods if ((p.get("metadata") or {}).get("annotations") or {}).get(
+            identity.SPEC_HASH_ANNOTATION) in (info.spec_hash, None)]
+        return max(same or pods, key=_created)
+
+    def endpoint(self, info: PodInfo) -> Endpoint:
+        """Where the bridge reaches the compute: a port-forward dial, or ``KT_K8S_URL``.
+
+        The dial function finds the compute's ready pod when it is called (each
+        reconnect), so a pod that was replaced or rescheduled is found where it is now.
+        """
+        namespace = self._ns(info)
+        if (self._connect or config.get("k8s_connect")) == "url":
+            return Endpoint(self._url(info.name, namespace), info.token,
+                            headers=dict(config.get("k8s_headers")))
+
+        def dial(timeout: float) -> Any:
+            pod = self._ready_pod(info)
+            meta = pod.get("metadata") or {}
+            self._attached[info.name] = _Attached(str(meta.get("name")), str(meta.get("uid")),
+                                                  _pods.container_restarts(pod))
+            self._dead.pop(info.name, None)
+            return _portforward(self.api, namespace, str(meta.get("name")), RUNTIME_PORT)
+
+        dial.__qualname__ = "kubernetes_portforward"
+        return Endpoint(info.url, info.token, dial=dial)
+
+    # ---- Backend: logs ------------------------------------------------------------------
+
+    def _log_pod(self, name: str) -> tuple[str, dict[str, Any]]:
+        namespace = self.namespace_of()
+        pods = self._pods(check_name(name, self.username), namespace)
+        if not pods:
+            raise ComputeNotFoundError(name, [i.name for i in self.list()])
+        ready = [p for p in pods if _pods.is_ready(p)]
+        return namespace, max(ready or pods, key=_created)
+
+    def logs(self, name: str, tail: int = 200) -> str:
+        """The last ``tail`` lines of the compute's pod's log (its newest pod).
+
+        Raises:
+            ComputeNotFoundError: When the compute has no pod.
+        """
+        namespace, pod = self._log_pod(name)
+        container = _pods.main_container(pod).get("name")
+        return readiness.read_log(self.api, namespace, _pods.pod_name(pod), tail=tail,
+                                  container=container, timeout=REQUEST_TIMEOUT)
+
+    def follow_logs(self, name: str, tail: int = 10,
+                    stop: threading.Event | None = None) -> Iterator[str]:
+        """The last ``tail`` lines of the pod's log, then each new one, until ``stop`` is set.
+
+        Ends by itself when the pod's log ends (the pod stopped).
+
+        Raises:
+            ComputeNotFoundError: When the compute has no pod.
+        """
+        namespace, pod = self._log_pod(name)
+        query: list[tuple[str, Any]] = [("follow", "true"), ("tailLines", tail)]
+        container = _pods.main_container(pod).get("name")
+        if container:
+            query.append(("container", container))
+        api = self.api
+        params = api.param_serialize(
+            method="GET", resource_path=_PODS.path(namespace, _pods.pod_name(pod)) + "/log",
+            query_params=query, header_params={"Accept": "text/plain"},
+            auth_settings=["BearerToken"])
+        response = api.call_api(*params, _request_timeout=None).response
+        return _follow(response, stop or threading.Event())
+
+
+def _with_owner(obj: dict[str, Any], owner: dict[str, Any]) -> dict[str, Any]:
+    meta = dict(obj.get("metadata") or {})
+    meta["ownerReferences"] = [{**owner, "blockOwnerDeletion": False}]
+    return {**obj, "metadata": meta}
+
+
+def _follow(response: Any, stop: threading.Event) -> Iterator[str]:
+    """The lines of a streamed log response until it ends or ``stop`` is set."""
+    done = threading.Event()
+
+    def closer() -> None:  # a blocked read ends only when the response is closed
+        while not stop.wait(0.5):
+            if done.is_set():
+                return
+        with contextlib.suppress(Exception):
+            response.close()
+
+    watcher = threading.Thread(target=closer, name="kt-follow-logs-close", daemon=True)
+    watcher.start()
+    try:
+        pending = b""
+        for chunk in response.stream(4096, decode_content=True):
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                yield line.decode("utf-8", "replace") + "\n"
+            if stop.is_set():
+                return
+        if pending:
+            yield pending.decode("utf-8", "replace")
+    except Exception as exc:  # noqa: BLE001 - closed by stop, or the pod went
+        logger.debug("log stream ended: %s", exc)
+    finally:
+        done.set()
+        watcher.join(timeout=2.0)
