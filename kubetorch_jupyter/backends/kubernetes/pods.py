@@ -211,15 +211,16 @@ def pod_status(pod: Any) -> PodStatus:
     if meta.get("deletionTimestamp"):
         return PodStatus("failed", "Deleted", f"pod {name} is being deleted")
     phase = status.get("phase") or "Pending"
+    if phase == "Failed" and status.get("reason"):  # the kubelet's word: Evicted, Shutdown...
+        return PodStatus("failed", str(status["reason"]),
+                         str(status.get("message") or f"pod {name} failed"))
     for key, init in (("initContainerStatuses", True), ("containerStatuses", False)):
         for cs in status.get(key) or []:
             failure = _container_failure(p, cs, init)
             if failure is not None and not (phase == "Running" and failure.phase == "gone"):
                 return failure
     if phase == "Failed":
-        reason = str(status.get("reason") or "Error")
-        message = str(status.get("message") or f"pod {name} failed")
-        return PodStatus("failed", reason, message)
+        return PodStatus("failed", "Error", str(status.get("message") or f"pod {name} failed"))
     if phase == "Succeeded":
         return PodStatus("gone", "Completed", f"pod {name} ran to completion", 0)
     if phase == "Unknown":
