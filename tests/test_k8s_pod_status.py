@@ -17,7 +17,8 @@ import pytest
 
 from kubetorch_jupyter import config
 from kubetorch_jupyter.backends import get_backend
-from kubetorch_jupyter.backends.kubernetes import pods, readiness
+from kubetorch_jupyter.backends.kubernetes import podstatus as pods
+from kubetorch_jupyter.backends.kubernetes import readiness
 from kubetorch_jupyter.exceptions import ConfigError
 
 T0 = "2026-01-05T10:00:00Z"

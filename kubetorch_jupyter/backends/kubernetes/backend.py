@@ -43,7 +43,7 @@ from ...exceptions import ComputeNotFoundError
 from ..base import ANY_POD, Backend, PodChanged, PodInfo, PodStatus
 from . import apply as _apply
 from . import identity, readiness
-from . import pods as _pods
+from . import podstatus as _pods
 from .client import Cluster, load
 from .container import RUNTIME_PORT
 from .portforward import dial as _portforward

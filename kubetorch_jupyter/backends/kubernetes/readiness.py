@@ -4,7 +4,7 @@
 that list's ``resourceVersion`` (a ``kubernetes.watch.Watch`` stream, server-side
 timeout = what is left of the launch timeout): no sleep loop, every status change is
 seen when it happens. Each change moves the progress display through the start phases
-(:func:`.pods.stage`: scheduling, pulling image, starting runtime); while the runtime
+(:func:`.podstatus.stage`: scheduling, pulling image, starting runtime); while the runtime
 starts, the bootstrap's ``kt-bootstrap:`` log lines (installing runtime, image step i/n)
 refine it, read by a log-following thread that ends with the wait.
 
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...exceptions import PodStartError
 from . import apply as _apply
-from . import pods as _pods
+from . import podstatus as _pods
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -119,7 +119,7 @@ def start_error(api: ApiClient, target: Target, pod: dict[str, Any],
         api: For the crashed container's log and the scheduler's events.
         target: The compute.
         pod: The pod object.
-        status: Its :func:`.pods.pod_status`.
+        status: Its :func:`.podstatus.pod_status`.
     """
     name, ns, pod_name = target.name, target.namespace, _pods.pod_name(pod)
     reason = str(status.reason or "Error")
