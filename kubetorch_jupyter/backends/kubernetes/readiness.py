@@ -32,7 +32,8 @@ from . import podstatus as _pods
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
 
-__all__ = ["BOOTSTRAP_PREFIX", "LOG_TAIL_LINES", "Target", "start_error", "wait_ready"]
+__all__ = ["BOOTSTRAP_PREFIX", "LOG_TAIL_LINES", "Target", "bootstrap_error", "read_log",
+           "start_error", "wait_ready"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +98,13 @@ def read_log(api: ApiClient, namespace: str, pod: str, *, tail: int = LOG_TAIL_L
     return data.decode("utf-8", "replace") if data else ""
 
 
+def bootstrap_error(log: str) -> str | None:
+    """The last ``kt-bootstrap: error:`` line of a log (what the start script gave up on)."""
+    marker = f"{BOOTSTRAP_PREFIX} error:"
+    found = [line.split(marker, 1)[1].strip() for line in log.splitlines() if marker in line]
+    return found[-1] if found else None
+
+
 def _events(api: ApiClient, namespace: str, pod: dict[str, Any]) -> list[dict[str, Any]]:
     """The events about ``pod``, oldest first (empty when they cannot be read)."""
     uid = (pod.get("metadata") or {}).get("uid")
@@ -156,10 +164,11 @@ def start_error(api: ApiClient, target: Target, pod: dict[str, Any],
         tail = read_log(api, ns, pod_name, previous=restarted, container=container)
         if not tail and restarted:
             tail = read_log(api, ns, pod_name, container=container)
-        return PodStartError(
-            f"compute {name!r}'s container {status.message} {where}; its last log lines "
-            "are below (fix what they show, or check the image has Python 3)",
-            pod=name, reason=reason, log_tail=tail)
+        said = bootstrap_error(tail)
+        why = (f": {said}" if said else "; its last log lines are below (fix what they "
+               "show; the image needs Python >= 3.11)")
+        return PodStartError(f"compute {name!r}'s container {status.message} {where}{why}",
+                             pod=name, reason=reason, log_tail=tail)
     return PodStartError(f"compute {name!r} did not start: {reason}: {status.message} {where}",
                          pod=name, reason=reason)
 
@@ -221,10 +230,12 @@ class _Progress:
 
     def bootstrap(self, line: str) -> None:
         with self._lock:
-            low = line.lower()
-            self.stage = "installing" if ("install" in low or "step" in low) else self.stage
             self._detail = line
-            self._say(f"{self.stage}: {line}" if line.lower() != self.stage else line)
+            if line.startswith("error:"):  # the crash that follows says it
+                return
+            self.stage = ("starting runtime" if line.startswith("starting runtime")
+                          else "installing")
+            self._say(f"installing: {line}" if self.stage == "installing" else self.stage)
 
     def describe(self) -> str:
         with self._lock:
