@@ -120,8 +120,10 @@ class KubernetesBackend(Backend):
         self._connect = connect
         self._cluster: Cluster | None = None
         self._lock = threading.Lock()
-        self._attached: dict[str, _Attached] = {}
-        self._dead: dict[str, PodStatus] = {}
+        # By the PodInfo a connection was opened with (id, the info kept alive with it):
+        # which pod its dial reached, and a death a status call saw.
+        self._attached: dict[int, tuple[PodInfo, _Attached]] = {}
+        self._dead: dict[int, PodStatus] = {}
         self._torn: dict[str, str] = {}
         self._missing_kinds: set[str] = set()
 
@@ -204,6 +206,8 @@ class KubernetesBackend(Backend):
             if compute and raw:
                 with contextlib.suppress(ValueError):
                     out[compute] = base64.b64decode(raw).decode()
+            elif compute and (item.get("stringData") or {}).get("token"):
+                out[compute] = str(item["stringData"]["token"])  # a server that keeps it so
         return out
 
     def _info(self, workload: dict[str, Any], token: str, namespace: str) -> PodInfo:
@@ -277,7 +281,6 @@ class KubernetesBackend(Backend):
                                        token=token)
         objects = self._render(spec, namespace, token_secret=secret["metadata"]["name"])
         self._torn.pop(name, None)
-        self._dead.pop(name, None)
         self._apply_all(spec, secret, objects, namespace, started_at)
         target = readiness.Target(
             name=name, namespace=namespace, selector=self._selector(name, "pod"),
@@ -445,14 +448,18 @@ class KubernetesBackend(Backend):
             return PodStatus("gone", "TornDown", torn)
         namespace = self._ns(info)
         pods = self._pods(info.name, namespace)
-        attached = self._attached.get(info.name)
+        attached = self._attached_to(info)
         if attached is not None:
             status = self._attached_status(info, attached, pods, namespace)
         else:
             status = self._overall(info, pods, namespace)
         if not status.alive:
-            self._dead[info.name] = status
+            self._dead[id(info)] = status
         return status
+
+    def _attached_to(self, info: PodInfo) -> _Attached | None:
+        found = self._attached.get(id(info))
+        return found[1] if found is not None and found[0] is info else None
 
     def _gone_workload(self, info: PodInfo, namespace: str) -> bool:
         return not self._workloads(namespace, info.name)
@@ -491,7 +498,7 @@ class KubernetesBackend(Backend):
 
     def gone(self, info: PodInfo) -> bool:
         """Whether a status call already saw the compute's pod end (no API call)."""
-        return info.name in self._dead or info.name in self._torn
+        return id(info) in self._dead or info.name in self._torn
 
     def settle(self, info: PodInfo, timeout: float) -> PodStatus:
         """The status once a dropped connection's cause shows, waiting up to ``timeout``.
@@ -503,7 +510,7 @@ class KubernetesBackend(Backend):
         from kubernetes.client import CoreV1Api
 
         status = self.status(info)
-        attached = self._attached.get(info.name)
+        attached = self._attached_to(info)
         if not status.alive or attached is None:
             return status
         deadline = time.monotonic() + timeout
@@ -538,13 +545,28 @@ class KubernetesBackend(Backend):
 
     # ---- Backend: reach -----------------------------------------------------------------
 
-    def _ready_pod(self, info: PodInfo) -> dict[str, Any]:
+    def _ready_pod(self, info: PodInfo, prefer: str | None = None) -> dict[str, Any]:
+        """The pod to dial: ``prefer`` (a uid) while it is ready, else the best ready one.
+
+        The best: of the compute's spec, rank 0 (or the Ray head) first, the newest.
+        """
         pods = [p for p in self._pods(info.name, self._ns(info)) if _pods.is_ready(p)]
+        kept = [p for p in pods if prefer and (p.get("metadata") or {}).get("uid") == prefer]
+        if kept:
+            return kept[0]
         if not pods:
-            raise ConnectionError(f"compute {info.name!r} has no ready pod now")
+            raise ConnectionError(f"compute {info.name!r} has no ready pod now (one that "
+                                  "scales to zero is reached with KT_K8S_CONNECT=url)")
         same = [p for p in pods if ((p.get("metadata") or {}).get("annotations") or {}).get(
             identity.SPEC_HASH_ANNOTATION) in (info.spec_hash, None)]
-        return max(same or pods, key=_created)
+
+        def rank(pod: dict[str, Any]) -> tuple[bool, str]:
+            labels = (pod.get("metadata") or {}).get("labels") or {}
+            first = (labels.get("apps.kubernetes.io/pod-index") == "0"
+                     or labels.get("ray.io/node-type") == "head")
+            return first, _created(pod)
+
+        return max(same or pods, key=rank)
 
     def endpoint(self, info: PodInfo) -> Endpoint:
         """Where the bridge reaches the compute: a port-forward dial, or ``KT_K8S_URL``.
@@ -558,12 +580,19 @@ class KubernetesBackend(Backend):
                             headers=dict(config.get("k8s_headers")))
 
         def dial(timeout: float) -> Any:
-            pod = self._ready_pod(info)
+            before = self._attached_to(info)
+            pod = self._ready_pod(info, before.uid if before is not None else None)
             meta = pod.get("metadata") or {}
-            self._attached[info.name] = _Attached(str(meta.get("name")), str(meta.get("uid")),
-                                                  _pods.container_restarts(pod))
-            self._dead.pop(info.name, None)
-            return _portforward(self.api, namespace, str(meta.get("name")), RUNTIME_PORT)
+            now = _Attached(str(meta.get("name")), str(meta.get("uid")),
+                            _pods.container_restarts(pod))
+            if before is not None and (before.uid, before.restarts) != (now.uid, now.restarts):
+                # The process this connection talked to is gone (replaced, restarted): a
+                # fresh one knows none of its calls. Refuse, so status() says how it died
+                # and the caller starts over, rather than reconnecting to a stranger.
+                raise ConnectionError(f"pod {before.pod} of compute {info.name!r} was "
+                                      "replaced or restarted")
+            self._attached[id(info)] = (info, now)
+            return _portforward(self.api, namespace, now.pod, RUNTIME_PORT)
 
         dial.__qualname__ = "kubernetes_portforward"
         return Endpoint(info.url, info.token, dial=dial)
