@@ -138,6 +138,14 @@ class KubernetesBackend(Backend):
         backend._load()
         return backend
 
+    def close(self) -> None:
+        """Close the API client's connections (a later call opens them again)."""
+        with self._lock:
+            cluster, self._cluster = self._cluster, None
+        if cluster is not None:
+            with contextlib.suppress(Exception):
+                cluster.api.close()
+
     # ---- plumbing -----------------------------------------------------------------------
 
     def _load(self) -> Cluster:
@@ -310,6 +318,7 @@ class KubernetesBackend(Backend):
         before: list[dict[str, Any]] = [secret]
         owner: dict[str, Any] | None = None
         for obj in objects:
+            obj = _shared_runtime(obj)
             is_workload = (obj.get("apiVersion"), obj.get("kind")) in workload_kinds
             if is_workload and owner is None:
                 meta = obj.setdefault("metadata", {})
@@ -641,6 +650,20 @@ class KubernetesBackend(Backend):
         return _follow(response, stop or threading.Event())
 
 
+def _shared_runtime(obj: dict[str, Any]) -> dict[str, Any]:
+    """``obj`` without a compute label when it is a runtime object (shared, not owned).
+
+    The runtime ConfigMap is one per user and client version, mounted by every compute
+    of that user (see :mod:`.bootstrap`): tearing one compute down, which deletes by the
+    compute's label, must leave it to the others; no compute owns it.
+    """
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    if labels.get(identity.COMPONENT_LABEL) != "runtime" or identity.COMPUTE_LABEL not in labels:
+        return obj
+    kept = {k: v for k, v in labels.items() if k != identity.COMPUTE_LABEL}
+    return {**obj, "metadata": {**obj["metadata"], "labels": kept}}
+
+
 def _with_owner(obj: dict[str, Any], owner: dict[str, Any]) -> dict[str, Any]:
     meta = dict(obj.get("metadata") or {})
     meta["ownerReferences"] = [{**owner, "blockOwnerDeletion": False}]
@@ -651,12 +674,11 @@ def _follow(response: Any, stop: threading.Event) -> Iterator[str]:
     """The lines of a streamed log response until it ends or ``stop`` is set."""
     done = threading.Event()
 
-    def closer() -> None:  # a blocked read ends only when the response is closed
+    def closer() -> None:  # a blocked read ends only when its socket is shut down
         while not stop.wait(0.5):
             if done.is_set():
                 return
-        with contextlib.suppress(Exception):
-            response.close()
+        readiness.abort_stream(response)
 
     watcher = threading.Thread(target=closer, name="kt-follow-logs-close", daemon=True)
     watcher.start()
@@ -676,3 +698,5 @@ def _follow(response: Any, stop: threading.Event) -> Iterator[str]:
     finally:
         done.set()
         watcher.join(timeout=2.0)
+        with contextlib.suppress(Exception):
+            response.close()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Collection
@@ -32,8 +33,8 @@ from . import podstatus as _pods
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
 
-__all__ = ["BOOTSTRAP_PREFIX", "LOG_TAIL_LINES", "Target", "bootstrap_error", "read_log",
-           "start_error", "wait_ready"]
+__all__ = ["BOOTSTRAP_PREFIX", "LOG_TAIL_LINES", "Target", "abort_stream", "bootstrap_error",
+           "read_log", "start_error", "wait_ready"]
 
 logger = logging.getLogger(__name__)
 
@@ -167,10 +168,23 @@ def start_error(api: ApiClient, target: Target, pod: dict[str, Any],
         said = bootstrap_error(tail)
         why = (f": {said}" if said else "; its last log lines are below (fix what they "
                "show; the image needs Python >= 3.11)")
-        return PodStartError(f"compute {name!r}'s container {status.message} {where}{why}",
+        return PodStartError(f"compute {name!r}: {status.message} {where}{why}",
                              pod=name, reason=reason, log_tail=tail)
     return PodStartError(f"compute {name!r} did not start: {reason}: {status.message} {where}",
                          pod=name, reason=reason)
+
+
+def abort_stream(response: Any) -> None:
+    """Unblock a thread reading a streamed response (a followed log, a watch) from another.
+
+    Closing the response from another thread would wait for the reader's lock (the reader
+    is blocked in ``recv``); shutting the socket down makes that ``recv`` return at once,
+    and the reader then closes the response itself.
+    """
+    sock = getattr(getattr(response, "connection", None), "sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 class _BootstrapLog:
@@ -191,12 +205,13 @@ class _BootstrapLog:
                                      query_params=[("follow", "true")],
                                      header_params={"Accept": "text/plain"},
                                      auth_settings=["BearerToken"])
+        response: Any = None
         try:
-            response = api.call_api(*params, _request_timeout=None)
-            self._response = response.response
+            response = api.call_api(*params, _request_timeout=None).response
+            self._response = response
             if self._stopped.is_set() or not 200 <= int(response.status) <= 299:
                 return
-            for raw in self._response:
+            for raw in response:
                 line = raw.decode("utf-8", "replace").strip()
                 if line.startswith(BOOTSTRAP_PREFIX):
                     on_line(line[len(BOOTSTRAP_PREFIX):].strip())
@@ -204,13 +219,16 @@ class _BootstrapLog:
                     return
         except Exception as exc:  # noqa: BLE001 - the log only refines the progress display
             logger.debug("following %s's log stopped: %s", pod, exc)
+        finally:
+            if response is not None:
+                with contextlib.suppress(Exception):
+                    response.close()
 
     def stop(self) -> None:
         self._stopped.set()
-        with contextlib.suppress(Exception):
-            if self._response is not None:
-                self._response.close()
-        self._thread.join(timeout=2.0)
+        if self._response is not None:
+            abort_stream(self._response)
+        self._thread.join(timeout=5.0)
 
 
 class _Progress:
