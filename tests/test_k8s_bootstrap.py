@@ -234,7 +234,7 @@ def test_runtime_starts_in_a_bare_python_and_serves_calls(
 def test_env_and_bash_steps_take_effect_and_the_compute_env_wins(
         image: Path, tmp_path: Path, containers: list[Container]) -> None:
     img = (Image().set_env_vars({"KT_T_MODE": "fast", "SHADOWED": "image"})
-           .run_bash('echo "$KT_T_MODE" > "$KT_IMAGE_DIR/made-by-bash"'))
+           .run_bash('echo "$KT_T_MODE ${KT_POD_TOKEN:-no-token}" > "$KT_IMAGE_DIR/made-by-bash"'))
     spec = spec_of(img, env={"SHADOWED": "compute"})
     rc = runtime_container(spec, username=USER, namespace="ns")
     box = start_container(rc, spec, tmp_path, image_path(image))
@@ -247,7 +247,7 @@ def test_env_and_bash_steps_take_effect_and_the_compute_env_wins(
     assert facts["env"] == {"KT_T_MODE": "fast"}
     assert facts["shadowed"] == "compute"  # the compute's own env beats the image's
     made = tmp_path / "cache" / "images" / spec.image_hash / "made-by-bash"
-    assert made.read_text() == "fast\n"  # the bash step saw the env step before it
+    assert made.read_text() == "fast no-token\n"  # saw the env step before it, not the token
     assert facts["prefix"] == str(made.parent / "venv")
     lines = box.bootstrap_lines()
     assert f"{LOG_PREFIX} image step 1/2 set_env_vars KT_T_MODE, SHADOWED" in lines
@@ -304,6 +304,42 @@ def test_pip_step_installs_once_per_image_hash(
     assert any("cached" in line and "skipping 1 pip_install" in line for line in lines)
     assert any("already installed" in line for line in lines)
     assert "bash-ran\n" in again.lines  # run_bash steps run in every container
+
+
+def _system_python_with_pip() -> str | None:
+    for candidate in ("/usr/bin/python3", "/usr/local/bin/python3"):
+        check = "import sys, pip; sys.exit(sys.version_info < (3, 11))"
+        if os.path.exists(candidate) and subprocess.run(
+                [candidate, "-c", check], capture_output=True).returncode == 0:
+            return candidate
+    return None
+
+
+def test_a_distro_python_keeps_its_own_packages_and_pip_installs_on_top(
+        tmp_path: Path, containers: list[Container]) -> None:
+    system = _system_python_with_pip()
+    if system is None:
+        pytest.skip("no system Python >= 3.11 with pip here")
+    bin_dir = tmp_path / "distro-bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").symlink_to(system)
+    wheel = tiny_wheel(tmp_path)
+    spec = spec_of(Image().pip_install([str(wheel)], args=["--no-index"]))
+    box = start_container(runtime_container(spec, username=USER, namespace="ns"), spec,
+                          tmp_path, f"{bin_dir}{os.pathsep}/usr/bin{os.pathsep}/bin")
+    containers.append(box)
+    assert box.port is not None, box.log
+    conn = connect(box)
+    try:  # builtins by reference: the distro's Python need not be this one's version
+        tiny = call(conn, eval, "__import__('tinykt').VALUE")
+        pip_at = call(conn, eval, "__import__('pip').__file__")
+        prefix = call(conn, eval, "__import__('sys').prefix")
+    finally:
+        conn.close()
+    assert tiny == 42
+    assert not pip_at.startswith(prefix)  # the image's own pip, seen from the cached venv
+    assert prefix == str(tmp_path / "cache" / "images" / spec.image_hash / "venv")
+    assert not any("ensurepip" in line for line in box.bootstrap_lines())
 
 
 def test_a_failing_step_exits_non_zero_naming_it(

@@ -16,7 +16,8 @@ This file travels in the runtime ConfigMap and runs in the *image's* Python (fou
    change outside the cache volume (``apt-get`` into ``/usr``, files in ``$HOME``) is
    gone when a container restarts, so skipping them would leave a cached venv whose
    system libraries are missing. Write them to be re-runnable; ``$KT_IMAGE_DIR`` (on
-   the cache volume) is the place for what should be downloaded once.
+   the cache volume) is the place for what should be downloaded once. pip's download
+   cache is ``$KT_CACHE_DIR/pip``. Steps never see ``KT_POD_TOKEN``.
 3. **Runtime**: the bundle (``runtime.zip``: ``pod_runtime`` and its dependencies,
    pure Python) is checked against its hash and unpacked once per hash into
    ``$KT_CACHE_DIR/runtime/<hash>`` (so bytecode is cached too), then put first on
@@ -44,6 +45,7 @@ import json
 import os
 import shutil
 import site
+import socket
 import subprocess
 import sys
 import tempfile
@@ -143,7 +145,10 @@ def make_venv(target: Path) -> Path:
     import venv
 
     try:
-        venv.EnvBuilder(with_pip=False, symlinks=True, clear=True).create(target)
+        try:
+            venv.EnvBuilder(with_pip=False, symlinks=True, clear=True).create(target)
+        except OSError:  # a volume without symbolic links (some SMB/NFS): copy the binary
+            venv.EnvBuilder(with_pip=False, symlinks=False, clear=True).create(target)
     except Exception as exc:  # noqa: BLE001 - any failure: say what and where
         fail(EXIT_SETUP, f"could not create a virtual environment in {target}: {exc}")
     purelib = sysconfig.get_path("purelib", scheme="venv",
@@ -214,6 +219,7 @@ def prepare_image(steps: list[tuple[str, list[str]]], image_hash: str, cache: Pa
             marker.unlink(missing_ok=True)
             say(f"image {image_hash}: building in {home} ({total} steps)")
             python = make_venv(venv_dir)
+        env.setdefault("PIP_CACHE_DIR", str(cache / "pip"))  # downloads outlive a hash
         env.update(VIRTUAL_ENV=str(venv_dir), KT_IMAGE_DIR=str(home),
                    PATH=f"{venv_dir / 'bin'}{os.pathsep}{env.get('PATH', os.defpath)}",
                    PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1")
@@ -344,6 +350,7 @@ def main() -> NoReturn:
                          f"(or set the pod's fsGroup)")
 
     env = dict(os.environ)
+    token = env.pop("KT_POD_TOKEN")  # for the runtime only: steps (pip builds) never see it
     keep = {n for n in env.get("KT_COMPUTE_ENV_NAMES", "").split(",") if n}
     steps = parse_steps(env.get("KT_IMAGE_STEPS", ""))
     python = prepare_image(steps, env.get("KT_IMAGE_HASH", ""), cache, env, keep)
@@ -354,9 +361,10 @@ def main() -> NoReturn:
         runtime = install_runtime(runtime_dir, cache, bundle)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(runtime),
                                                         env.get("PYTHONPATH")) if p)
-    hostname = env.get("HOSTNAME") or "pod"
+    hostname = env.get("HOSTNAME") or socket.gethostname() or "pod"  # the pod's name
     env.setdefault("KT_STATE_DIR", str(cache / "state" / hostname))
     env["PYTHONUNBUFFERED"] = "1"
+    env["KT_POD_TOKEN"] = token
     say(f"starting runtime on {host}:{port}")
     sys.stdout.flush()
     argv = [python, "-m", "pod_runtime", "--host", host, "--port", port]
