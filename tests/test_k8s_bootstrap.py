@@ -544,3 +544,21 @@ def test_log_phase_reads_the_bootstrap_lines() -> None:
     assert log_phase("kt-bootstrap: error: image step 1/1 run_bash 'x' failed (exit status 1)"
                      "; its output is above\n")[1] == (
         "image step 1/1 run_bash 'x' failed (exit status 1); its output is above")
+
+
+def test_the_module_prints_the_bundle_and_its_manifest() -> None:
+    module = "kubetorch_jupyter.backends.kubernetes.bootstrap"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    shown = subprocess.run([sys.executable, "-m", module, "--username", USER], env=env,
+                           capture_output=True, text=True, check=True).stdout
+    assert f"configmap     {runtime_configmap_name(USER)}" in shown
+    assert f"zip           {len(runtime_bundle().zip)} bytes" in shown
+    manifest = json.loads(subprocess.run(
+        [sys.executable, "-m", module, "--manifest", "--username", USER, "--namespace", "ml"],
+        env=env, capture_output=True, text=True, check=True).stdout)
+    assert manifest == runtime_container(spec_of(Image()), username=USER,
+                                         namespace="ml").objects[0]
+    bad = subprocess.run([sys.executable, "-m", module, "--username", "Bad_User"], env=env,
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+    assert bad.stderr.startswith("error: username 'Bad_User' is not valid (KT_USERNAME)")

@@ -31,10 +31,12 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from typing import Any
 
 from ....core.names import pod_name
 from ....core.spec import ComputeSpec
+from ....exceptions import ConfigError
 from ..container import RUNTIME_PORT, RuntimeContainer
 from ..identity import COMPONENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL, USER_LABEL
 from .bundle import CONFIGMAP_LIMIT, Bundle, build_bundle, runtime_bundle
@@ -66,6 +68,7 @@ START_COMMAND = (
 #: Names of the pod volumes (DNS labels, unique within the pod).
 RUNTIME_VOLUME = "kt-runtime"
 CACHE_VOLUME = "kt-cache"
+_USERNAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
 def runtime_configmap_name(username: str, bundle: Bundle | None = None) -> str:
@@ -73,7 +76,13 @@ def runtime_configmap_name(username: str, bundle: Bundle | None = None) -> str:
 
     The dots of the version keep it apart from every compute's ``{username}-{name}``
     (a compute name is a DNS label, without dots).
+
+    Raises:
+        ConfigError: When ``username`` is not a DNS label.
     """
+    if not isinstance(username, str) or not _USERNAME.match(username) or len(username) > 63:
+        raise ConfigError(f"username {username!r} is not valid (KT_USERNAME): use lowercase "
+                          f"letters, digits and '-', starting and ending with a letter or digit")
     return f"{username}-kt-runtime-{(bundle or runtime_bundle()).tag}"
 
 
