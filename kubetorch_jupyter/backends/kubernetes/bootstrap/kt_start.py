@@ -208,8 +208,9 @@ def prepare_image(steps: list[tuple[str, list[str]]], image_hash: str, cache: Pa
         except BlockingIOError:
             say(f"image {image_hash}: waiting for another pod building it on this volume")
             fcntl.flock(lock, fcntl.LOCK_EX)
-        cached = _read_json(marker) == marker_content(image_hash)
         venv_dir = home / "venv"
+        cached = (_read_json(marker) == marker_content(image_hash)
+                  and (venv_dir / "bin" / "python").exists())
         if cached:  # nothing to build: other pods need not wait for our run_bash steps
             fcntl.flock(lock, fcntl.LOCK_UN)
             python = venv_dir / "bin" / "python"
