@@ -148,6 +148,7 @@ class RemoteFn(Generic[T]):
         self.func = func
         self.compute = compute
         self._cached: tuple[tuple[Any, ...], Any, tuple[str, bytes]] | None = None
+        self._is_async = inspect.iscoroutinefunction(func)  # asked on every call
         self.__name__ = getattr(func, "__name__", "fn")
         self.__qualname__ = getattr(func, "__qualname__", self.__name__)
         self.__doc__ = func.__doc__
@@ -198,7 +199,7 @@ class RemoteFn(Generic[T]):
         For an ``async def`` function, as locally, the call returns an awaitable (the
         coroutine runs on the pod; ``await remote(...)`` gives its result).
         """
-        if inspect.iscoroutinefunction(self.func):
+        if self._is_async:
             return self.acall(*args, **kwargs)  # type: ignore[return-value]
         handle = self.submit(*args, **kwargs)
         return _retrying(lambda force: self._send(args, kwargs, force_blob=force))(handle)

@@ -264,10 +264,12 @@ class WireConnection:
         # slice by slice as it is written, never copied whole (every large argument
         # pays this on a client where shared memory is off, as in a cluster).
         chunks: list[tuple[bytes | bytearray | memoryview, bytes | None]] = []
+        total = 0
         last = len(fragments) - 1
         for i, part in enumerate(fragments):
             view = part if isinstance(part, bytes) else memoryview(part).cast("B")
             length = len(view)
+            total += length
             head1 = (0x80 if i == last else 0) | (0x2 if i == 0 else 0x0)
             head2 = 0x80 if masked else 0
             if length < 126:
@@ -290,8 +292,8 @@ class WireConnection:
                 raise ConnectionClosedError(f"connection {self.name} is closed")
             try:
                 self._write_control()  # a pong the reader queued goes first
-                if sum(len(c) for c, _ in chunks) <= 65536:  # one segment, small message
-                    self.sock.sendall(b"".join(c for c, _ in chunks))
+                if total <= 65500:  # one segment, small message (headers included)
+                    self.sock.sendall(b"".join([c for c, _ in chunks]))
                 else:
                     for chunk, mask in chunks:
                         if mask is None:
