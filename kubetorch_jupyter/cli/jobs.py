@@ -181,9 +181,10 @@ def _cmd_rm(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_export_arguments(p: argparse.ArgumentParser) -> None:
-    """The flags of ``kt export`` (``%kt export`` takes the same)."""
-    p.add_argument("notebook", metavar="NOTEBOOK.ipynb")
+def add_export_arguments(p: argparse.ArgumentParser, *, notebook_optional: bool = False
+                         ) -> None:
+    """The flags of ``kt export`` (``%kt export`` takes the same; its notebook is optional)."""
+    p.add_argument("notebook", metavar="NOTEBOOK.ipynb", nargs="?" if notebook_optional else None)
     p.add_argument("--schedule", metavar="CRON",
                    help="five cron fields ('0 3 * * *') or @daily, @hourly...; none: run by "
                         "hand with kt jobs run")

@@ -1,7 +1,8 @@
 """Notebook export: a notebook run as a job, by hand or on a schedule, every run kept.
 
 - :mod:`.export`: ``kt export`` / ``%kt export``: check everything, then write the job
-  and its schedule (nothing half-created on bad input).
+  and its schedule (nothing half-created on bad input); :mod:`.from_kernel` is the
+  ``%kt export`` side (which notebook, unsaved edits, the kernel's compute).
 - :mod:`.runner`: one run, executed by papermill (:mod:`.engine` adds the progress log),
   with its record and exit status.
 - :mod:`.store`: where jobs and runs live (``$KT_STATE_DIR/jobs/<name>/``).
@@ -9,13 +10,7 @@
 - :mod:`.schedule`: cron expressions checked by field, in words, next run, time zones.
 - :mod:`.crontab`: the local scheduler: one marked line per job in the user's crontab.
 - :mod:`.in_kernel`: what ``%%kt`` does inside a job (``KT_JOB_SPEC``, ``KT_JOB_COMPUTE``).
+
+Nothing is imported here: the magics import :mod:`.in_kernel` alone, without the
+scheduling libraries.
 """
-
-from __future__ import annotations
-
-from .export import export_notebook, remove_job
-from .runner import run_job
-from .schedule import Schedule
-from .store import JobRecord, RunRecord
-
-__all__ = ["JobRecord", "RunRecord", "Schedule", "export_notebook", "remove_job", "run_job"]

@@ -112,12 +112,13 @@ class _Client(PapermillNotebookClient):  # type: ignore[misc]
         """The kernel talks over Unix sockets (ipc), not loopback TCP: only this user's."""
         km = super().create_kernel_manager()
         km.transport = "ipc"
-        self._ipc_dir = tempfile.mkdtemp(prefix="kt-job-")  # short: socket paths are limited
+        # a short folder: socket paths are limited to about 100 characters
+        self._ipc_dir: str | None = tempfile.mkdtemp(prefix="kt-job-")
         km.ip = os.path.join(self._ipc_dir, "k")
         return km
 
     def execute(self, **kwargs: Any) -> Any:
-        self._ipc_dir: str | None = None
+        self._ipc_dir = None
         try:
             return super().execute(**kwargs)
         finally:

@@ -106,7 +106,7 @@ def export_notebook(
         ConfigError: Any bad input (see the module docstring); nothing is created.
     """
     path = Path(notebook).expanduser().resolve()
-    nb = source.read_notebook(notebook)
+    nb = source.read_notebook(Path(notebook))
     values = source.parse_params(list(params or ()), list(yaml_params or ()))
     source.check_params(nb, values, str(notebook))
     if backend not in BACKENDS:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import json
+import linecache
 from typing import Any
 
 from .. import config
@@ -50,22 +51,31 @@ def runs_here(compute: Compute) -> bool:
     return bool(compute.name == config.get("job_compute"))
 
 
-def run_here(shell: Any, cell: str) -> Any:
+def run_here(shell: Any, cell: str, count: int | None = None, line: str = "") -> Any:
     """Run ``cell`` in ``shell``'s own namespace; return its last expression's value.
 
     IPython syntax (``!cmd``, ``%magic``) is transformed as in any cell; the source is
-    registered so a traceback shows the cell's lines. An exception propagates to the
-    cell that called us, which shows it as IPython shows any error.
+    registered under the cell's number (``count``, ``In[N]``) so a traceback shows the
+    cell's own lines (``line``: the ``%%kt`` line's arguments, its line 1). An exception
+    propagates to the cell, shown as IPython shows an error of a plain cell: from the
+    cell's first frame, none of ours.
     """
-    __tracebackhide__ = True
-    padded = "\n" + cell  # line 1 of the notebook cell is the %%kt line
-    source = shell.transform_cell(padded)
-    filename = shell.compile.cache(padded, shell.execution_count, raw_code=padded)
+    source = "\n" + shell.transform_cell(cell)  # line 1 of the notebook cell is the %%kt
+    filename = shell.compile.cache(source, count if count is not None else
+                                   shell.execution_count, raw_code="\n" + cell)
+    shown_text = f"%%kt {line}".rstrip() + "\n" + cell
+    linecache.cache[filename] = (len(shown_text), None, shown_text.splitlines(True), filename)
     tree = ast.parse(source, filename=filename)
     last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
     namespace = shell.user_ns
-    if tree.body:
-        exec(compile(tree, filename, "exec"), namespace)  # noqa: S102 - the user's own cell
-    if last is None:
-        return None
-    return eval(compile(ast.Expression(last.value), filename, "eval"), namespace)  # noqa: S307
+    try:
+        if tree.body:
+            exec(compile(tree, filename, "exec"), namespace)
+        if last is None:
+            return None
+        return eval(compile(ast.Expression(last.value), filename, "eval"), namespace)
+    except Exception as exc:
+        user_tb = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
+        shown = shell.InteractiveTB.structured_traceback(type(exc), exc, user_tb)
+        exc._render_traceback_ = lambda: shown  # type: ignore[attr-defined]
+        raise

@@ -76,7 +76,7 @@ def parameter_names(nb: nbformat.NotebookNode) -> list[str] | None:
 
 
 def _resolve(value: str) -> Any:
-    """papermill's ``-p`` rule: True/False/None, int, float, else the string."""
+    """The ``-p`` rule of papermill: True/False/None, int, float, else the string."""
     if value in ("True", "False", "None"):
         return {"True": True, "False": False, "None": None}[value]
     for kind in (int, float):

@@ -29,6 +29,7 @@ from ..core.compute import Compute
 from ..core.image import Image
 from ..core.resources import format_bytes, parse_duration
 from ..exceptions import ComputeNotFoundError, ConfigError
+from ..jobs import in_kernel as _job
 from ..manager import ComputeManager
 from ..manager.table import age as _age
 from ..manager.table import render
@@ -95,7 +96,7 @@ class KtMagics(Magics):
                  help="start the cell and return at once with a run id (see %%kt attach)"),
         argument("--autokt-cell", action="store_true", help=argparse.SUPPRESS),
     ])
-    def kt_cell(self, line: str, cell: str) -> None:
+    def kt_cell(self, line: str, cell: str) -> Any:
         """Run this cell on a warm pod, as if it ran here.
 
         The cell runs in the pod's namespace, which lives as long as the pod (across
@@ -139,6 +140,9 @@ class KtMagics(Magics):
                                  "apply; use %kt pull after %kt attach RUN_ID")
         except (ConfigError, UsageError) as exc:
             raise UsageError(f"%%kt: {exc}") from None
+        if _job.runs_here(compute):  # a job's pod that is this compute: run it right here
+            self._use(compute)
+            return _job.run_here(self.ip, cell, cell_count(self.ip), line)
         _ = compute.pod  # started if new: one that cannot start fails before it is adopted
         self._use(compute)
         first_line = 1 if args.autokt_cell else 2  # line 1 of a %%kt cell is the magic
@@ -150,7 +154,7 @@ class KtMagics(Magics):
             print(f"Started run {run_id} on {compute.name!r}; it keeps running if this kernel "
                   f"restarts or the browser closes.\nFollow it (from any kernel) with:  "
                   f"%kt attach {run_id}")
-            return
+            return None
         before = self._boots.get(compute.name)
         try:
             pulled = _cells.run_cell(compute, cell, filename=filename, first_line=first_line,
@@ -163,6 +167,7 @@ class KtMagics(Magics):
         finally:
             self._boots[compute.name] = boot_id(compute) or before
         self.ip.user_ns.update(pulled)
+        return None
 
     # ------------------------------------------------------------------- %kt
     @line_magic("kt")  # type: ignore[arg-type]  # (IPython's stub rejects a named method)
@@ -187,6 +192,9 @@ class KtMagics(Magics):
                                          the last run this kernel started)
             %kt cancel [RUN_ID]          interrupt a detached run
             %kt sync [NAME]              send this directory's code to the pod
+            %kt export [NB.ipynb] --schedule CRON [-p NAME=VALUE]
+                                         this notebook, as saved, as a scheduled job
+                                         (kt export's flags; kt jobs list shows it)
 
         push and pull take --name NAME or --compute VAR; status, runs and sync take
         --compute VAR. %%kt? explains cells, %autokt? running every cell on a pod.
@@ -373,6 +381,11 @@ class KtMagics(Magics):
         _cells.cancel_run(run_id)
         print(f"interrupt sent to run {run_id}")
 
+    def _cmd_export(self, args: argparse.Namespace) -> None:
+        from ..jobs.from_kernel import export_from_kernel
+
+        print(export_from_kernel(self.ip, args, self.current))
+
     def _cmd_sync(self, args: argparse.Namespace) -> None:
         try:
             from ..sync import session as sync_module
@@ -436,6 +449,9 @@ class KtMagics(Magics):
         """The compute called ``name`` this notebook used, else the running pod's."""
         if name in self.computes:
             return self.computes[name]
+        job = _job.job_compute(name)  # in a job's kernel: the spec it was exported with
+        if job is not None:
+            return job
         try:
             return Compute.from_name(name)
         except ComputeNotFoundError:
@@ -443,7 +459,7 @@ class KtMagics(Magics):
 
     def _current(self) -> Compute:
         if self.current is None:
-            self.current = self._named("default") or Compute()
+            self.current = _job.job_compute() or self._named("default") or Compute()
         return self.current
 
     def _use(self, compute: Compute, *, pin: bool = False) -> None:
