@@ -53,8 +53,18 @@ def unsaved_cells(shell: Any, path: Path) -> int:
     return sum(1 for s in ran if s and not s.startswith(own) and s not in saved)
 
 
+def _unquote(value: Any) -> Any:
+    """IPython's line parser keeps quotes (``'0 3 * * *'``): take them off, as a shell would."""
+    if isinstance(value, list):
+        return [_unquote(v) for v in value]
+    if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        return value[1:-1]
+    return value
+
+
 def export_from_kernel(shell: Any, args: argparse.Namespace, current: Compute | None) -> str:
     """Export this kernel's notebook with ``%kt export``'s ``args``; return what to print."""
+    args = argparse.Namespace(**{k: _unquote(v) for k, v in vars(args).items()})
     path = notebook_path(shell, args.notebook)
     compute: Any = args.compute
     note = []
