@@ -35,7 +35,7 @@ Spellings, and what each becomes:
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -471,7 +471,7 @@ class KubernetesOptions:
 
     @property
     def mode(self) -> str:
-        """The workload kind: ``knative`` (autoscale), ``ray``, ``distributed`` or ``deployment``."""
+        """The workload: ``knative`` (autoscale), ``ray``, ``distributed`` or ``deployment``."""
         if self.autoscale is not None:
             return "knative"
         if self.distributed == "ray":
