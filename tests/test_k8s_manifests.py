@@ -562,3 +562,34 @@ def test_gpu_type_with_its_own_label() -> None:
     spec = _spec(gpus=1, gpu_type="cloud.google.com/gke-accelerator=nvidia-l4")
     pod = _templates(_workload(_render(spec)))[0]["spec"]
     assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+
+
+# ---- a pod may scale only its own workload ---------------------------------------------
+
+
+@pytest.mark.parametrize(("kwargs", "resource", "verbs"), [
+    ({}, "deployments/scale", ["get", "patch", "update"]),
+    ({"replicas": 2}, "statefulsets/scale", ["get", "patch", "update"]),
+    ({"distributed": "ray"}, "rayclusters", ["get", "delete"]),
+])
+def test_scaler_role_names_only_its_own_workload(kwargs: dict[str, Any], resource: str,
+                                                  verbs: list[str]) -> None:
+    objs = _render(_spec(**kwargs), scaler=True)
+    kinds = [o["kind"] for o in objs]
+    assert kinds[:4] == ["ConfigMap", "ServiceAccount", "Role", "RoleBinding"]
+    for obj in objs:
+        _validate(obj)
+    workload = objs[4]
+    (rule,) = objs[2]["rules"]
+    assert rule["resources"] == [resource] and rule["verbs"] == verbs
+    assert rule["resourceNames"] == [workload["metadata"]["name"]]
+    assert objs[3]["subjects"][0]["name"] == objs[1]["metadata"]["name"]
+    for template in _templates(workload):
+        assert template["spec"]["serviceAccountName"] == objs[1]["metadata"]["name"]
+        env = _env(_main(template))
+        assert env["KT_K8S_WORKLOAD"]["value"] == (
+            f"{resource.split('/')[0]}/{workload['metadata']['name']}")
+        assert env["KT_K8S_NAMESPACE"]["value"] == NS
+    own = _render(_spec(service_account="trainer", **kwargs), scaler=True)
+    assert [o["kind"] for o in own][1] not in ("ServiceAccount", "Role")
+    assert _render(_spec(autoscale=True), scaler=True)[1]["kind"] == "Service"

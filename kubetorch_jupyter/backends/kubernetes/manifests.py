@@ -32,6 +32,7 @@ The workload kinds (``mode``), chosen by :attr:`.options.KubernetesOptions.mode`
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -51,8 +52,9 @@ from .pods import (
 )
 
 __all__ = [
-    "MASTER_PORT", "MODES", "RANK_SCRIPT", "RAY_SCRIPT", "Names", "check_schedule", "names",
-    "render", "render_cronjob", "token_secret_manifest", "token_secret_name",
+    "MASTER_PORT", "MODES", "RANK_SCRIPT", "RAY_SCRIPT", "WORKLOAD_RESOURCES", "Names",
+    "check_schedule", "names", "render", "render_cronjob", "scaler_objects",
+    "token_secret_manifest", "token_secret_name",
 ]
 
 #: The port rank 0 listens on for ``torch.distributed`` rendezvous (``MASTER_PORT``).
@@ -67,6 +69,11 @@ RAY_SCRIPT = '(eval "$KUBERAY_GEN_RAY_START_CMD") & exec "$0" "$@"'
 #: Name lengths the controllers leave room for: a StatefulSet's revision label and a
 #: CronJob's Job names append 11 characters to the name.
 _LIMITS = {"distributed": 52, "cronjob": 52}
+#: The workload's API group and plural per mode (``KT_K8S_WORKLOAD`` is ``plural/name``).
+WORKLOAD_RESOURCES = {"deployment": ("apps", "deployments"),
+                      "distributed": ("apps", "statefulsets"),
+                      "knative": ("serving.knative.dev", "services"),
+                      "ray": ("ray.io", "rayclusters")}
 _CRON_FIELD = re.compile(r"^[0-9A-Za-z*?/,\-#LW]+$")
 _CRON_MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
 _TIMEZONE = re.compile(r"^[A-Za-z][A-Za-z0-9_+\-]*(/[A-Za-z0-9_+\-]+)*$")
@@ -81,12 +88,15 @@ class Names:
         workload: The Deployment / StatefulSet / Knative Service / RayCluster.
         service: The Service that reaches the runtime (headless for ``distributed``).
         token_secret: The Secret holding the pod token (key ``token``).
+        scaler: The per-compute ServiceAccount, Role and RoleBinding of
+            :func:`scaler_objects`.
     """
 
     base: str
     workload: str
     service: str
     token_secret: str
+    scaler: str
 
 
 def names(spec: ComputeSpec, *, username: str, mode: str | None = None) -> Names:
@@ -99,7 +109,8 @@ def names(spec: ComputeSpec, *, username: str, mode: str | None = None) -> Names
     mode = mode or KubernetesOptions.from_spec(spec).mode
     workload = resource_name(base, limit=_LIMITS.get(mode, 63))
     return Names(base=base, workload=workload, service=workload,
-                 token_secret=token_secret_name(spec, username=username))
+                 token_secret=token_secret_name(spec, username=username),
+                 scaler=resource_name(base, "-scaler"))
 
 
 def token_secret_name(spec: ComputeSpec, *, username: str) -> str:
@@ -190,10 +201,17 @@ def _template(spec: ComputeSpec, options: KubernetesOptions, runtime: RuntimeCon
                              restart_policy=restart_policy)}
 
 
+def _where(mode: str, n: Names, namespace: str) -> list[dict[str, Any]]:
+    """What tells a pod which workload it belongs to (for idle eviction)."""
+    return [{"name": "KT_K8S_NAMESPACE", "value": namespace},
+            {"name": "KT_K8S_WORKLOAD", "value": f"{WORKLOAD_RESOURCES[mode][1]}/{n.workload}"}]
+
+
 def _deployment(spec: ComputeSpec, options: KubernetesOptions, runtime: RuntimeContainer,
                 username: str, namespace: str, token_secret: str,
                 n: Names) -> list[dict[str, Any]]:
-    main = container(spec, options, runtime, token_secret=token_secret)
+    main = container(spec, options, runtime, token_secret=token_secret,
+                     extra_env=_where("deployment", n, namespace))
     deployment = {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": _metadata(n.workload, namespace, spec, options, username, "pod",
@@ -220,6 +238,7 @@ def _statefulset(spec: ComputeSpec, options: KubernetesOptions, runtime: Runtime
         {"name": "MASTER_PORT", "value": str(MASTER_PORT)},
         {"name": "KT_POD_INDEX", "valueFrom": {"fieldRef": {
             "fieldPath": "metadata.labels['apps.kubernetes.io/pod-index']"}}},
+        *_where("distributed", n, namespace),
     ]
     ports = [{"name": "runtime", "containerPort": runtime.port, "protocol": "TCP"},
              {"name": "rendezvous", "containerPort": MASTER_PORT, "protocol": "TCP"}]
@@ -256,8 +275,9 @@ def _knative(spec: ComputeSpec, options: KubernetesOptions, runtime: RuntimeCont
         notes["autoscaling.knative.dev/scale-to-zero-pod-retention-period"] = (
             f"{round(scale['scale_to_zero_after'])}s")
     main = container(spec, options, runtime, token_secret=token_secret, probe_port=False,
-                     pod_name_env=False, extra_env=[{"name": "KT_POD_NAME",
-                                                     "value": n.workload}],
+                     pod_name_env=False,
+                     extra_env=[{"name": "KT_POD_NAME", "value": n.workload},
+                                *_where("knative", n, namespace)],
                      ports=[{"name": "http1", "containerPort": runtime.port,
                              "protocol": "TCP"}])
     template = _template(spec, options, runtime, username, main, knative=True,
@@ -282,8 +302,9 @@ def _ray(spec: ComputeSpec, options: KubernetesOptions, runtime: RuntimeContaine
                   {"name": "gcs-server", "containerPort": 6379, "protocol": "TCP"},
                   {"name": "dashboard", "containerPort": 8265, "protocol": "TCP"},
                   {"name": "client", "containerPort": 10001, "protocol": "TCP"}]
+    where = _where("ray", n, namespace)
     head = container(spec, options, runtime, token_secret=token_secret, command=command,
-                     ports=head_ports)
+                     ports=head_ports, extra_env=where)
     body: dict[str, Any] = {
         "headGroupSpec": {
             "rayStartParams": {"dashboard-host": "0.0.0.0"},
@@ -293,7 +314,8 @@ def _ray(spec: ComputeSpec, options: KubernetesOptions, runtime: RuntimeContaine
     }
     workers = options.replicas - 1
     if workers:
-        worker = container(spec, options, runtime, token_secret=token_secret, command=command)
+        worker = container(spec, options, runtime, token_secret=token_secret, command=command,
+                           extra_env=where)
         body["workerGroupSpecs"] = [{
             "groupName": "workers", "replicas": workers, "minReplicas": workers,
             "maxReplicas": workers, "rayStartParams": {},
@@ -316,12 +338,14 @@ _RENDERERS = {"deployment": _deployment, "distributed": _statefulset, "knative":
 
 
 def render(spec: ComputeSpec, *, runtime: RuntimeContainer, username: str, namespace: str,
-           token_secret: str | None = None, mode: str | None = None) -> list[dict[str, Any]]:
+           token_secret: str | None = None, mode: str | None = None,
+           scaler: bool = False) -> list[dict[str, Any]]:
     """Every object ``.to()`` applies for ``spec``, in apply order.
 
-    The runtime's objects first, then the workload, then its Service (none for Knative,
-    which makes its own). The token Secret is not among them: the backend applies
-    :func:`token_secret_manifest` with a fresh token before these.
+    The runtime's objects first, then (with ``scaler``) :func:`scaler_objects`, then the
+    workload, then its Service (none for Knative, which makes its own). The token Secret
+    is not among them: the backend applies :func:`token_secret_manifest` with a fresh
+    token before these.
 
     Args:
         spec: The compute.
@@ -330,6 +354,8 @@ def render(spec: ComputeSpec, *, runtime: RuntimeContainer, username: str, names
         namespace: Where the objects go.
         token_secret: The Secret with the pod token (default :func:`token_secret_name`).
         mode: One of :data:`MODES` (default: :attr:`KubernetesOptions.mode`).
+        scaler: Give the pods a ServiceAccount of their own that may scale only this
+            workload (unless the compute names a ``service_account``).
 
     Raises:
         ConfigError: For an invalid name, option or mode.
@@ -340,9 +366,51 @@ def render(spec: ComputeSpec, *, runtime: RuntimeContainer, username: str, names
         raise ConfigError(f"unknown Kubernetes mode {mode!r}: use one of {', '.join(MODES)}")
     n = names(spec, username=username, mode=mode)
     objects = _runtime_objects(runtime, spec, options, username, namespace)
+    own = scaler_objects(spec, username=username, namespace=namespace, mode=mode) if (
+        scaler and options.service_account is None) else []
+    if own:
+        objects += own
+        options = dataclasses.replace(options, service_account=n.scaler)
     objects += _RENDERERS[mode](spec, options, runtime, username, namespace,
                                 token_secret or n.token_secret, n)
     return objects
+
+
+def scaler_objects(spec: ComputeSpec, *, username: str, namespace: str,
+                   mode: str | None = None) -> list[dict[str, Any]]:
+    """A ServiceAccount, Role and RoleBinding that let a pod scale only its own workload.
+
+    RBAC names objects, never selects them by label, so only a Role made per compute can
+    say "its own": ``resourceNames: [the workload]``, on the ``scale`` subresource (which
+    changes a replica count and nothing else). A RayCluster has no scale subresource: its
+    pods may delete that one RayCluster (never patch it: a patch could change what it runs
+    and as whom). Knative scales to zero itself: nothing is made for it.
+    """
+    options = KubernetesOptions.from_spec(spec)
+    mode = mode or options.mode
+    n = names(spec, username=username, mode=mode)
+    group, plural = WORKLOAD_RESOURCES[mode]
+    if mode == "knative":
+        return []
+    rule: dict[str, Any] = ({"apiGroups": [group], "resources": [plural],
+                             "resourceNames": [n.workload], "verbs": ["get", "delete"]}
+                            if mode == "ray" else
+                            {"apiGroups": [group], "resources": [f"{plural}/scale"],
+                             "resourceNames": [n.workload], "verbs": ["get", "patch", "update"]})
+
+    def meta() -> dict[str, Any]:
+        return _metadata(n.scaler, namespace, spec, options, username, "scaler")
+
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta()},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta(),
+         "rules": [rule]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+         "metadata": meta(),
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                     "name": n.scaler},
+         "subjects": [{"kind": "ServiceAccount", "name": n.scaler, "namespace": namespace}]},
+    ]
 
 
 def check_schedule(schedule: object) -> str:
