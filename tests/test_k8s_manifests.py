@@ -593,3 +593,37 @@ def test_scaler_role_names_only_its_own_workload(kwargs: dict[str, Any], resourc
     own = _render(_spec(service_account="trainer", **kwargs), scaler=True)
     assert [o["kind"] for o in own][1] not in ("ServiceAccount", "Role")
     assert _render(_spec(autoscale=True), scaler=True)[1]["kind"] == "Service"
+
+
+def test_env_names_kubernetes_refuses_are_one_line_errors() -> None:
+    with pytest.raises(kt.ConfigError, match="MY VAR") as err:
+        _render(_spec(env={"MY VAR": "1"}))
+    assert "\n" not in str(err.value)
+    assert "mode='ray'" in repr(kt.Compute(name="dev", distributed="ray"))
+
+
+def test_ray_pods_start_ray_then_the_runtime(tmp_path: Any) -> None:
+    """The Ray wrapper run by a real shell: KubeRay's command first, then the runtime."""
+    from kt_testing import timeout
+
+    main = _main(_templates(_render(_spec(distributed="ray"))[1])[0])
+    wrapper = main["command"][:3]
+    marker = tmp_path / "ray-started"
+    os.mkfifo(marker)  # the runtime's read blocks until Ray's write: no polling
+    wait = f"print('runtime after', open({str(marker)!r}).read().strip())"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    ray = bin_dir / "ray"  # the image's Ray, as a program that records how it was started
+    ray.write_text(f"#!/bin/sh\necho \"$@\" > {marker}\n")
+    ray.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin",
+           "KUBERAY_GEN_RAY_START_CMD": "ray start --head --block"}
+    out = subprocess.run([*wrapper, sys.executable, "-c", wait], env=env,
+                         capture_output=True, text=True, timeout=timeout(60))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "runtime after start --head --block"
+    missing = subprocess.run([*wrapper, sys.executable, "-c", "print('ran')"],
+                             env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
+                             timeout=timeout(60))
+    assert missing.returncode == 1 and "needs an image with Ray" in missing.stderr
+    assert "ran" not in missing.stdout

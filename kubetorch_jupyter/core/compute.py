@@ -152,6 +152,8 @@ class Compute:
             parts.append(f"gpus={self.gpus}")
         if self.image.steps or self.image.base:
             parts.append(f"image={self.image!r}")
+        if self.kubernetes.mode != "deployment":
+            parts.append(f"mode={self.kubernetes.mode!r}")
         state = "up" if self._info is not None else "not started"
         return f"Compute({', '.join(parts)}) [{state}]"
 

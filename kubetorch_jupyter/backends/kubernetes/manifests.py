@@ -64,8 +64,11 @@ MASTER_PORT = 29500
 RANK_SCRIPT = ('RANK="${KT_POD_INDEX:-${KT_POD_NAME##*-}}"; '
                'export RANK NODE_RANK="$RANK" KT_RANK="$RANK"; exec "$0" "$@"')
 #: What a Ray pod runs: KubeRay's generated ``ray start`` (in the background, it blocks),
-#: then the runtime (``ray.io/overwrite-container-cmd`` leaves the command to us).
-RAY_SCRIPT = '(eval "$KUBERAY_GEN_RAY_START_CMD") & exec "$0" "$@"'
+#: then the runtime (``ray.io/overwrite-container-cmd`` leaves the command to us). The
+#: image must have Ray (``rayproject/ray:...``); without it the pod stops with that message.
+RAY_SCRIPT = ('command -v ray >/dev/null || { echo "kubetorch-jupyter: distributed=\'ray\' '
+              'needs an image with Ray installed (e.g. rayproject/ray)" >&2; exit 1; }; '
+              '(eval "$KUBERAY_GEN_RAY_START_CMD") & exec "$0" "$@"')
 #: Name lengths the controllers leave room for: a StatefulSet's revision label and a
 #: CronJob's Job names append 11 characters to the name.
 _LIMITS = {"distributed": 52, "cronjob": 52}

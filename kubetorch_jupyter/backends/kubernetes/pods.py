@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ...core.spec import ComputeSpec
+from ...exceptions import ConfigError
 from . import identity
 from .container import RuntimeContainer
 from .options import DEFAULT_LAUNCH_TIMEOUT, KubernetesOptions
@@ -55,6 +56,7 @@ TERMINATION_GRACE_SECONDS = 30
 PROMETHEUS_ANNOTATIONS = ("prometheus.io/scrape", "prometheus.io/port", "prometheus.io/path")
 #: Seconds between startup probes (``launch_timeout`` divided by this is the threshold).
 STARTUP_PERIOD = 5
+_ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 
 
 def default_image(version: tuple[int, int] | None = None) -> str:
@@ -157,7 +159,12 @@ def container(spec: ComputeSpec, options: KubernetesOptions, runtime: RuntimeCon
             ``fieldRef`` only behind a feature flag, so its pods get the Service's name).
     """
     env: list[dict[str, Any]] = [dict(e) for e in runtime.env]
-    env += [{"name": k, "value": v} for k, v in spec.pod_env.items()]
+    for key, value in spec.pod_env.items():
+        if not _ENV_NAME.match(key):
+            raise ConfigError(f"environment variable {key!r} cannot be set in a Kubernetes "
+                              "pod: use letters, digits, '_', '-' and '.', not starting with "
+                              "a digit (e.g. 'MY_VAR')")
+        env.append({"name": key, "value": value})
     for name, ref in options.secret_env.items():
         secret, _, key = ref.partition("/")
         env.append({"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
