@@ -62,7 +62,7 @@ EVERYTHING: dict[str, Any] = dict(
     annotations={"example.com/owner": "alice@example.com"},
     secrets=["hf-token", {"WANDB_API_KEY": "wandb/api-key"}],
     image_pull_secrets=["regcred"], shm_size="2Gi", launch_timeout="20m",
-    inactivity_ttl="1h",
+    inactivity_ttl="1h", namespace="ml",
 )
 
 CASES: dict[str, tuple[dict[str, Any], list[str]]] = {
@@ -627,3 +627,14 @@ def test_ray_pods_start_ray_then_the_runtime(tmp_path: Any) -> None:
                              timeout=timeout(60))
     assert missing.returncode == 1 and "needs an image with Ray" in missing.stderr
     assert "ran" not in missing.stdout
+
+
+def test_a_compute_renders_only_in_its_own_namespace() -> None:
+    spec = _spec(namespace="team-a")
+    assert manifests.render(spec, runtime=_runtime(), username=USER,
+                            namespace="team-a")[1]["metadata"]["namespace"] == "team-a"
+    with pytest.raises(ValueError, match="team-a"):
+        manifests.render(spec, runtime=_runtime(), username=USER, namespace="default")
+    with pytest.raises(ValueError, match="team-a"):
+        manifests.render_cronjob(spec, runtime=_runtime(), username=USER, namespace="default",
+                                 schedule="@daily", command=["true"])

@@ -157,6 +157,12 @@ def token_secret_manifest(spec: ComputeSpec, *, username: str, namespace: str,
     }
 
 
+def _check_namespace(options: KubernetesOptions, namespace: str) -> None:
+    if options.namespace is not None and namespace != options.namespace:
+        raise ValueError(f"the compute asks for namespace {options.namespace!r}, not "
+                         f"{namespace!r}: render it where it asks")
+
+
 def _runtime_objects(runtime: RuntimeContainer, spec: ComputeSpec, options: KubernetesOptions,
                      username: str, namespace: str) -> list[dict[str, Any]]:
     """The bootstrap's objects, in its order, with the namespace and identity labels."""
@@ -354,7 +360,8 @@ def render(spec: ComputeSpec, *, runtime: RuntimeContainer, username: str, names
         spec: The compute.
         runtime: How the runtime starts in the container (from the bootstrap).
         username: ``KT_USERNAME``: the prefix of every name, a label.
-        namespace: Where the objects go.
+        namespace: Where the objects go: the compute's ``namespace`` when it names one
+            (another is a ValueError), else the backend's.
         token_secret: The Secret with the pod token (default :func:`token_secret_name`).
         mode: One of :data:`MODES` (default: :attr:`KubernetesOptions.mode`).
         scaler: Give the pods a ServiceAccount of their own that may scale only this
@@ -364,6 +371,7 @@ def render(spec: ComputeSpec, *, runtime: RuntimeContainer, username: str, names
         ConfigError: For an invalid name, option or mode.
     """
     options = KubernetesOptions.from_spec(spec)
+    _check_namespace(options, namespace)
     mode = mode or options.mode
     if mode not in _RENDERERS:
         raise ConfigError(f"unknown Kubernetes mode {mode!r}: use one of {', '.join(MODES)}")
@@ -468,6 +476,7 @@ def render_cronjob(spec: ComputeSpec, *, runtime: RuntimeContainer, username: st
         raise ConfigError(f"command must be a non-empty list of strings, got {command!r} "
                           "(e.g. ['python', 'train.py'])")
     options = KubernetesOptions.from_spec(spec)
+    _check_namespace(options, namespace)
     job_name = resource_name(pod_name(name or spec.name, username), limit=_LIMITS["cronjob"])
     main = container(spec, options, runtime, token_secret=token_secret, command=list(command),
                      ports=[], probes=False)

@@ -103,13 +103,13 @@ def check_label_key(key: object, what: str) -> str:
                       "most 63 characters), e.g. 'team'")
 
 
-def check_label_value(value: object, what: str) -> str:
+def check_label_value(value: object, what: str, example: str = "ml-platform") -> str:
     """``value`` if it is a label value (≤63, may be empty), else a ConfigError."""
     if isinstance(value, str) and (value == "" or (len(value) <= 63 and _QUALIFIED.match(value))):
         return value
     raise ConfigError(f"{what} value {value!r} is not valid: at most 63 letters, digits, "
                       "'-', '_' or '.', starting and ending with a letter or digit "
-                      "(e.g. 'ml-platform')")
+                      f"(e.g. {example!r})")
 
 
 def _mapping(value: object, what: str, example: str) -> Mapping[Any, Any]:
@@ -155,7 +155,8 @@ def _gpu_type(value: object) -> tuple[str, str]:
     key, eq, val = value.partition("=")
     if not eq:
         key, val = GPU_PRODUCT_LABEL, value
-    return check_label_key(key, "gpu_type"), check_label_value(val, "gpu_type")
+    return (check_label_key(key, "gpu_type"),
+            check_label_value(val, "gpu_type", "NVIDIA-A100-SXM4-80GB"))
 
 
 def _toleration(item: object) -> dict[str, Any]:
