@@ -300,9 +300,7 @@ class Compute:
         if died is not None or (status is not None and not status.alive):
             why = (str(died).split(" while calls")[0] if died is not None else
                    f"pod {info.name!r} ended ({status.describe() if status else 'gone'})")
-            warnings.warn(f"{why}; starting a new pod {info.name!r}: the state of the old "
-                          "one (imports, globals, instances) is lost", RuntimeWarning,
-                          stacklevel=user_stacklevel())
+            _warn_restart(why, info.name)
             connections.drop(info.name, backend.name)  # the old pod's, not yet marked dead
             info = self._start_again()
         try:
@@ -311,9 +309,14 @@ class Compute:
             # A SIGKILLed pod resets its sockets before its exit can be seen: wait for the
             # exit (an event, bounded) before calling a dead pod unreachable.
             wait = min(float(config.get("connect_timeout")), EXIT_WAIT)
-            if backend.settle(info, wait).alive:
+            settled = backend.settle(info, wait)
+            if settled.alive:
                 raise
-            info = self._start_again()  # it died just now: start it again, once
+            # It died just now: start it again, once, and say so as above (which of the
+            # two ways a dead pod is noticed depends only on timing).
+            _warn_restart(f"pod {info.name!r} ended ({settled.describe()})", info.name)
+            connections.drop(info.name, backend.name)
+            info = self._start_again()
             return connections.pooled(backend, info)
 
     def _start_again(self) -> PodInfo:
@@ -337,3 +340,9 @@ class Compute:
         except LookupError:
             return False
         return self.backend.status(info).alive
+
+
+def _warn_restart(why: str, name: str) -> None:
+    """The one warning of a pod that died and is started again: its state is lost."""
+    warnings.warn(f"{why}; starting a new pod {name!r}: the state of the old one (imports, "
+                  "globals, instances) is lost", RuntimeWarning, stacklevel=user_stacklevel())
