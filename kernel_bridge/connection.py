@@ -12,7 +12,17 @@ for the events and results of the calls still in flight. The pod kept them, so a
 result that finished while the connection was down is collected, not lost; a call the
 pod never received (same pod, no record of it) is sent again. When the pod is gone
 (``status``, run on a worker thread, says the process died, or it came back with
-another boot id) the calls in flight fail with :class:`PodDiedError`. One lock guards
+another boot id) the calls in flight fail with :class:`PodDiedError`.
+
+A pod that is silent is not taken for dead while ``status`` says its process runs: a pod
+whose Python is held by C code that keeps the GIL (``sum(range(10**10))``) cannot answer
+pings, read frames or accept connections until that code returns, and there is no
+thread in pure Python that could answer for it. Dropping its connection after the ping
+timeout would only start reconnects it cannot answer either (each failing after the
+connect timeout, then every call in flight failing as unreachable). So the connection
+is kept, pings go on, the calls wait for the pod, and :meth:`PodConnection.unanswered_for`
+tells callers how long it has not answered (to say it is busy). Without ``status``, a
+silent connection is dropped after the ping timeout as before. One lock guards
 the connection's state and its calls, so that every call is sent, resumed after a
 reconnect, or failed; none is left waiting.
 """
@@ -140,6 +150,27 @@ class PodConnection:
         """Whether a websocket is open right now."""
         ws = self._wire
         return ws is not None and not ws.closed
+
+    def unanswered_for(self) -> float:
+        """Seconds the pod has not answered a ping (0.0: it answers, or no ping waits).
+
+        With :meth:`ping` before, a pod that does not answer within a few seconds is
+        busy in code that holds the GIL (or unreachable; the keepalive tells the two
+        apart with the status probe).
+        """
+        ws = self._wire
+        return 0.0 if ws is None else ws.unanswered_for()
+
+    def ping(self) -> None:
+        """Ping the pod now (unless a ping waits already); see :meth:`unanswered_for`."""
+        ws = self._wire
+        if ws is not None:
+            ws.ping()
+
+    def in_flight(self) -> list[CallHandle]:
+        """The calls of this connection that have not been answered yet."""
+        with self._lock:
+            return list(self._calls.values())
 
     def call(
         self,
@@ -290,7 +321,7 @@ class PodConnection:
                 ssl_context=endpoint.ssl_context, dial=guarded_dial(endpoint),
                 on_message=on_message, on_close=on_close,
                 ping_interval=self.ping_interval, ping_timeout=self.ping_timeout,
-                name=self.name,
+                on_silence=self._on_silence, name=self.name,
             )
         except handshake.HandshakeRejected as exc:
             if exc.status == 401:
@@ -524,6 +555,25 @@ class PodConnection:
                 self._acks[:0] = ids
 
     # -------------------------------------------------------------- failure
+    def _on_silence(self, silent: float) -> bool:
+        """Keepalive: the pod has said nothing for ``silent`` s; keep the connection?
+
+        Kept while the status probe says the process runs (busy, not gone); a probe that
+        says it ended fails the calls at once, and no probe (or one that fails) drops
+        the connection as a silent peer, which the reconnect then deals with.
+        """
+        if self._status is None or self._closing:
+            return False
+        state = read_probe(self._status, self.name)
+        if state is None:
+            return False
+        if not state.alive:
+            self._fail_all(died_error(self.name, state))
+            return False
+        log.info("pod %s has not answered for %.0fs but runs: busy in code that holds "
+                 "the GIL? keeping the connection", self.name, silent)
+        return True
+
     def _check_dead(self) -> bool:
         """Run the status probe here (never on the reader thread); fail all if it died."""
         if self._status is None:
