@@ -220,3 +220,40 @@ def test_a_second_interrupt_restarts_a_pod_stuck_in_c_code(kernel: Kernel,
                           timeout=timeout(120)))
     assert after.stdout == "False\n"
     ok(kernel.run(f"%kt teardown {pod}", timeout=timeout(60)))
+
+
+def test_a_pod_stuck_in_c_code_seen_from_another_kernel(kernels: list[Kernel],
+                                                         tmp_path: Path) -> None:
+    first, other = kernels
+    pod = f"c-{secrets.token_hex(3)}"
+    # the other kernel uses the pod first: a second interrupt in the first must not
+    # restart it under that kernel
+    ok(other.run(f"%%kt --name {pod}\ny = 'other'", timeout=timeout(120)))
+    mid = start_stuck(first, pod, tmp_path / "started")
+    first.collect(mid, timeout=timeout(60),
+                  until=lambda c: "Interrupt again" in c[mid].stream("stderr"))
+    first.interrupt()
+    shown = one_line(first.collect(mid, timeout=timeout(120))[mid], "CellInterrupted")
+    assert f"pod '{pod}' was NOT restarted" in shown and "1 other client" in shown, shown
+    assert f"%kt restart {pod}" in shown
+    # the other kernel sees it busy; its cell waits, saying why, and does not fail
+    status = ok(other.run(f"%kt status {pod}", timeout=timeout(60))).stdout
+    assert "busy (in code that does not see interrupts" in status, status
+    mid = other.execute(f"%%kt --name {pod}\nprint(y)")
+    other.collect(mid, timeout=timeout(90),
+                  until=lambda c: "has not answered for" in c[mid].stream("stderr"))
+    assert f"%kt restart {pod}" in other.cells[mid].stream("stderr")
+    assert not other.cells[mid].idle
+    # a kernel that connects now is told the pod is busy (not merely "unreachable")
+    ok(first.run("%env KT_CONNECT_TIMEOUT=1"))
+    ok(first.run("import kubetorch_jupyter.core.connections as _c; _c.drop(" + repr(pod) + ")"))
+    late = first.run(f"%%kt --name {pod}\n1", timeout=timeout(120))
+    shown = one_line(late, "PodUnreachableError")
+    assert "runs but does not answer" in shown and "busy in code" in shown, shown
+    # the restart ends the waiting cell of the other kernel with the pod, said so
+    ok(first.run(f"%kt restart {pod}", timeout=timeout(120)))
+    waited = other.collect(mid, timeout=timeout(60))[mid]
+    assert waited.error is not None and "its state is lost" in waited.error["evalue"], \
+        waited.error
+    ok(first.run("%env KT_CONNECT_TIMEOUT=10"))
+    ok(first.run(f"%kt teardown {pod}", timeout=timeout(60)))

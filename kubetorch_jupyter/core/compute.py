@@ -244,11 +244,13 @@ class Compute:
             info = self._start_again()
         try:
             return connections.pooled(backend, info)
-        except PodUnreachableError:
+        except PodUnreachableError as exc:
             # A SIGKILLed pod resets its sockets before its exit can be seen: wait for the
             # exit (an event, bounded) before calling a dead pod unreachable.
             wait = min(float(config.get("connect_timeout")), EXIT_WAIT)
             if backend.settle(info, wait).alive:
+                if "timed out" in str(exc) or "did not greet" in str(exc):
+                    raise _busy_error(info.name, exc) from None
                 raise
             info = self._start_again()  # it died just now: start it again, once
             return connections.pooled(backend, info)
@@ -274,3 +276,16 @@ class Compute:
         except LookupError:
             return False
         return self.backend.status(info).alive
+
+
+def _busy_error(name: str, exc: PodUnreachableError) -> PodUnreachableError:
+    """A pod whose process runs but does not answer a connection: say it is busy.
+
+    Its Python is held by code that does not let go of the GIL (a long C call such as
+    ``sum(range(10**10))``), so it cannot even accept a websocket until that returns.
+    """
+    return PodUnreachableError(
+        f"pod {name!r} runs but does not answer ({exc}): it is busy in code that does not "
+        "see interrupts (a long C call holding the GIL) and answers nothing until that "
+        f"returns. Wait and try again, or restart it and lose its state: kt teardown {name} "
+        f"(in a notebook: %kt restart {name})", pod=name)
