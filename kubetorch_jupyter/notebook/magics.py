@@ -102,7 +102,10 @@ class KtMagics(Magics):
         cells and kernel restarts): imports stay loaded, variables stay set. Output,
         display() data, matplotlib figures and the value of the last expression show
         in this cell; an exception shows the remote traceback at the cell's own lines;
-        interrupting the kernel interrupts the cell on the pod, which survives.
+        interrupting the kernel interrupts the cell on the pod, which survives. Code
+        that does not see interrupts (a long C call holding the GIL) is said to be:
+        interrupt again to restart the pod (its state is lost), or %kt restart NAME
+        later; the next cell on that pod waits for it.
 
         With no compute flags the cell runs on the notebook's current compute (%kt use;
         else the last compute a %%kt cell named; else "default"). Resource flags change
