@@ -462,9 +462,13 @@ class PodConnection:
                 return
             self._start_probe()
             if time.monotonic() - down_since > self.reconnect_timeout:
+                state = None if self._status is None else read_probe(self._status, self.name)
+                runs = (" Its process runs: it may be busy in code that does not see "
+                        "interrupts (a long C call holding the GIL), which answers nothing "
+                        "until it returns" if state is not None and state.alive else "")
                 self._give_up(PodUnreachableError(
                     f"lost the connection to pod {self.name!r} and could not reconnect "
-                    f"within {self.reconnect_timeout}s ({error})", pod=self.name))
+                    f"within {self.reconnect_timeout}s ({error}).{runs}", pod=self.name))
                 return
             with self._changed:
                 self._changed.wait_for(lambda: self._closing or self.dead is not None, delay)

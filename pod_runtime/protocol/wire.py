@@ -157,8 +157,15 @@ class WireConnection:
         self._aside: tuple[int, float] | None = None  # (leader, since) running work
         self._ended = threading.Event()
         self._masked = protocol.side is Side.CLIENT  # RFC 6455: clients mask their frames
-        with contextlib.suppress(OSError):  # a dialled socket may be no TCP socket
+        with contextlib.suppress(OSError, AttributeError):  # a dialled socket may be no TCP
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # The peer's kernel answers TCP keepalives while its Python is held by C code;
+            # a path that is gone does not: the socket errors after ~1 min of that, which
+            # is what ends a silent connection that on_silence keeps (the peer "runs").
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 30)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
 
     @property
     def closed(self) -> bool:
