@@ -235,6 +235,7 @@ def test_a_pod_stuck_in_c_code_seen_from_another_kernel(kernels: list[Kernel],
     first.interrupt()
     shown = one_line(first.collect(mid, timeout=timeout(120))[mid], "CellInterrupted")
     assert f"pod '{pod}' was NOT restarted" in shown and "1 other client" in shown, shown
+    assert "whose work a restart would lose" in shown
     assert f"%kt restart {pod}" in shown
     # the other kernel sees it busy; its cell waits, saying why, and does not fail
     status = ok(other.run(f"%kt status {pod}", timeout=timeout(60))).stdout

@@ -272,9 +272,10 @@ def _restart_on_second_interrupt(compute: Compute, handle: CallHandle) -> str:
         what = [f"{len(others)} other call(s) of this kernel ({', '.join(others[:3])})"
                 if others else "", f"{clients} other client(s) connected to it" if clients
                 else ""]
-        return (f"stopped waiting (a second interrupt); pod {name!r} was NOT restarted: "
-                f"{' and '.join(w for w in what if w)} would be lost with it. The cell goes "
-                f"on running there; %kt restart {name} restarts the pod anyway")
+        return (f"stopped waiting (a second interrupt); pod {name!r} was NOT restarted: it "
+                f"is in use by {' and '.join(w for w in what if w)}, whose work a restart "
+                f"would lose. The cell goes on running there; %kt restart {name} restarts "
+                "the pod anyway")
     restart(compute)
     return (f"restarted pod {name!r} (a second interrupt): the cell was stopped and the pod "
             "is a fresh process; its state (variables, imports, runs it held) is lost")
