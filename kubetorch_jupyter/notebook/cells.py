@@ -347,6 +347,7 @@ def start_detached(
 ) -> RunId:
     """Start ``source`` on the pod as a detached run and return its id at once."""
     msg, label = _cell_message(source, filename, first_line, push, (), detach=True)
+    _wait_for_stuck(compute.name)
     conn = _connect(compute, source)
     body, buffers = _dump(compute, msg, label)
     started = conn.call(body, buffers, label=label, sink=event_sink).result()
