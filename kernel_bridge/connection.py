@@ -203,8 +203,14 @@ class PodConnection:
         """Interrupt a call on the pod."""
         self._control(FrameType.CANCEL, call_id, {})
 
-    def close(self) -> None:
-        """Close the connection; calls in flight keep running on the pod."""
+    def close(self, error: BridgeError | None = None) -> None:
+        """Close the connection; calls in flight keep running on the pod.
+
+        Args:
+            error: What the calls still waiting here fail with (default: a
+                :class:`BridgeError` saying the connection was closed and they run on),
+                e.g. a :class:`PodDiedError` when the pod is being torn down.
+        """
         with self._lock:
             if self._closing:
                 return
@@ -223,7 +229,7 @@ class PodConnection:
         self._writer.cleanup()
         # Whoever still waits would wait forever: the calls go on on the pod, and
         # Compute.connection() / conn.attach(call_id) on a new connection can follow them.
-        self._deliver_error(calls, BridgeError(
+        self._deliver_error(calls, error or BridgeError(
             f"the connection to pod {self.name!r} was closed while this call was in flight; "
             "it keeps running on the pod", pod=self.name))
 

@@ -126,7 +126,7 @@ def test_teardown_of_a_pod_busy_in_c_code_kills_it_at_once(
         caplog.records
     assert not any("did not exit" in r.getMessage() for r in caplog.records)
     assert backend.gone(info)
-    with pytest.raises(kt.BridgeError):  # (this process closed its connection first)
+    with pytest.raises(kt.PodDiedError, match="torn down by this process"):
         handle.result(timeout(30))
     assert kt.fn(len).to(compute)([1]) == 1  # the next call starts a fresh pod
 

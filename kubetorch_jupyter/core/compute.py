@@ -261,7 +261,7 @@ class Compute:
 
     def teardown(self) -> None:
         """Stop this compute's pod; the next use starts a fresh one."""
-        connections.drop(self.name, self.backend_name)
+        connections.drop(self.name, self.backend_name, torn_down=True)
         self.backend.down(self.name)
         self._info = None
 
