@@ -305,12 +305,14 @@ class Compute:
             info = self._start_again()
         try:
             return connections.pooled(backend, info)
-        except PodUnreachableError:
+        except PodUnreachableError as exc:
             # A SIGKILLed pod resets its sockets before its exit can be seen: wait for the
             # exit (an event, bounded) before calling a dead pod unreachable.
             wait = min(float(config.get("connect_timeout")), EXIT_WAIT)
             settled = backend.settle(info, wait)
             if settled.alive:
+                if "timed out" in str(exc) or "did not greet" in str(exc):
+                    raise _busy_error(info.name, exc) from None
                 raise
             # It died just now: start it again, once, and say so as above (which of the
             # two ways a dead pod is noticed depends only on timing).
@@ -325,7 +327,7 @@ class Compute:
 
     def teardown(self) -> None:
         """Stop this compute's pod; the next use starts a fresh one."""
-        connections.drop(self.name, self.backend_name)
+        connections.drop(self.name, self.backend_name, torn_down=True)
         self.backend.down(self.name)
         self._info = None
 
@@ -346,3 +348,16 @@ def _warn_restart(why: str, name: str) -> None:
     """The one warning of a pod that died and is started again: its state is lost."""
     warnings.warn(f"{why}; starting a new pod {name!r}: the state of the old one (imports, "
                   "globals, instances) is lost", RuntimeWarning, stacklevel=user_stacklevel())
+
+
+def _busy_error(name: str, exc: PodUnreachableError) -> PodUnreachableError:
+    """A pod whose process runs but does not answer a connection: say it is busy.
+
+    Its Python is held by code that does not let go of the GIL (a long C call such as
+    ``sum(range(10**10))``), so it cannot even accept a websocket until that returns.
+    """
+    return PodUnreachableError(
+        f"pod {name!r} runs but does not answer ({exc}): it is busy in code that does not "
+        "see interrupts (a long C call holding the GIL) and answers nothing until that "
+        f"returns. Wait and try again, or restart it and lose its state: kt teardown {name} "
+        f"(in a notebook: %kt restart {name})", pod=name)
