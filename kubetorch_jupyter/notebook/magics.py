@@ -103,7 +103,10 @@ class KtMagics(Magics):
         cells and kernel restarts): imports stay loaded, variables stay set. Output,
         display() data, matplotlib figures and the value of the last expression show
         in this cell; an exception shows the remote traceback at the cell's own lines;
-        interrupting the kernel interrupts the cell on the pod, which survives.
+        interrupting the kernel interrupts the cell on the pod, which survives. Code
+        that does not see interrupts (a long C call holding the GIL) is said to be:
+        interrupt again to restart the pod (its state is lost), or %kt restart NAME
+        later; the next cell on that pod waits for it.
 
         With no compute flags the cell runs on the notebook's current compute (%kt use;
         else the last compute a %%kt cell named; else "default"). Resource flags change
@@ -254,12 +257,16 @@ class KtMagics(Magics):
             lines.append("  pod       not running (the next %%kt starts it)")
         else:
             gpus = f", GPUs {','.join(map(str, pod.gpu_ids))}" if pod.gpu_ids else ""
-            why = f" ({pod.reason}: {pod.message})" if pod.reason else ""
+            # a process that runs but does not answer: busy in C code, said as such below
+            stuck = pod.phase == "running" and pod.reason == "Unresponsive"
+            why = f" ({pod.reason}: {pod.message})" if pod.reason and not stuck else ""
             healthy = pod.phase == "running" and pod.reason is None
             lines.append(f"  pod       {pod.phase}{why}, pid {pod.pid}, up "
                          f"{_age(time.time() - pod.started_at)}{gpus}")
             if healthy:
                 lines.append(f"  activity  {self._busy(compute.name)}")
+            elif stuck:
+                lines.append(f"  activity  {self._stuck(compute.name)}")
             lines.append(f"  url       {pod.url} ({pod.backend} backend)")
             if healthy:
                 running = Compute.from_name(compute.name, backend=compute.backend)
@@ -270,15 +277,16 @@ class KtMagics(Magics):
 
     def _busy(self, name: str) -> str:
         """``busy (running cell ... for 42 s)`` for a pod running a cell, else ``idle``."""
-        stuck = _cells.busy_since(name)
-        if stuck is not None:
-            return (f"busy (in code that does not see interrupts for {_age(stuck)}; "
-                    f"%kt restart {name} restarts it)")
+        if _cells.busy_since(name) is not None:
+            return self._stuck(name)
+        running = Compute.from_name(name)
         try:
-            runs = _cells.list_runs(Compute.from_name(name), timeout=_STATUS_WAIT)
+            runs = _cells.list_runs(running, timeout=_STATUS_WAIT)
         except TimeoutError:
-            return (f"busy (not answering within {_STATUS_WAIT:g} s: in code that holds "
-                    f"the GIL? %kt restart {name} restarts it)")
+            silent = max(_STATUS_WAIT, running.connection().unanswered_for())
+            return (f"busy (not answering for {_age(silent)}: in code that does not see "
+                    f"interrupts, such as a long C call holding the GIL; wait, or restart it "
+                    f"and lose its state: %kt restart {name})")
         now = time.time()
         for run in runs:
             if run["state"] == "running":
@@ -289,11 +297,17 @@ class KtMagics(Magics):
                         f"{run['id']}{more})")
         return "idle"
 
+    def _stuck(self, name: str) -> str:
+        """The activity of a pod whose process runs but does not answer its probe."""
+        since = _cells.busy_since(name)
+        how = f" for {_age(since)}" if since is not None else ""
+        return (f"busy (in code that does not see interrupts{how}, such as a long C call "
+                f"holding the GIL: it answers nothing until that returns; wait, or restart "
+                f"it and lose its state: %kt restart {name})")
+
     def _cmd_restart(self, args: argparse.Namespace) -> None:
         compute = self._target(args)
-        compute.teardown()
-        _cells.forget_stuck(compute.name)
-        _ = compute.pod
+        _cells.restart(compute)
         print(f"restarted {compute.name!r}: a fresh pod process; its variables and imports "
               "are gone")
 
