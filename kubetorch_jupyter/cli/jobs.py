@@ -40,9 +40,23 @@ def _cmd_export(args: argparse.Namespace) -> int:
     job = export.export_notebook(
         args.notebook, name=args.name, schedule=args.schedule, params=args.param,
         yaml_params=args.param_yaml, compute=args.compute, backend=args.backend,
-        timezone=args.timezone, replace=args.replace)
+        timezone=args.timezone, replace=args.replace, kubernetes=kubernetes_options(args))
     print(describe_export(job))
     return 0
+
+
+def kubernetes_options(args: argparse.Namespace) -> dict[str, Any] | None:
+    """``--namespace``, ``--runs-claim``, ``--runs-size`` (for ``--backend kubernetes``).
+
+    Raises:
+        ConfigError: When they are given for a local job.
+    """
+    given = {k: getattr(args, k) for k in ("namespace", "runs_claim", "runs_size")
+             if getattr(args, k, None) is not None}
+    if given and args.backend != "kubernetes":
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise ConfigError(f"{flags}: only for --backend kubernetes")
+    return given or None
 
 
 def describe_export(job: Any) -> str:
@@ -50,6 +64,15 @@ def describe_export(job: Any) -> str:
     from ..jobs.schedule import Schedule
 
     lines = [f"exported {job.notebook} as job {job.name!r}"]
+    if job.backend == "kubernetes":
+        sched = Schedule(job.schedule, job.timezone)
+        manifests = job.folder / "manifests.yaml"
+        lines.append(f"  schedule  {job.schedule}: {sched.describe()} (in the cluster: a "
+                     f"CronJob in namespace {job.namespace!r})")
+        lines.append(f"  objects   {manifests}: the notebook's ConfigMap, the runs' volume "
+                     "claim, the CronJob")
+        lines.append(f"apply them with: kubectl apply -f {manifests}")
+        return "\n".join(lines)
     if job.schedule:
         sched = Schedule(job.schedule, job.timezone)
         lines.append(f"  schedule  {job.schedule}: {sched.describe()}; next run "
@@ -89,7 +112,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
         job = JobRecord.load(name)
         runs = job.runs()
         last = runs[-1] if runs else None
-        if job.schedule:
+        if job.backend == "kubernetes":
+            sched = Schedule(job.schedule or "@daily", job.timezone)
+            when, nxt = sched.describe(), _when(sched.next_run()) + " in the cluster"
+        elif job.schedule:
             sched = Schedule(job.schedule, job.timezone)
             when, nxt = sched.describe(), _when(sched.next_run())
             if name not in lines:
@@ -102,8 +128,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
             outcome = _OUTCOME_MARK.get(last.outcome, last.outcome)
             if last.failing_cell:
                 outcome += f" at cell {last.failing_cell['index'] + 1}"
+        never = "see the cluster" if job.backend == "kubernetes" else "never"
         rows.append([name, job.schedule or "-", when, nxt,
-                     f"{age(now - last.start)} ago" if last else "never", outcome])
+                     f"{age(now - last.start)} ago" if last else never, outcome])
     for name in sorted(set(lines) - set(names)):
         rows.append([name, lines[name].fields, "-", "-", "-", "no job record"])
         notes.append(f"{name}: a crontab line without its job; kt jobs rm {name} removes it")
@@ -114,8 +141,16 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from ..core.names import pod_name
     from ..jobs.runner import run_job
+    from ..jobs.store import JobRecord
 
+    job = JobRecord.load(args.name)
+    if job.backend == "kubernetes" and not args.scheduled and not args.here:
+        raise ConfigError(
+            f"job {args.name!r} runs in the cluster: kubectl create job -n {job.namespace} "
+            f"--from=cronjob/{pod_name(args.name)} {pod_name(args.name)}-now starts a run there; "
+            f"kt jobs run {args.name} --here runs it on this machine")
     trigger = "schedule" if args.scheduled else "manual"
     return run_job(args.name, trigger=trigger, echo=None if args.scheduled else sys.stdout)
 
@@ -199,6 +234,12 @@ def add_export_arguments(p: argparse.ArgumentParser, *, notebook_optional: bool 
                    help="local: the user's crontab (default); kubernetes: a CronJob")
     p.add_argument("--timezone", metavar="TZ", help="the schedule's zone, e.g. Europe/Paris")
     p.add_argument("--replace", action="store_true", help="replace a job of the same name")
+    k8s = p.add_argument_group("kubernetes", "for --backend kubernetes")
+    k8s.add_argument("--namespace", metavar="NS",
+                     help="where the CronJob goes (default: the compute's, else 'default')")
+    k8s.add_argument("--runs-claim", metavar="PVC",
+                     help="an existing PersistentVolumeClaim for the runs (default: a new one)")
+    k8s.add_argument("--runs-size", metavar="SIZE", help="the new claim's size (default 1Gi)")
 
 
 def add_parsers(sub: Any) -> None:
@@ -214,6 +255,8 @@ def add_parsers(sub: Any) -> None:
     q = jsub.add_parser("run", help="run a job now, in the foreground")
     q.add_argument("name", metavar="NAME")
     q.add_argument("--scheduled", action="store_true", help=argparse.SUPPRESS)
+    q.add_argument("--here", action="store_true",
+                   help="a Kubernetes job: run it on this machine instead")
     q.set_defaults(func=_cmd_run)
     q = jsub.add_parser("logs", help="a run's progress: cells and their output")
     q.add_argument("name", metavar="NAME")

@@ -87,6 +87,7 @@ def export_notebook(
     backend: str = "local",
     timezone: str | None = None,
     replace: bool = False,
+    kubernetes: dict[str, Any] | None = None,
 ) -> JobRecord:
     """Export ``notebook`` as job ``name``, scheduled by ``schedule`` (None: by hand only).
 
@@ -101,6 +102,8 @@ def export_notebook(
         backend: ``local`` (crontab) or ``kubernetes`` (a CronJob).
         timezone: IANA zone of the schedule (default: this machine's).
         replace: Replace a job of the same name instead of refusing.
+        kubernetes: For ``backend="kubernetes"``: ``namespace``, ``runs_claim`` (an
+            existing PersistentVolumeClaim for the runs), ``runs_size`` (of a new one).
 
     Raises:
         ConfigError: Any bad input (see the module docstring); nothing is created.
@@ -120,9 +123,8 @@ def export_notebook(
         spec = compute if compute is not None else source.compute_of(nb)
     job_name = check_job_name(name or _default_name(path))
     if backend == "kubernetes":
-        raise ConfigError("--backend kubernetes: exporting to a CronJob needs the Kubernetes "
-                          "manifests, which this version does not have yet; export with "
-                          "--backend local (the default) for now")
+        return _export_kubernetes(path, nb, job_name, values, sched, spec, replace=replace,
+                                  **(kubernetes or {}))
     crontab = Crontab() if sched is not None else None
     if crontab is not None:
         crontab.check_writable()
@@ -139,7 +141,37 @@ def export_notebook(
     return job
 
 
-def _write(job: JobRecord, nb: Any, crontab: Crontab | None, sched: Schedule | None) -> None:
+def _export_kubernetes(path: Path, nb: Any, name: str, values: dict[str, Any],
+                       sched: Schedule | None, spec: ComputeSpec | None, *, replace: bool,
+                       namespace: str | None = None, runs_claim: str | None = None,
+                       runs_size: str = "1Gi") -> JobRecord:
+    """Render the job's objects, then write the job with ``manifests.yaml`` beside it.
+
+    Rendering checks everything first: nothing is written when it fails.
+    """
+    import yaml
+
+    from . import kubernetes
+
+    spec = spec or ComputeSpec(name=name, backend="kubernetes")
+    ns = kubernetes.namespace_of(spec, namespace)
+    if (jobs_dir() / name / "job.json").is_file() and not replace:
+        raise ConfigError(f"the name {name!r} is taken (a job of that name exists): pass "
+                          f"--name, --replace to replace it, or kt jobs rm {name} first")
+    job = JobRecord(name=name, notebook=str(path), cwd=str(path.parent), parameters=values,
+                    schedule=sched.expression if sched else None,
+                    timezone=sched.timezone if sched else None, backend="kubernetes",
+                    compute=spec.to_json(), created=time.time(), namespace=ns)
+    source.set_compute(nb, spec)
+    objects = kubernetes.render_job(job, nb, username=str(config.get("username")),
+                                    namespace=ns, runs_claim=runs_claim, runs_size=runs_size)
+    _write(job, nb, None, None, extra={"manifests.yaml": yaml.safe_dump_all(
+        objects, sort_keys=False, width=1000)})
+    return job
+
+
+def _write(job: JobRecord, nb: Any, crontab: Crontab | None, sched: Schedule | None, *,
+           extra: dict[str, str] | None = None) -> None:
     """Write the job's folder, then its crontab line; on failure, undo the folder."""
     folder = job.folder
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -155,13 +187,15 @@ def _write(job: JobRecord, nb: Any, crontab: Crontab | None, sched: Schedule | N
                 backup = backup or Path(tempfile.mkdtemp(dir=folder.parent, prefix=".old."))
                 os.replace(folder / file, backup / file)
         os.replace(staging / "notebook.ipynb", folder / "notebook.ipynb")
+        for file, text in (extra or {}).items():
+            (folder / file).write_text(text)
         job.save()
         if sched is not None and crontab is not None:
             crontab.install(job.name, sched.machine_fields(), cron_command(job))
-        elif _has_line(job.name):  # replaced by a job run by hand only
+        elif _has_line(job.name):  # replaced by a job run by hand, or in a cluster
             Crontab().remove(job.name)
     except BaseException:
-        for file in ("job.json", "notebook.ipynb"):
+        for file in ("job.json", "notebook.ipynb", *(extra or {})):
             (folder / file).unlink(missing_ok=True)
             if backup is not None and (backup / file).exists():
                 os.replace(backup / file, folder / file)

@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..cli.jobs import describe_export, kubernetes_options
 from ..core.compute import Compute
 from ..exceptions import ConfigError
 from . import export, source
@@ -75,8 +76,7 @@ def export_from_kernel(shell: Any, args: argparse.Namespace, current: Compute | 
     job = export.export_notebook(
         path, name=args.name, schedule=args.schedule, params=args.param,
         yaml_params=args.param_yaml, compute=compute, backend=args.backend,
-        timezone=args.timezone, replace=args.replace)
-    from ..cli.jobs import describe_export
+        timezone=args.timezone, replace=args.replace, kubernetes=kubernetes_options(args))
 
     text = describe_export(job)
     missing = unsaved_cells(shell, path)

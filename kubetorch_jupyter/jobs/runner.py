@@ -107,7 +107,7 @@ def run_job(name: str, *, trigger: str = "manual", echo: IO[str] | None = None,
         ConfigError: No such job.
     """
     job = JobRecord.load(name)
-    if trigger == "schedule" and job.schedule and job.timezone:
+    if trigger == "schedule" and job.backend == "local" and job.schedule and job.timezone:
         sched = Schedule(job.schedule, job.timezone)
         if not sched.matches(datetime.now().astimezone()):
             return EXIT_OK  # the hourly line of a job in another zone: not its time

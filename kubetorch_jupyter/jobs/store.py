@@ -93,6 +93,7 @@ class JobRecord:
         created: When it was exported (epoch seconds).
         crontab_line: The exact crontab line installed for it (local, scheduled).
         env: Variables each run sets for its kernel (the state dir, the path).
+        namespace: Where a Kubernetes job's objects go (``--backend kubernetes``).
     """
 
     name: str
@@ -106,6 +107,7 @@ class JobRecord:
     created: float = 0.0
     crontab_line: str | None = None
     env: dict[str, str] = field(default_factory=dict)
+    namespace: str | None = None
 
     @property
     def folder(self) -> Path:
