@@ -29,12 +29,27 @@ _OUTCOME_MARK = {"succeeded": "ok", "failed": "FAILED", "interrupted": "interrup
                  "lost": "lost (its process died)", "running": "running"}
 
 
+#: What ``kt export`` and ``kt jobs`` import, from the ``jobs`` extra.
+_NEEDS = ("papermill", "crontab", "croniter", "cron_descriptor", "yaml")
+
+
+def require() -> None:
+    """Say how to install the jobs extra when it is missing (instead of a traceback)."""
+    import importlib.util
+
+    missing = [m for m in _NEEDS if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(f"kt export and kt jobs need {', '.join(missing)}: pip install "
+                          "'kubetorch-jupyter[jobs]'")
+
+
 def _when(moment: datetime) -> str:
     now = datetime.now(moment.tzinfo)
     return f"{moment:%Y-%m-%d %H:%M %Z}".strip() + f" (in {age((moment - now).total_seconds())})"
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    require()
     from ..jobs import export
 
     job = export.export_notebook(
@@ -93,6 +108,7 @@ def describe_export(job: Any) -> str:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
+    require()
     from ..jobs.crontab import Crontab
     from ..jobs.schedule import Schedule
     from ..jobs.store import JobRecord, all_job_names
@@ -141,6 +157,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    require()
     from ..core.names import pod_name
     from ..jobs.runner import run_job
     from ..jobs.store import JobRecord
@@ -156,6 +173,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_logs(args: argparse.Namespace) -> int:
+    require()
     from ..jobs.store import JobRecord, RunRecord
 
     job = JobRecord.load(args.name)
@@ -183,6 +201,7 @@ def _cmd_logs(args: argparse.Namespace) -> int:
 
 
 def _cmd_output(args: argparse.Namespace) -> int:
+    require()
     from ..jobs.store import JobRecord
 
     run = JobRecord.load(args.name).run(args.run)
@@ -209,6 +228,7 @@ def _as_html(path: Any) -> Any:
 
 
 def _cmd_rm(args: argparse.Namespace) -> int:
+    require()
     from ..jobs.export import remove_job
 
     removed = remove_job(args.name, purge=args.purge)

@@ -79,7 +79,8 @@ class _Manager(NotebookExecutionManager):  # type: ignore[misc]
         super().cell_start(cell, cell_index, **kwargs)
         if cell.get("cell_type") == "code" and cell_index is not None:
             tags = cell.get("metadata", {}).get("tags", [])
-            what = " (injected parameters)" if "injected-parameters" in tags else ""
+            what = (" (injected parameters)" if "injected-parameters" in tags else
+                    " (skipped: tagged skip-execution)" if "skip-execution" in tags else "")
             self.progress.note(f"cell {cell_index + 1}/{len(self.nb.cells)}{what}: "
                                f"{_first_line(cell.source) or '(empty)'}")
 

@@ -232,7 +232,10 @@ def remove_job(name: str, *, purge: bool = False) -> list[str]:
         job = JobRecord.load(name)
         count = len(job.runs())
         job.remove(purge=purge)
-        removed.append("the job" + (f" and its {count} runs" if purge and count else ""))
+        runs = f"{count} run{'s' if count != 1 else ''}"
+        removed.append("the job" + (f" and its {runs}" if purge and count else
+                                    f" (its {runs} kept; --purge removes them)" if count
+                                    else ""))
     if not removed:
         JobRecord.load(name)  # raises: no such job, naming the jobs there are
     return removed

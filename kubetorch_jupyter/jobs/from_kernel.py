@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from ..cli.jobs import describe_export, kubernetes_options
+from ..cli.jobs import require as require_jobs_extra
 from ..core.compute import Compute
 from ..exceptions import ConfigError
-from . import export, source
+from . import source
 
 __all__ = ["export_from_kernel", "unsaved_cells"]
 
@@ -49,9 +50,9 @@ def unsaved_cells(shell: Any, path: Path) -> int:
         saved = {c.source.strip() for c in source.read_notebook(path).cells}
     except ConfigError:
         return 0
-    ran = [str(s).strip() for s in shell.user_ns.get("In", [])[1:]]
-    own = ("%kt export", "get_ipython().run_line_magic('kt', 'export")
-    return sum(1 for s in ran if s and not s.startswith(own) and s not in saved)
+    history = getattr(getattr(shell, "history_manager", None), "input_hist_raw", None)
+    ran = [str(s).strip() for s in (history or [])[1:]]  # as typed, magics untransformed
+    return sum(1 for s in ran if s and not s.startswith("%kt export") and s not in saved)
 
 
 def _unquote(value: Any) -> Any:
@@ -65,6 +66,9 @@ def _unquote(value: Any) -> Any:
 
 def export_from_kernel(shell: Any, args: argparse.Namespace, current: Compute | None) -> str:
     """Export this kernel's notebook with ``%kt export``'s ``args``; return what to print."""
+    require_jobs_extra()
+    from . import export
+
     args = argparse.Namespace(**{k: _unquote(v) for k, v in vars(args).items()})
     path = notebook_path(shell, args.notebook)
     compute: Any = args.compute
