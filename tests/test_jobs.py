@@ -9,6 +9,7 @@ job started by its crontab line exactly as cron would start it, and a failing jo
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shlex
 import subprocess
@@ -80,7 +81,7 @@ def outputs(nb: nbformat.NotebookNode, marker: str) -> str:
                     parts.append(out.data.get("text/plain", ""))
                 elif out.output_type == "error":
                     parts.append("\n".join(out.traceback))
-            return "".join(parts)
+            return re.sub(r"\x1b\[[0-9;]*m", "", "".join(parts))  # no colours
     raise AssertionError(f"no cell with {marker!r}")
 
 
@@ -230,6 +231,8 @@ def test_a_failing_cell_fails_the_run_and_keeps_its_traceback(failing: Run) -> N
     assert cell["source"] == "%%kt --name here"
     trace = outputs(failing.nb, "mean([])")
     assert "ZeroDivisionError" in trace and "return sum(values) / len(values)" in trace
+    assert "----> 5 mean([])" in trace  # the cell's own line numbers (line 1: %%kt)
+    assert "magics.py" not in trace and "in_kernel.py" not in trace  # none of our frames
     assert "never printed" not in outputs(failing.nb, "never printed")
     assert "failed at cell" in failing.proc.stdout and "ZeroDivisionError" in failing.proc.stdout
 
@@ -320,3 +323,57 @@ def test_params_parse_as_papermill_parses_them() -> None:
                         ["h: [1, 2]\ni: {x: 1}"]) == {
         "a": 1, "b": 0.5, "c": True, "d": None, "e": "hello", "f": 1000.0, "g": "",
         "h": [1, 2], "i": {"x": 1}}
+
+
+def _read_until(stream: object, needle: str, seen: str = "") -> str:
+    """Read ``stream`` until ``needle`` shows up (select: no fixed sleeps)."""
+    import select
+    import time
+
+    deadline = time.monotonic() + timeout(60)
+    while needle not in seen:
+        ready, _, _ = select.select([stream], [], [], max(0, deadline - time.monotonic()))
+        if not ready:
+            raise AssertionError(f"{needle!r} did not appear; got {seen!r}")
+        chunk = os.read(stream.fileno(), 4096).decode()  # type: ignore[attr-defined]
+        if not chunk:
+            raise AssertionError(f"stream closed before {needle!r}; got {seen!r}")
+        seen += chunk
+    return seen
+
+
+def test_logs_follow_a_run_while_it_runs_and_a_second_start_is_skipped(env: Env) -> None:
+    """The notebook waits for a file the test creates once the follower saw the cell."""
+    gate = env.root / "gate"
+    path = notebook(env.root / "slow.ipynb", [
+        "print('halfway', flush=True)",
+        f"import pathlib, time\ngate = pathlib.Path({str(gate)!r})\nwhile not gate.exists():\n"
+        "    time.sleep(0.05)\nprint('released')",
+    ])
+    assert kt("export", str(path), "--name", "slow", env=env.vars()).returncode == 0
+    full = {**os.environ, "PYTHONPATH": str(REPO), **env.vars()}
+    cmd = [sys.executable, "-m", "kubetorch_jupyter.cli", "jobs"]
+    run = subprocess.Popen([*cmd, "run", "slow"], env=full, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    follower = None
+    try:
+        seen = _read_until(run.stdout, "cell 3/3: import pathlib")
+        follower = subprocess.Popen([*cmd, "logs", "slow", "-f"], env=full,
+                                    stdout=subprocess.PIPE, text=True)
+        followed = _read_until(follower.stdout, "cell 3/3: import pathlib")
+        assert "halfway" in followed and "succeeded" not in followed
+        second = kt("jobs", "run", "slow", env=env.vars())
+        assert second.returncode == 1 and "is already running" in second.stderr
+        gate.touch()
+        rest, _ = follower.communicate(timeout=timeout(60))
+        assert follower.returncode == 0
+        assert "released" in rest and "succeeded in" in rest
+        out, _ = run.communicate(timeout=timeout(60))
+        assert run.returncode == 0 and "released" in seen + out
+    finally:
+        gate.touch()
+        for proc in (run, follower):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert [r.outcome for r in JobRecord.load("slow").runs()] == ["succeeded"]
