@@ -175,6 +175,10 @@ def test_kt_jobs_run_shows_progress_and_logs_keep_it(good: Run, env: Env) -> Non
     assert followed.returncode == 0 and followed.stdout == logs.stdout
     output = kt("jobs", "output", "nightly", env=env.vars())
     assert output.stdout.strip() == str(good.record.output)
+    opened = kt("jobs", "output", "nightly", "--open", env={**env.vars(), "BROWSER": "true"})
+    assert opened.returncode == 0, opened.stderr
+    html = good.record.output.with_suffix(".html").read_text()
+    assert "pod says from-the-job-spec" in html
 
 
 def test_the_crontab_line_runs_as_cron_runs_it(good: Run, env: Env) -> None:

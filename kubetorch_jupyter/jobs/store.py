@@ -137,6 +137,9 @@ class JobRecord:
             known = ", ".join(all_job_names()) or "none"
             raise ConfigError(f"no job named {name!r} (jobs: {known}); kt export NOTEBOOK "
                               "--name NAME makes one") from None
+        except ValueError as exc:
+            raise ConfigError(f"job {name!r}: {path} is not readable ({exc}); export it "
+                              "again with --replace") from None
         known_fields = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known_fields})
 
@@ -148,7 +151,10 @@ class JobRecord:
         out = []
         for sub in sorted(root.iterdir()):
             if _RUN_ID.match(sub.name) and (sub / "run.json").is_file():
-                out.append(RunRecord.load(sub))
+                try:
+                    out.append(RunRecord.load(sub))
+                except (ValueError, TypeError):  # a record cut short (a full disk): skipped
+                    continue
         return out
 
     def run(self, run_id: str | None = None) -> RunRecord:
