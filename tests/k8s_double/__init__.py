@@ -3,7 +3,7 @@
 No API server can run on these machines, so Kubernetes code is tested against this:
 the official ``kubernetes`` client talks to it over HTTP on loopback, and applied
 Deployments, StatefulSets, Jobs, Knative Services and RayClusters become real local
-processes (one per container, each pod on its own 127.0.0.N), reachable through the
+processes (one per container, each pod on its own loopback address 127.R.S.N), reachable through the
 pods' ``portforward`` subresource.
 
 Why our own server and not a subclass of ``kmock`` (0.8, by Kopf's author): kmock's

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import signal
 import time
 from pathlib import Path
@@ -43,11 +44,12 @@ class Kubelet:
         self.workers: dict[str, PodWorker] = {}
         self.procs: dict[int, tuple[PodWorker, Container]] = {}
         self.api_port = 0
-        self._next_ip = 2
+        # A random /24 of 127/8 per double, so two doubles on one machine do not collide.
+        self._next_ip = (random.randrange(1, 255) << 16 | random.randrange(0, 256) << 8) + 2
         self._tick = asyncio.Event()
 
     def allocate_ip(self) -> str:
-        """The next free loopback address (127.0.0.2, 127.0.0.3, ...; never reused)."""
+        """The next loopback address (127.R.S.2, 127.R.S.3, ...; never reused)."""
         n, self._next_ip = self._next_ip, self._next_ip + 1
         return f"127.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}"
 

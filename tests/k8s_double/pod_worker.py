@@ -2,7 +2,8 @@
 
 A pod scheduled to a node gets a :class:`PodWorker` (the :class:`~.kubelet.Kubelet`
 starts and stops them). It gives the pod its own loopback
-address (``status.podIP`` = 127.0.0.N, N from 2: Linux routes all of 127/8 to ``lo``),
+address (``status.podIP`` = 127.R.S.N: a random /24 of 127/8 per double, N from 2;
+Linux routes all of 127/8 to ``lo``, so nothing listens beyond loopback),
 sets up its volumes (see :mod:`.containers`), "pulls" each image through the image map,
 runs the init containers in order and then every container: ``command`` + ``args`` (or
 the image's entrypoint), ``$(VAR)``-expanded, mount paths rewritten, with the image's
@@ -12,7 +13,8 @@ readiness probe (``httpGet``, ``tcpSocket`` or ``exec``), a failing liveness pro
 restarts the container. An exit records ``lastState.terminated`` (exitCode, reason
 ``Completed``/``Error``/``OOMKilled``/``StartError``), bumps ``restartCount`` and, as
 ``restartPolicy`` says, restarts after a doubling back-off shown as ``CrashLoopBackOff``.
-stdout and stderr together are the container's log (``previous`` keeps the last run's).
+stdout and stderr together are the container's log; ``previous`` reads the last
+terminated run's (during a back-off, the run that just ended).
 
 Timing is compressed, not real: probes run every :attr:`Kubelet.probe_interval` seconds
 (``periodSeconds`` and ``initialDelaySeconds`` are not waited; thresholds count), and the
@@ -338,7 +340,7 @@ class PodWorker:
         Path(full_env["HOME"]).mkdir(parents=True, exist_ok=True)
         cwd = rewrite(c.spec.get("workingDir") or full_env["HOME"], mounts)
         exe = shutil.which(argv[0], path=full_env["PATH"]) if argv else None
-        c.previous, c.log = (c.log if c.cid else c.previous), LogBuffer()
+        c.log = LogBuffer()
         c.cid = os.urandom(32).hex()
         started = now()
         if exe is None or not os.path.isdir(cwd):
@@ -349,6 +351,7 @@ class PodWorker:
                                       "startedAt": started, "finishedAt": now(),
                                       "containerID": f"containerd://{c.cid}"}}
             c.log.close()
+            c.previous = c.log
             self.event("Failed", f"Error: {msg}", "Warning")
             return 128
         self.event("Created", f"Created container {c.name}")
@@ -381,6 +384,7 @@ class PodWorker:
         c.state = {"terminated": {"exitCode": exit_code, "reason": reason, "startedAt": started,
                                   "finishedAt": now(), "containerID": f"containerd://{c.cid}"}}
         c.log.close()
+        c.previous = c.log  # the last terminated run: what ``previous=true`` reads
         self.publish()
         return exit_code
 

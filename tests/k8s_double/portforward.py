@@ -11,7 +11,7 @@ closed; when the client closes it, every pod-side connection is closed.
 
 One difference from a cluster: the kubelet dials ``localhost`` inside the pod's network
 namespace; pods here share the host's loopback, so the double dials the pod's own
-address (``status.podIP``, 127.0.0.N). A pod must listen on its pod IP (or 0.0.0.0).
+address (``status.podIP``, 127.R.S.N). A pod must listen on its pod IP (or 0.0.0.0).
 """
 
 from __future__ import annotations

@@ -138,7 +138,6 @@ class Api:
                 got = request.headers.get("Authorization", "")
                 if not hmac.compare_digest(got.encode(), f"Bearer {self.token}".encode()):
                     raise ApiError(401, "Unauthorized", "Unauthorized")
-            request["body"] = raw
             resp = await handler(request)
             status = resp.status
             return resp
@@ -193,14 +192,14 @@ class Api:
         if request.method == "POST":
             if t.rt.namespaced and ns is None:
                 raise ApiError(405, "MethodNotAllowed", "create needs a namespace in the path")
-            body = _decode(request["body"], request.headers.get("Content-Type", ""))
+            body = _decode(await request.read(), request.headers.get("Content-Type", ""))
             self._check_kind(t.rt, body)
             obj = self.store.create(t.rt, ns or "", body, q.get("fieldManager") or
                                     _manager(request))
             return web.json_response(obj, status=201)
         if request.method == "DELETE":
             match = self._matcher(q)
-            opts = self._delete_options(request)
+            opts = await self._delete_options(request)
             out = []
             for o in [o for o in self.store.items(t.rt, ns) if match(o)]:
                 meta = o["metadata"]
@@ -269,8 +268,8 @@ class Api:
         return resp
 
     # --- single objects ------------------------------------------------------------------
-    def _delete_options(self, request: web.Request) -> Obj:
-        body = _decode(request["body"], request.headers.get("Content-Type", "")) or {}
+    async def _delete_options(self, request: web.Request) -> Obj:
+        body = _decode(await request.read(), request.headers.get("Content-Type", "")) or {}
         opts = {k: body.get(k) for k in ("propagationPolicy", "gracePeriodSeconds")}
         q = request.query
         if q.get("propagationPolicy"):
@@ -289,7 +288,7 @@ class Api:
             obj = self.store.get(rt, ns, name)
             return web.json_response(_scale(rt, obj) if t.sub == "scale" else obj)
         if method == "DELETE":
-            opts = self._delete_options(request)
+            opts = await self._delete_options(request)
             obj, gone = self.store.delete(rt, ns, name, opts.get("propagationPolicy"),
                                           opts.get("gracePeriodSeconds"))
             if gone:
@@ -298,7 +297,7 @@ class Api:
                     "details": {"name": name, "group": rt.group, "kind": rt.plural,
                                 "uid": obj["metadata"]["uid"]}})
             return web.json_response(obj, status=202)
-        body = _decode(request["body"], request.headers.get("Content-Type", ""))
+        body = _decode(await request.read(), request.headers.get("Content-Type", ""))
         if not isinstance(body, dict | list):
             raise ApiError(400, "BadRequest", "the body must be an object")
         manager = q.get("fieldManager") or _manager(request)
@@ -392,7 +391,8 @@ class Api:
             return web.Response(body=data, content_type="text/plain")
         resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
         await resp.prepare(request)
-        await resp.write(data)
+        if data:  # (an empty write would end the chunked body)
+            await resp.write(data)
         offset = source.size()
         task = asyncio.current_task()
         if task is not None:

@@ -33,6 +33,10 @@ Key = tuple[ResourceType, str, str]
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _LABEL_NAMES = {"namespaces", "services"}
+_INITIAL_STATUS: dict[str, Obj] = {
+    "StatefulSet": {"replicas": 0, "availableReplicas": 0}, "ReplicaSet": {"replicas": 0},
+    "Namespace": {"phase": "Active"}, "PersistentVolumeClaim": {"phase": "Pending"},
+    "Pod": {"phase": "Pending", "qosClass": "BestEffort"}}
 
 
 def now(offset: float = 0) -> str:
@@ -224,8 +228,9 @@ class Store:
             meta["generation"] = 1
         if manager:
             meta["managedFields"] = [self._managed(rt, manager, operation, obj)]
-        if rt.has_status and rt.kind not in ("Namespace",):
-            obj["status"] = obj.get("status") if rt.kind == "Node" else {}
+        if rt.has_status:  # what Go's zero values serialize to (non-omitempty fields)
+            obj["status"] = obj.get("status") if rt.kind == "Node" else copy.deepcopy(
+                _INITIAL_STATUS.get(rt.kind, {}))
         self._bump(obj)
         self.objects[(rt, ns, name)] = obj
         self._emit(rt, "ADDED", obj)
