@@ -345,6 +345,13 @@ def test_deleting_a_deployment_collects_what_it_owns(api: client.ApiClient, ns: 
     assert core.list_namespaced_secret(ns).items == []
 
 
+def test_a_secrets_string_data_is_stored_as_data(api: client.ApiClient, ns: str) -> None:
+    core = client.CoreV1Api(api)
+    core.create_namespaced_secret(ns, {"metadata": {"name": "s"}, "stringData": {"k": "v"}})
+    secret = core.read_namespaced_secret("s", ns)
+    assert (secret.data, secret.string_data, secret.type) == ({"k": "dg=="}, None, "Opaque")
+
+
 def test_a_deployment_runs_a_real_process_that_becomes_ready(api: client.ApiClient, ns: str
                                                              ) -> None:
     apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
@@ -658,6 +665,7 @@ def test_statefulset_pods_are_ordinals_and_keep_their_claim(cluster: K8sDouble,
     assert sorted(c.metadata.name for c in core.list_namespaced_persistent_volume_claim(
         ns).items) == ["data-db-0", "data-db-1"]
     old_uid = pods["db-0"].metadata.uid
+    assert first_line(core, "db-0", ns) == b"count 1\n"  # written to its claim
     cluster.delete_pod("db-0", ns)
     again = wait_for(core.list_namespaced_pod, lambda p: p.metadata.uid != old_uid and ready(p),
                      ns, field_selector="metadata.name=db-0")

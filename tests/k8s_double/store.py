@@ -12,6 +12,7 @@ a watch can resume from a resourceVersion (older ones get 410 Gone, as after com
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import copy
 import datetime
@@ -94,6 +95,16 @@ def _fields_v1(cfg: Any) -> Any:
     if isinstance(cfg, list) and cfg and all(isinstance(i, dict) and "name" in i for i in cfg):
         return {f'k:{{"name":"{i["name"]}"}}': _fields_v1(i) for i in cfg}
     return {}
+
+
+def _normalize(rt: ResourceType, obj: Obj) -> None:
+    """What the API server does to a written object: a Secret's stringData becomes data."""
+    if rt.kind == "Secret" and rt.group == "":
+        string_data = obj.pop("stringData", None) or {}
+        data = obj.setdefault("data", {})
+        for k, v in string_data.items():
+            data[k] = base64.b64encode(str(v).encode()).decode()
+        obj.setdefault("type", "Opaque")
 
 
 def _spec_part(obj: Obj) -> Obj:
@@ -205,6 +216,7 @@ class Store:
                operation: str = "Update") -> Obj:
         """Store a new object (answering 409 AlreadyExists if its name is taken)."""
         obj = copy.deepcopy(obj)
+        _normalize(rt, obj)
         meta = obj.setdefault("metadata", {})
         if not meta.get("name") and meta.get("generateName"):
             meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
@@ -258,6 +270,7 @@ class Store:
         if old is None:
             raise ApiError.not_found(rt, meta.get("name", ""))
         new = copy.deepcopy(new)
+        _normalize(rt, new)
         if status_only:
             merged = copy.deepcopy(old)
             merged["status"] = new.get("status", {})
