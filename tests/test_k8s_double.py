@@ -690,3 +690,54 @@ def test_scale_subresource_and_an_indexed_job(api: client.ApiClient, ns: str) ->
     logs = sorted(core.read_namespaced_pod_log(p.metadata.name, ns)
                   for p in pods_of(api, ns, "idx"))
     assert logs == ["0\n", "1\n"]
+
+
+def test_a_cronjob_run_with_an_init_container_sharing_an_empty_dir(cluster: K8sDouble,
+                                                                   api: client.ApiClient,
+                                                                   ns: str) -> None:
+    batch, core = client.BatchV1Api(api), client.CoreV1Api(api)
+    shared = [{"name": "work", "mountPath": "/work"}]
+    batch.create_namespaced_cron_job(ns, {"metadata": {"name": "nightly"}, "spec": {
+        "schedule": "0 3 * * *", "jobTemplate": {"spec": {"template": {
+            "metadata": {"labels": {"app": "nightly"}},
+            "spec": {"restartPolicy": "OnFailure", "volumes": [{"name": "work", "emptyDir": {}}],
+                     "initContainers": [{"name": "prepare", "image": "python:3.11",
+                                         "command": [PY, "-c", "open('/work/in', 'w')"
+                                                     ".write('prepared')"],
+                                         "volumeMounts": shared}],
+                     "containers": [{"name": "main", "image": "python:3.11",
+                                     "command": [PY, "-c", "print(open('/work/in').read())"],
+                                     "volumeMounts": shared}]}}}}}})
+    job = cluster.trigger_cronjob("nightly", ns)
+    assert job["metadata"]["ownerReferences"][0]["kind"] == "CronJob"
+    wait_for(batch.list_namespaced_job, lambda j: j.status.succeeded == 1, ns)
+    (pod,) = pods_of(api, ns, "nightly")
+    assert pod.status.init_container_statuses[0].state.terminated.exit_code == 0
+    assert core.read_namespaced_pod_log(pod.metadata.name, ns, container="main") == "prepared\n"
+    # One main container: it is the default, init containers or not (as the real server).
+    assert core.read_namespaced_pod_log(pod.metadata.name, ns) == "prepared\n"
+    assert core.read_namespaced_pod_log(pod.metadata.name, ns, container="prepare") == ""
+    cron = batch.read_namespaced_cron_job("nightly", ns)
+    assert cron.status.last_schedule_time is not None
+
+
+def test_held_pending_and_not_ready_stages(cluster: K8sDouble, api: client.ApiClient, ns: str
+                                          ) -> None:
+    apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+    pending = cluster.hold("Pending", name_prefix="queued-")
+    not_ready = cluster.hold("NotReady", selector="app=warm")
+    try:
+        apps.create_namespaced_deployment(ns, deployment("queued", [PY, "-c", "pass"]))
+        apps.create_namespaced_deployment(ns, deployment("warm", HTTP, env=[POD_IP],
+                                                         probe=HTTP_PROBE))
+        warm = wait_for(core.list_namespaced_pod, lambda p: p.status.phase == "Running", ns,
+                        label_selector="app=warm")
+        assert not ready(warm)
+        (queued,) = pods_of(api, ns, "queued")
+        assert queued.status.phase == "Pending" and queued.spec.node_name is None
+    finally:
+        cluster.clear(pending)
+        cluster.clear(not_ready)
+    wait_for(core.list_namespaced_pod, ready, ns, label_selector="app=warm")
+    wait_for(core.list_namespaced_pod, lambda p: p.spec.node_name is not None, ns,
+             label_selector="app=queued")
