@@ -128,7 +128,8 @@ class K8sDouble:
         assert self._root is not None
         self.store = Store()
         self.kubelet = Kubelet(self.store, self.images, self._root, self.faults,
-                               probe_interval=self._probe_interval, backoff=self._backoff)
+                               probe_interval=self._probe_interval, backoff=self._backoff,
+                               errors=self.errors)
         self.api = Api(self.store, self.kubelet, self.token)
         self._dirty = asyncio.Event()
         self._stopping = asyncio.Event()

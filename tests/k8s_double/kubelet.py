@@ -12,6 +12,7 @@ import os
 import random
 import signal
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +36,16 @@ class Kubelet:
         faults: The scripted faults in force.
         probe_interval: Seconds between probes (instead of ``periodSeconds``).
         backoff: First restart / image-pull back-off in seconds (doubling, capped at 30x).
+        errors: Where a worker's unexpected exception is reported (a bug in the double).
     """
 
     def __init__(self, store: Store, images: Images, root: Path, faults: Faults, *,
-                 probe_interval: float = 0.2, backoff: float = 0.5) -> None:
+                 probe_interval: float = 0.2, backoff: float = 0.5,
+                 errors: list[str] | None = None) -> None:
         self.store, self.images, self.root, self.faults = store, images, root, faults
         self.probe_interval, self.backoff = probe_interval, backoff
         self.workers: dict[str, PodWorker] = {}
+        self.errors = errors if errors is not None else []
         self.procs: dict[int, tuple[PodWorker, Container]] = {}
         self.api_port = 0
         # A random /24 of 127/8 per double, so two doubles on one machine do not collide.
@@ -95,7 +99,7 @@ class Kubelet:
             if w is None and spec.get("nodeName") and phase not in ("Succeeded", "Failed"):
                 w = PodWorker(self, pod)
                 self.workers[uid] = w
-                w.task = asyncio.create_task(w.run())
+                w.task = asyncio.create_task(self._guarded(w))
         for uid, w in list(self.workers.items()):
             if uid not in seen:
                 if w.stopping:
@@ -103,6 +107,12 @@ class Kubelet:
                 else:
                     w.killer = asyncio.create_task(w.stop(0, remove=False))
         self.wake()
+
+    async def _guarded(self, w: PodWorker) -> None:
+        try:
+            await w.run()
+        except Exception:  # noqa: BLE001  (a bug in the double: reported by the fixture)
+            self.errors.append(f"pod {w.ns}/{w.name}: {traceback.format_exc()}")
 
     def worker(self, ns: str, name: str) -> PodWorker:
         """The worker of a running pod.

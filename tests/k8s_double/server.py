@@ -18,7 +18,7 @@ import hmac
 import json
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
@@ -48,8 +48,8 @@ class Recorded:
     path: str
     query: dict[str, str]
     content_type: str
-    body: Any
-    status: int
+    body: Any = field(repr=False)  # may hold a Secret's token: never in a repr
+    status: int = 0
 
     @property
     def url(self) -> str:
