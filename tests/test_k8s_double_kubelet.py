@@ -264,11 +264,13 @@ def test_statefulset_pods_are_ordinals_and_keep_their_claim(cluster: K8sDouble,
 
 def test_scale_subresource_and_an_indexed_job(api: client.ApiClient, ns: str) -> None:
     apps, batch = client.AppsV1Api(api), client.BatchV1Api(api)
-    apps.create_namespaced_deployment(ns, deployment("sc", [PY, "-c",
-                                                            "import time; time.sleep(1e6)"]))
+    # Both replicas bind 0.0.0.0:8000, as containers do: each gets its own pod IP.
+    apps.create_namespaced_deployment(ns, deployment(
+        "sc", [PY, "-m", "http.server", "8000", "--bind", "0.0.0.0"], probe=HTTP_PROBE))
     scale = apps.patch_namespaced_deployment_scale("sc", ns, {"spec": {"replicas": 2}})
     assert scale.spec.replicas == 2
     wait_for(apps.list_namespaced_deployment, lambda d: d.status.ready_replicas == 2, ns)
+    assert len({p.status.pod_ip for p in pods_of(api, ns, "sc")}) == 2
     batch.create_namespaced_job(ns, {"metadata": {"name": "idx"}, "spec": {
         "completions": 2, "parallelism": 2, "completionMode": "Indexed", "template": {
             "metadata": {"labels": {"app": "idx"}},

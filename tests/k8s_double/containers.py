@@ -16,6 +16,10 @@
   (with ``subPath`` applied) in its command, args, env values and workingDir becomes
   the directory. A path the program builds itself (not spelled in those strings) is not
   rewritten: that is this double's limitation.
+- **Network**: pods share the host's network namespace, each with its own loopback
+  address; ``0.0.0.0`` spelled in command, args or env is rewritten to the pod's IP (an
+  address a program defaults to in its own code is not: it binds every interface, as it
+  would on a host, and a second such pod finds the port taken).
 """
 
 from __future__ import annotations
@@ -269,8 +273,17 @@ def mounts_of(container: Obj, volumes: dict[str, Path]) -> list[tuple[str, str]]
     return sorted(out, key=lambda p: -len(p[0]))
 
 
-def rewrite(value: str, mounts: list[tuple[str, str]]) -> str:
-    """``value`` with every mountPath occurrence replaced by its directory."""
+_ANY = re.compile(r"(?<![\d.])0\.0\.0\.0(?![\d.])")
+
+
+def rewrite(value: str, mounts: list[tuple[str, str]], pod_ip: str | None = None) -> str:
+    """``value`` with every mountPath occurrence replaced by its directory.
+
+    With ``pod_ip``, the address ``0.0.0.0`` becomes the pod's IP: pods here share the
+    host's network namespace, so "every interface of the pod" is its own loopback address.
+    """
+    if pod_ip is not None:
+        value = _ANY.sub(pod_ip, value)
     for mount, host in mounts:
         value = re.sub(rf"(?<![\w.-]){re.escape(mount)}(?=/|$|[^\w.-])",
                        host.replace("\\", "\\\\"), value)

@@ -315,7 +315,7 @@ class PodWorker:
                                   "entrypoint: give the container a command, or the image "
                                   "an entrypoint in the image map")
             command = list(image.entrypoint)
-        return [rewrite(expand(str(a), env), mounts) for a in command + args]
+        return [rewrite(expand(str(a), env), mounts, self.ip) for a in command + args]
 
     async def _run_once(self, c: Container, volumes: dict[str, Path]) -> int | None:
         """Start the container, wait for it to end; its exit code (None: never started)."""
@@ -336,7 +336,7 @@ class PodWorker:
                     "HOME": str(self.kubelet.root / "pods" / self.uid / "home"),
                     "KUBERNETES_SERVICE_HOST": "127.0.0.1",
                     "KUBERNETES_SERVICE_PORT": str(self.kubelet.api_port),
-                    **image.env, **{k: rewrite(v, mounts) for k, v in env.items()}}
+                    **image.env, **{k: rewrite(v, mounts, self.ip) for k, v in env.items()}}
         Path(full_env["HOME"]).mkdir(parents=True, exist_ok=True)
         cwd = rewrite(c.spec.get("workingDir") or full_env["HOME"], mounts)
         exe = shutil.which(argv[0], path=full_env["PATH"]) if argv else None
