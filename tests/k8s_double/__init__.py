@@ -15,6 +15,20 @@ delete, list, watch, fetch), and the kubelet, scheduler, GC and port-forward are
 either way; a small aiohttp server of our own is less code and each behaviour can follow
 the API concepts document directly.
 
+Simplified, on purpose (each module's docstring has the details):
+
+- Time is compressed: probes every 0.2 s, restart and image-pull back-offs from 0.5 s
+  (real: ``periodSeconds``, 10 s); grace periods on deletion are real seconds.
+- Pods share the host's network namespace (each its own 127.x.y.z; ``0.0.0.0`` spelled
+  in a container's command/args/env becomes the pod IP); volumes are directories that
+  a container reaches by path rewriting of its command, args, env and workingDir.
+- Services are stored, not proxied (no clusterIP, no DNS); no service-account token is
+  mounted; memory limits are not enforced (``oom_kill`` scripts an OOM); rollouts
+  surge 100%; no ProgressDeadlineExceeded, preemption, startupProbe, exec or attach;
+  Knative never scales to zero; RayCluster pods run their commands as given.
+- Validation covers names, namespaces and workloads' selector/containers; schemas are
+  checked elsewhere (``kubernetes-validate`` and the CRD schemas in the manifest tests).
+
 Use::
 
     with K8sDouble() as cluster:
