@@ -61,8 +61,15 @@ def main(argv: list[str] | None = None) -> int:
             ready.write(json.dumps({"port": port, "pid": os.getpid()}) + "\n")
 
     stop = threading.Event()
+    terminating: list[int] = []
 
     def on_term(signum: int, frame: object) -> None:
+        # A second SIGTERM can arrive while the handler of the first runs on the main
+        # thread, inside stop.set(): entering it again would wait forever on the
+        # Event's own lock (a pod that never exits). The first one is enough.
+        if terminating:
+            return
+        terminating.append(signum)
         stop.set()
         server.executor.stop_main_loop()
 

@@ -475,3 +475,33 @@ def test_results_past_their_ttl_are_lost_with_the_setting_named(pod: RawPod) -> 
             conn.attach(32).result(timeout(30))
     finally:
         conn.close()
+
+
+def test_a_burst_of_sigterms_still_stops_the_pod(tmp_path: Path) -> None:
+    """A second SIGTERM landing inside the first one's handler must not wedge the pod.
+
+    (The handler set an Event; entered again on the same thread it waited forever on the
+    Event's own lock, and the pod never exited.)
+    """
+    import signal
+    import subprocess
+
+    for _ in range(5):
+        pod = start_raw_pod(tmp_path)
+        try:
+            for _ in range(2000):  # until it is gone: some land inside the handler
+                try:
+                    os.kill(pod.proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    break
+                if pod.proc.poll() is not None:
+                    break
+            try:
+                code: int | str = pod.proc.wait(timeout(15))
+            except subprocess.TimeoutExpired:
+                code = "still running 15 s after a burst of SIGTERMs"
+            assert code == 0, pod.log.read_text()[-2000:]
+        finally:
+            if pod.proc.poll() is None:
+                pod.proc.kill()
+                pod.proc.wait()

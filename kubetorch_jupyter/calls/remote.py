@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from types import CodeType, FunctionType
 from typing import Any, Generic, TypeVar
 
-from kernel_bridge import CallHandle
+from kernel_bridge import CallHandle, PodConnection
 from pod_runtime.protocol import messages
 
 from ..core import connections as _connections
@@ -54,14 +54,16 @@ _Call = messages.FnCall | messages.InitCall | messages.MethodCall
 
 
 def _invoke(compute: Compute, msg: _Call, label: str, blob: tuple[str, bytes] | None,
-            *, shipping: bool = False) -> CallHandle:
+            *, shipping: bool = False, conn: PodConnection | None = None) -> CallHandle:
     """Send a call; includes the function/class blob when the pod may not have it.
 
     The caller syncs the project first (:func:`.sync.ensure`), before pickling, so that
     the project's modules go by reference and the pod runs the code as it is now.
     ``shipping``: the caller already pickles inside ``sync.shipping_to(compute)``.
+    ``conn``: the connection the caller resolved for this call (else it is resolved).
     """
-    conn = compute.connection()
+    if conn is None:
+        conn = compute.connection()
     _versions.check(conn)  # once per pod process: can the two sides exchange pickles?
     send_blob = blob is not None and blob[0] not in conn.known
     if blob is not None:
@@ -146,6 +148,7 @@ class RemoteFn(Generic[T]):
         self.func = func
         self.compute = compute
         self._cached: tuple[tuple[Any, ...], Any, tuple[str, bytes]] | None = None
+        self._is_async = inspect.iscoroutinefunction(func)  # asked on every call
         self.__name__ = getattr(func, "__name__", "fn")
         self.__qualname__ = getattr(func, "__qualname__", self.__name__)
         self.__doc__ = func.__doc__
@@ -179,15 +182,16 @@ class RemoteFn(Generic[T]):
 
     def _send(self, args: tuple[Any, ...], kwargs: dict[str, Any], *, force_blob: bool
               ) -> CallHandle:
-        _sync.ensure(self.compute, self.func)  # before pickling; cheap when nothing changed
-        with _sync.shipping_to(self.compute):  # synced modules by reference
+        conns = _sync.pod_connections(self.compute)  # once per call: each checks the pod
+        _sync.ensure(self.compute, self.func, conns)  # before pickling; cheap when unchanged
+        with _sync.shipping_to(self.compute, conns):  # synced modules by reference
             digest, data = self._blob()
             if force_blob:
-                self.compute.connection().known.discard(digest)
+                conns[0].known.discard(digest)
             msg: messages.FnCall = {"kind": "fn", "fn_id": digest, "args": args,
                                     "kwargs": kwargs}
             return _invoke(self.compute, msg, f"{self.__qualname__}()", (digest, data),
-                           shipping=True)
+                           shipping=True, conn=conns[0])
 
     def __call__(self, *args: Any, **kwargs: Any) -> T:
         """Run on the pod and return the result; output streams back while it runs.
@@ -195,7 +199,7 @@ class RemoteFn(Generic[T]):
         For an ``async def`` function, as locally, the call returns an awaitable (the
         coroutine runs on the pod; ``await remote(...)`` gives its result).
         """
-        if inspect.iscoroutinefunction(self.func):
+        if self._is_async:
             return self.acall(*args, **kwargs)  # type: ignore[return-value]
         handle = self.submit(*args, **kwargs)
         return _retrying(lambda force: self._send(args, kwargs, force_blob=force))(handle)
@@ -327,11 +331,13 @@ class RemoteMethod:
     def submit(self, *args: Any, **kwargs: Any) -> CallHandle:
         """Start the call and return at once."""
         self.owner._check_pod()
-        _sync.ensure(self.owner.compute, self.owner.klass)
+        conns = _sync.pod_connections(self.owner.compute)
+        _sync.ensure(self.owner.compute, self.owner.klass, conns)
         msg: messages.MethodCall = {"kind": "method", "instance": self.owner.instance,
                                     "method": self.method, "args": args, "kwargs": kwargs}
         label = f"{self.owner.klass.__qualname__}.{self.method}()"
-        return _invoke(self.owner.compute, msg, label, None)
+        with _sync.shipping_to(self.owner.compute, conns):
+            return _invoke(self.owner.compute, msg, label, None, shipping=True, conn=conns[0])
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run the method on the pod and return its result (an awaitable for an async one)."""

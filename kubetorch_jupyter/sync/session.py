@@ -83,6 +83,7 @@ __all__ = [
     "SyncReport",
     "ensure",
     "find_project_root",
+    "pod_connections",
     "shipping_key",
     "shipping_to",
     "sync",
@@ -231,13 +232,15 @@ _shipping: ContextVar[tuple[_transfer.PodState, ...]] = ContextVar("kt_shipping"
 
 
 @contextmanager
-def shipping_to(compute: Compute) -> Iterator[None]:
+def shipping_to(compute: Compute, conns: list[PodConnection] | None = None
+                ) -> Iterator[None]:
     """Pickle for ``compute`` inside this block: its synced modules go by reference.
 
     Outside such a block (or for a compute never synced) every module of the user's
-    own goes by value, which works on any pod.
+    own goes by value, which works on any pod. ``conns``: the compute's connections
+    when the caller has them already (:func:`pod_connections`).
     """
-    states = _transfer.states(_connections(compute))
+    states = _transfer.states(conns if conns is not None else pod_connections(compute))
     token = _shipping.set(tuple(s for s in states if s is not None)
                           if all(s is not None for s in states) else ())
     try:
@@ -356,8 +359,12 @@ def _reload_error(err: dict[str, Any], root: Path, tree: str, pod: str) -> Reloa
 
 
 # ------------------------------------------------------------------ entry
-def _connections(compute: Compute) -> list[PodConnection]:
-    """Every pod connection of the compute (one today; replicas later)."""
+def pod_connections(compute: Compute) -> list[PodConnection]:
+    """Every pod connection of the compute (one today; replicas later).
+
+    A call resolves them once and hands them to :func:`ensure` and :func:`shipping_to`:
+    each resolution checks that the pod is alive (locally a ``waitpid``).
+    """
     many = getattr(compute, "connections", None)
     return list(many()) if callable(many) else [compute.connection()]
 
@@ -455,13 +462,14 @@ def sync(compute: Compute, *, progress: bool | None = None) -> SyncReport:
     root, marked = find_project()
     _declined.pop(root, None)
     report = _sync(compute, root, marked, progress)
-    for state in _transfer.states(_connections(compute)):
+    for state in _transfer.states(pod_connections(compute)):
         if state is not None and state.error is not None:
             raise state.error
     return report
 
 
-def ensure(compute: Compute, needs: Any = None) -> SyncReport | None:
+def ensure(compute: Compute, needs: Any = None,
+           conns: list[PodConnection] | None = None) -> SyncReport | None:
     """The sync done before every remote call: :func:`sync`, or None when declined.
 
     An edit that failed to import on a pod fails only the calls whose code uses it:
@@ -473,22 +481,24 @@ def ensure(compute: Compute, needs: Any = None) -> SyncReport | None:
     home directory) and is over the limits is not synced: one warning says why, and the
     user's modules go by value as they would without sync. A real project over the
     limits raises :class:`SyncLimitError` like :func:`sync`. ``KT_SYNC=0`` turns the
-    implicit sync off (``%kt sync`` / :func:`sync` still work).
+    implicit sync off (``%kt sync`` / :func:`sync` still work). ``conns``: the
+    compute's connections when the caller has them already (:func:`pod_connections`).
     """
-    report = _ensure(compute)
+    report = _ensure(compute, conns)
     if needs is not None:
-        _check_reload(compute, needs)
+        _check_reload(conns if conns is not None else pod_connections(compute), needs)
     return report
 
 
-def _check_reload(compute: Compute, needs: Any) -> None:
+def _check_reload(conns: list[PodConnection], needs: Any) -> None:
     """Raise the reload error of a pod if ``needs`` uses what it holds back, else warn once."""
-    conns = _connections(compute)
+    root: str | None = None
     for conn, state in zip(conns, _transfer.states(conns), strict=True):
         if (state is None or state.error is None
                 or state.boot_id != conn.welcome.get("boot_id")):
             continue
-        if _needs.uses(needs, state.blocked):
+        root = root or str(find_project()[0])
+        if _needs.uses(needs, state.blocked, root):
             raise state.error
         if state.warned is not state.error:
             state.warned = state.error
@@ -502,11 +512,12 @@ def _check_reload(compute: Compute, needs: Any) -> None:
                 "runs.", RuntimeWarning)
 
 
-def _ensure(compute: Compute) -> SyncReport | None:
+def _ensure(compute: Compute, conns: list[PodConnection] | None) -> SyncReport | None:
     if not config.get("sync"):
         return None
+    if conns is None:
+        conns = pod_connections(compute)
     memo = _quiet.get(compute)
-    conns = _connections(compute)
     if (memo is not None and memo.cwd == getcwd() and memo.pods == _pod_keys(conns)
             and memo.scanner.quiet_since(memo.scan)):
         return memo.report  # nothing changed here, nor in which pods we talk to
@@ -579,7 +590,7 @@ def _sync(compute: Compute, root: Path, marked: bool, progress: bool | None) -> 
         paths, cwd = import_paths(str(root))
         job = _transfer.Job(root, project_id(root), scan, cached[1], paths, cwd, bool(show))
         try:
-            conns = _connections(compute)
+            conns = pod_connections(compute)
             if len(conns) == 1:
                 pods = [_sync_pod(conns[0], job)]
             else:
