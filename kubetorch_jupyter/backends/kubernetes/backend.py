@@ -39,13 +39,16 @@ from ... import config
 from ...core.names import check_name, pod_name
 from ...core.progress import progress_bar
 from ...core.spec import ComputeSpec
-from ...exceptions import ComputeNotFoundError
+from ...exceptions import ComputeNotFoundError, KtError
 from ..base import ANY_POD, Backend, PodChanged, PodInfo, PodStatus
 from . import apply as _apply
 from . import identity, readiness
 from . import podstatus as _pods
+from .bootstrap import runtime_container
 from .client import Cluster, load
 from .container import RUNTIME_PORT
+from .manifests import names, render, token_secret_manifest
+from .options import DEFAULT_LAUNCH_TIMEOUT, KubernetesOptions
 from .portforward import dial as _portforward
 
 if TYPE_CHECKING:
@@ -89,12 +92,17 @@ def _created(obj: dict[str, Any]) -> str:
     return str((obj.get("metadata") or {}).get("creationTimestamp") or "")
 
 
-def _launch_timeout(spec: ComputeSpec) -> float:
-    value = spec.kubernetes.get("launch_timeout")
-    try:
-        return float(value) if value is not None else float(config.get("start_timeout"))
-    except (TypeError, ValueError):
+def _launch_timeout(options: KubernetesOptions) -> float:
+    """The compute's ``launch_timeout``, else ``KT_START_TIMEOUT`` when set, else 600 s.
+
+    (A cluster pulls images and installs: the local backend's 120 s default is short.)
+    The pod's startup probe gives its container as long (see :mod:`.pods`).
+    """
+    if options.launch_timeout is not None:
+        return float(options.launch_timeout)
+    if os.environ.get(config.SETTINGS["start_timeout"].env):
         return float(config.get("start_timeout"))
+    return DEFAULT_LAUNCH_TIMEOUT
 
 
 class KubernetesBackend(Backend):
@@ -176,8 +184,11 @@ class KubernetesBackend(Backend):
     def _selector(self, name: str | None = None, component: str | None = None) -> str:
         return identity.selector(self.username, name, component)
 
-    def _url(self, name: str, namespace: str) -> str:
+    def _url(self, name: str, namespace: str, spec: dict[str, Any] | None = None) -> str:
         service = pod_name(name, self.username)
+        with contextlib.suppress(ValueError, TypeError, KtError):  # a spec of another client
+            if spec:
+                service = names(ComputeSpec.from_json(spec), username=self.username).service
         if (self._connect or config.get("k8s_connect")) == "url":
             template = str(config.get("k8s_url"))
         else:  # only the Host header of the upgrade: the dial function picks the pod
@@ -230,9 +241,9 @@ class KubernetesBackend(Backend):
             started = float(notes.get(STARTED_AT_ANNOTATION) or 0) or _timestamp(_created(workload))
         except ValueError:
             started = _timestamp(_created(workload))
-        return PodInfo(name=name, url=self._url(name, namespace), token=token,
-                       backend=self.name, started_at=started, spec=spec if isinstance(
-                           spec, dict) else {}, spec_hash=str(notes.get(
+        spec = spec if isinstance(spec, dict) else {}
+        return PodInfo(name=name, url=self._url(name, namespace, spec), token=token,
+                       backend=self.name, started_at=started, spec=spec, spec_hash=str(notes.get(
                                identity.SPEC_HASH_ANNOTATION) or ""))
 
     def _pods(self, name: str, namespace: str) -> list[dict[str, Any]]:
@@ -248,9 +259,6 @@ class KubernetesBackend(Backend):
 
     def _render(self, spec: ComputeSpec, namespace: str, *,
                 token_secret: str) -> list[dict[str, Any]]:
-        from .bootstrap import runtime_container
-        from .manifests import render
-
         runtime = runtime_container(spec, username=self.username, namespace=namespace)
         return render(spec, runtime=runtime, username=self.username, namespace=namespace,
                       token_secret=token_secret)
@@ -265,8 +273,6 @@ class KubernetesBackend(Backend):
             PodStartError: When its pod cannot start (the message says why and what to do).
             ConfigError: For a bad option, or an API request that fails.
         """
-        from .manifests import token_secret_manifest
-
         name = check_name(spec.name, self.username)
         namespace = self.namespace_of(spec)
         spec_hash = spec.spec_hash()
@@ -290,8 +296,10 @@ class KubernetesBackend(Backend):
         objects = self._render(spec, namespace, token_secret=secret["metadata"]["name"])
         self._torn.pop(name, None)
         self._apply_all(spec, secret, objects, namespace, started_at)
+        options = KubernetesOptions.from_spec(spec)
         target = readiness.Target(
             name=name, namespace=namespace, selector=self._selector(name, "pod"),
+            replicas=1 if options.autoscale is not None else options.replicas,
             spec_hash=spec_hash, hash_annotation=identity.SPEC_HASH_ANNOTATION,
             exclude=frozenset(str((p.get("metadata") or {}).get("uid")) for p in old_pods))
         show = bool(progress and config.get("progress"))
@@ -301,7 +309,8 @@ class KubernetesBackend(Backend):
             def say(stage: str) -> None:
                 bar.set_description_str(f"starting pod {name!r}: {stage}", refresh=True)
 
-            readiness.wait_ready(self.api, target, timeout=_launch_timeout(spec), on_stage=say)
+            readiness.wait_ready(self.api, target, timeout=_launch_timeout(options),
+                                 on_stage=say)
         finally:
             bar.close()
         workload = next(iter(self._workloads(namespace, name)), None)
