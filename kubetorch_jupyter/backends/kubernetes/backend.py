@@ -277,7 +277,8 @@ class KubernetesBackend(Backend):
         namespace = self.namespace_of(spec)
         spec_hash = spec.spec_hash()
         existing = next(iter(self._workloads(namespace, name)), None)
-        old_pods: list[dict[str, Any]] = []
+        old_pods: list[dict[str, Any]] = []  # of another spec: not this start's
+        there: list[dict[str, Any]] = []  # of this spec, there before: replaceable
         started_at = time.time()
         if existing is not None:
             notes = (existing.get("metadata") or {}).get("annotations") or {}
@@ -285,6 +286,7 @@ class KubernetesBackend(Backend):
             if have == spec_hash:
                 with contextlib.suppress(ValueError):
                     started_at = float(notes.get(STARTED_AT_ANNOTATION) or started_at)
+                there = self._pods(name, namespace)
             else:
                 old_pods = self._pods(name, namespace)
                 live = any(_pods.pod_status(p).alive for p in old_pods)
@@ -300,6 +302,7 @@ class KubernetesBackend(Backend):
         target = readiness.Target(
             name=name, namespace=namespace, selector=self._selector(name, "pod"),
             replicas=1 if options.autoscale is not None else options.replicas,
+            replaceable=frozenset(str((p.get("metadata") or {}).get("uid")) for p in there),
             spec_hash=spec_hash, hash_annotation=identity.SPEC_HASH_ANNOTATION,
             exclude=frozenset(str((p.get("metadata") or {}).get("uid")) for p in old_pods))
         show = bool(progress and config.get("progress"))
@@ -586,6 +589,33 @@ class KubernetesBackend(Backend):
 
         return max(same or pods, key=rank)
 
+    def _wait_ready_pod(self, info: PodInfo) -> dict[str, Any]:
+        """A ready pod of the compute, waiting (a watch) while one starts (a replacement).
+
+        The restart policy reuses a compute whose pod is starting (one replacing a pod
+        that died, say): its first connection waits here, up to the launch timeout,
+        with the same failure messages as a start.
+        """
+        try:
+            return self._ready_pod(info)
+        except ConnectionError:
+            pass
+        try:
+            spec = ComputeSpec.from_json(info.spec)
+            options = KubernetesOptions.from_spec(spec)
+        except (ValueError, TypeError, KtError):
+            options = KubernetesOptions()
+        target = readiness.Target(
+            name=info.name, namespace=self._ns(info),
+            selector=self._selector(info.name, "pod"), spec_hash=info.spec_hash or None,
+            hash_annotation=identity.SPEC_HASH_ANNOTATION,
+            replicas=1 if options.autoscale is not None else options.replicas,
+            replaceable=frozenset(str((p.get("metadata") or {}).get("uid"))
+                                  for p in self._pods(info.name, self._ns(info))))
+        readiness.wait_ready(self.api, target, timeout=_launch_timeout(options),
+                             follow_bootstrap=False)
+        return self._ready_pod(info)
+
     def endpoint(self, info: PodInfo) -> Endpoint:
         """Where the bridge reaches the compute: a port-forward dial, or ``KT_K8S_URL``.
 
@@ -599,7 +629,10 @@ class KubernetesBackend(Backend):
 
         def dial(timeout: float) -> Any:
             before = self._attached_to(info)
-            pod = self._ready_pod(info, before.uid if before is not None else None)
+            if before is not None:
+                pod = self._ready_pod(info, before.uid)
+            else:
+                pod = self._wait_ready_pod(info)
             meta = pod.get("metadata") or {}
             now = _Attached(str(meta.get("name")), str(meta.get("uid")),
                             _pods.container_restarts(pod))

@@ -42,6 +42,10 @@ logger = logging.getLogger(__name__)
 BOOTSTRAP_PREFIX = "kt-bootstrap:"
 #: Lines of a crashed container's log an error carries.
 LOG_TAIL_LINES = 30
+#: Failures of a container that a fresh pod may not have (a crash, an OOM kill): a pod
+#: already failing so when a start begins is replaced, not reported (see wait_ready).
+RESTARTABLE = frozenset({"CrashLoopBackOff", "OOMKilled", "Error", "Init:CrashLoopBackOff",
+                         "Init:OOMKilled", "Init:Error", "NodeLost"})
 _PODS = _apply.Kind("v1", "Pod", "pods")
 
 
@@ -57,6 +61,8 @@ class Target:
         exclude: Uids of pods that were there before a changed spec was applied (old).
         hash_annotation: The annotation holding the spec hash.
         replicas: How many ready pods make the compute ready.
+        replaceable: Uids of pods that were there before this start: one of them found
+            failing (a crash, an OOM kill, in back-off) is replaced, not reported.
     """
 
     name: str
@@ -66,6 +72,7 @@ class Target:
     exclude: Collection[str] = ()
     hash_annotation: str = ""
     replicas: int = 1
+    replaceable: Collection[str] = ()
 
     def current(self, pod: dict[str, Any]) -> bool:
         """Whether ``pod`` is one of this start's (not an old one going away)."""
@@ -265,6 +272,11 @@ def wait_ready(api: ApiClient, target: Target, *, timeout: float,
                follow_bootstrap: bool = True) -> dict[str, Any]:
     """Wait until the compute's pod is ready; the ready pod (the newest, with replicas: one).
 
+    A pod of ``target.replaceable`` (there before this start) found failing (a container
+    that crashed or was OOM-killed while it served, now in back-off) is deleted, once, so
+    that its controller starts a fresh one: a start is a fresh start, and a failure of
+    that fresh pod is reported at once.
+
     Args:
         api: The API client.
         target: Which pods (see :class:`Target`).
@@ -286,6 +298,7 @@ def wait_ready(api: ApiClient, target: Target, *, timeout: float,
     pods: dict[str, dict[str, Any]] = {}
     follower: _BootstrapLog | None = None
     autoscaling: set[str] = set()
+    replaced: set[str] = set()
 
     def evaluate() -> dict[str, Any] | None:
         nonlocal follower
@@ -296,8 +309,21 @@ def wait_ready(api: ApiClient, target: Target, *, timeout: float,
                                                 .get("creationTimestamp") or ""))
         for pod in current:
             status = _pods.pod_status(pod)
-            if status.phase == "failed" and status.reason != "Deleted":
+            uid = str((pod.get("metadata") or {}).get("uid"))
+            if (status.phase == "failed" and status.reason in RESTARTABLE
+                    and uid in target.replaceable and uid not in replaced):
+                replaced.add(uid)
+                logger.info("compute %s: replacing its failed pod %s (%s)", target.name,
+                            _pods.pod_name(pod), status.describe())
+                _apply.delete(api, _PODS, target.namespace, _pods.pod_name(pod),
+                              timeout=30.0)
+                continue
+            ended = ((pod.get("status") or {}).get("phase") in ("Failed", "Succeeded")
+                     or status.reason == "Deleted")
+            if status.phase == "failed" and not ended:
                 raise start_error(api, target, pod, status)
+            # (a pod that ended as a whole, evicted or deleted, is replaced by its
+            # controller: the wait goes on for that one)
             if status.reason == "Unschedulable":
                 uid = str((pod.get("metadata") or {}).get("uid"))
                 if uid not in autoscaling:
