@@ -348,3 +348,38 @@ def _wait_running_pod(be: KubernetesBackend, name: str) -> str:
     finally:
         stream.stop()
     raise AssertionError(f"no pod of {name} ran")
+
+
+# ---- a notebook ----------------------------------------------------------------------------
+
+def test_kt_cells_in_a_real_kernel_on_the_kubernetes_backend(k8s_cluster: Any,
+                                                             tmp_path: Any) -> None:
+    """``%%kt`` with ``KT_BACKEND=kubernetes``: output live in the cell, Out, state kept."""
+    from _kernel import Kernel
+
+    name = fresh("nb")
+    kernel = Kernel({"KT_BACKEND": "kubernetes", "KT_PROGRESS": "0", "KT_USERNAME": USER,
+                     "KT_KUBECONFIG": str(k8s_cluster.kubeconfig_path),
+                     "KT_STATE_DIR": str(tmp_path / "state")})
+    try:
+        assert kernel.run("%load_ext kubetorch_jupyter").reply["status"] == "ok"
+        first = kernel.run(f"%%kt --name {name} --cpus 0.5\nimport os\n"
+                           "print('on', os.environ['HOSTNAME'])\nx = 20\nx + 1",
+                           timeout=timeout(120))
+        assert first.reply is not None and first.reply["status"] == "ok", first.error
+        assert first.stdout.startswith(f"on {USER}-{name}-")  # the pod's own name
+        out = first.of_type("execute_result")[0]["content"]["data"]["text/plain"]
+        assert out == "21"
+        second = kernel.run(f"%%kt --name {name}\nx * 2", timeout=timeout(60))
+        assert second.of_type("execute_result")[0]["content"]["data"]["text/plain"] == "40"
+        listing = kernel.run("%kt list", timeout=timeout(60))
+        assert name in listing.stdout and "kubernetes" in listing.stdout
+        down = kernel.run(f"%kt teardown {name}", timeout=timeout(120))
+        assert down.reply is not None and down.reply["status"] == "ok", down.error
+    finally:
+        kernel.shutdown()
+    be = KubernetesBackend(k8s_cluster.configuration(), username=USER)
+    try:
+        assert owned(be, name) == set()
+    finally:
+        be.close()
