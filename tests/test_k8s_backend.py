@@ -383,3 +383,45 @@ def test_kt_cells_in_a_real_kernel_on_the_kubernetes_backend(k8s_cluster: Any,
         assert owned(be, name) == set()
     finally:
         be.close()
+
+
+def test_follow_logs_streams_new_lines_until_stopped(backend: KubernetesBackend) -> None:
+    name = fresh()
+    compute = kt.Compute(name=name, backend=backend)
+    shout = kt.fn(print).to(compute)
+    shout("before-following", flush=True)
+    stop = threading.Event()
+    lines = backend.follow_logs(name, tail=50, stop=stop)
+    seen: list[str] = []
+    for line in lines:
+        seen.append(line)
+        if "before-following" in line:
+            break
+    shout("while-following", flush=True)
+    for line in lines:
+        seen.append(line)
+        if "while-following" in line:
+            stop.set()
+            break
+    assert any("while-following" in line for line in seen)
+    lines.close()  # type: ignore[attr-defined]
+    compute.teardown()
+
+
+def test_url_mode_reaches_the_configured_url_with_its_headers(
+        k8s_cluster: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kubetorch_jupyter.backends.base import PodInfo
+
+    monkeypatch.setenv("KT_K8S_URL", "wss://kt.example.com/{namespace}/{service}")
+    monkeypatch.setenv("KT_K8S_HEADERS", "Authorization: Bearer ingress-secret")
+    be = KubernetesBackend(k8s_cluster.configuration(), username=USER, connect="url")
+    try:
+        info = PodInfo(name="dev", url="", token="s3cr3t-tok", backend="kubernetes",
+                       spec={"name": "dev", "kubernetes": {"namespace": "team"}})
+        endpoint = be.endpoint(info)
+        assert endpoint.url == f"wss://kt.example.com/team/{USER}-dev"
+        assert endpoint.dial is None and endpoint.secure
+        assert endpoint.request_headers()["Authorization"] == "Bearer ingress-secret"
+        assert "ingress-secret" not in repr(endpoint) and "s3cr3t" not in repr(endpoint)
+    finally:
+        be.close()
