@@ -29,7 +29,8 @@ from .identity import FIELD_MANAGER
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
 
-__all__ = ["ALL_KINDS", "WORKLOAD_KINDS", "ApiFailure", "Kind", "apply", "delete", "get",
+__all__ = ["ALL_KINDS", "WORKLOAD_KINDS", "ApiFailure", "Kind", "Timeout", "apply", "delete",
+           "get",
            "kind_of", "list_objects", "owned", "request"]
 
 
@@ -73,6 +74,8 @@ ALL_KINDS: tuple[Kind, ...] = (
     Kind("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
 )
 _BY_KIND = {(k.api_version, k.kind): k for k in ALL_KINDS}
+#: A request's timeout: seconds in all, or (connect, read) seconds; None: none.
+Timeout = float | tuple[float, float] | None
 
 
 def kind_of(obj: dict[str, Any]) -> Kind:
@@ -136,7 +139,7 @@ def _failure(exc: Exception, method: str, path: str, host: str) -> ApiFailure:
 
 def request(api: ApiClient, method: str, path: str, *, query: Iterable[tuple[str, Any]] = (),
             body: Any = None, content_type: str | None = None,
-            timeout: float | None = None) -> dict[str, Any]:
+            timeout: Timeout = None) -> dict[str, Any]:
     """One API request; its JSON answer as a dict.
 
     Raises:
@@ -164,7 +167,7 @@ def request(api: ApiClient, method: str, path: str, *, query: Iterable[tuple[str
 
 
 def apply(api: ApiClient, obj: dict[str, Any], namespace: str, *,
-          timeout: float | None = None) -> dict[str, Any]:
+          timeout: Timeout = None) -> dict[str, Any]:
     """Server-side apply ``obj`` in ``namespace``; the object as the server now has it.
 
     Raises:
@@ -187,7 +190,7 @@ def apply(api: ApiClient, obj: dict[str, Any], namespace: str, *,
 
 
 def get(api: ApiClient, kind: Kind, namespace: str, name: str, *,
-        timeout: float | None = None) -> dict[str, Any] | None:
+        timeout: Timeout = None) -> dict[str, Any] | None:
     """The object, or None when there is none (or its CRD is not installed)."""
     try:
         return request(api, "GET", kind.path(namespace, name), timeout=timeout)
@@ -198,7 +201,7 @@ def get(api: ApiClient, kind: Kind, namespace: str, name: str, *,
 
 
 def list_objects(api: ApiClient, kind: Kind, namespace: str, selector: str, *,
-                 timeout: float | None = None) -> tuple[list[dict[str, Any]], str]:
+                 timeout: Timeout = None) -> tuple[list[dict[str, Any]], str]:
     """The objects of ``kind`` matching the label ``selector``, and the list's resourceVersion.
 
     A kind the cluster does not know (a CRD not installed) has none.
@@ -218,7 +221,7 @@ def list_objects(api: ApiClient, kind: Kind, namespace: str, selector: str, *,
 
 
 def delete(api: ApiClient, kind: Kind, namespace: str, name: str, *,
-           timeout: float | None = None) -> bool:
+           timeout: Timeout = None) -> bool:
     """Delete one object with foreground propagation; False when it was not there."""
     body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Foreground"}
     try:
@@ -233,7 +236,7 @@ def delete(api: ApiClient, kind: Kind, namespace: str, name: str, *,
 
 def owned(api: ApiClient, namespace: str, selector: str, *,
           kinds: Iterable[Kind] = ALL_KINDS,
-          timeout: float | None = None) -> Iterator[tuple[Kind, dict[str, Any]]]:
+          timeout: Timeout = None) -> Iterator[tuple[Kind, dict[str, Any]]]:
     """Every object of ``kinds`` the label ``selector`` matches, kind by kind."""
     for kind in kinds:
         items, _ = list_objects(api, kind, namespace, selector, timeout=timeout)

@@ -60,8 +60,9 @@ logger = logging.getLogger(__name__)
 
 #: Unix time the compute's current spec was applied (a changed spec starts it again).
 STARTED_AT_ANNOTATION = "kubetorch.dev/started-at"
-#: Seconds each plain API request may take.
-REQUEST_TIMEOUT = 30.0
+#: (connect, read) seconds of each plain API request: an API server that cannot be
+#: reached (a VPN down) fails ``kt list`` in seconds, not minutes.
+REQUEST_TIMEOUT = (10.0, 30.0)
 #: Seconds teardown waits for the compute's pods to be gone.
 TEARDOWN_WAIT = 60.0
 _PODS = _apply.Kind("v1", "Pod", "pods")

@@ -86,7 +86,7 @@ class Target:
 
 def read_log(api: ApiClient, namespace: str, pod: str, *, tail: int = LOG_TAIL_LINES,
              previous: bool = False, container: str | None = None,
-             timeout: float = 10.0) -> str:
+             timeout: _apply.Timeout = 10.0) -> str:
     """The last ``tail`` lines of a pod's log ("" when it cannot be read)."""
     query: list[tuple[str, Any]] = [("tailLines", tail)]
     if previous:
