@@ -324,3 +324,26 @@ def test_without_the_kubernetes_package_it_says_what_to_install(tmp_path: Any) -
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=60).stdout
     assert "pip install" in out and "kubernetes" in out
+
+
+def test_kt_list_with_a_cluster_out_of_reach_still_lists(tmp_path: Any) -> None:
+    """A kubeconfig whose API server is down must not break the local listing."""
+    import os
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: gone\n"
+        f"clusters: [{{name: gone, cluster: {{server: 'http://127.0.0.1:{port}'}}}}]\n"
+        "users: [{name: u, user: {token: t}}]\n"
+        "contexts: [{name: gone, context: {cluster: gone, user: u}}]\n")
+    env = {**os.environ, "KT_KUBECONFIG": str(kubeconfig), "KT_BACKEND": "local",
+           "KT_STATE_DIR": str(tmp_path / "state")}
+    done = subprocess.run([sys.executable, "-m", "kubetorch_jupyter.cli", "list"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "cannot reach the Kubernetes API server" in done.stderr
