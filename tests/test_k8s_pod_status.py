@@ -347,3 +347,14 @@ def test_kt_list_with_a_cluster_out_of_reach_still_lists(tmp_path: Any) -> None:
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
     assert "cannot reach the Kubernetes API server" in done.stderr
+
+
+def test_the_start_scripts_own_error_line_leads() -> None:
+    log = ("kt-bootstrap: python /usr/bin/python3 (3.11)\n"
+           "kt-bootstrap: image step 1/1 run_bash 'exit 3'\n"
+           "kt-bootstrap: error: image step 1/1 run_bash 'exit 3' failed (exit status 3)\n")
+    said = readiness.bootstrap_error(log)
+    assert said == "image step 1/1 run_bash 'exit 3' failed (exit status 3)"
+    ray = "kubetorch-jupyter: distributed='ray' needs an image with Ray installed\n"
+    assert readiness.bootstrap_error(ray) == "distributed='ray' needs an image with Ray installed"
+    assert readiness.bootstrap_error("Traceback (most recent call last):\n") is None

@@ -107,9 +107,16 @@ def read_log(api: ApiClient, namespace: str, pod: str, *, tail: int = LOG_TAIL_L
 
 
 def bootstrap_error(log: str) -> str | None:
-    """The last ``kt-bootstrap: error:`` line of a log (what the start script gave up on)."""
-    marker = f"{BOOTSTRAP_PREFIX} error:"
-    found = [line.split(marker, 1)[1].strip() for line in log.splitlines() if marker in line]
+    """What the start script gave up on: its last ``kt-bootstrap: error:`` line.
+
+    (Or a line of the workload's own wrappers, ``kubetorch-jupyter: ...``, such as a Ray
+    pod's "needs an image with Ray installed".)
+    """
+    found = []
+    for line in log.splitlines():
+        for marker in (f"{BOOTSTRAP_PREFIX} error:", "kubetorch-jupyter:"):
+            if line.startswith(marker):
+                found.append(line[len(marker):].strip())
     return found[-1] if found else None
 
 
