@@ -124,10 +124,12 @@ def test_unknown_names_exit_1_with_a_message(backend):
         assert "Traceback" not in result.stderr
 
 
-def test_bad_settings_exit_1(backend):
-    result = kt("list", KT_BACKEND="kubernetes")
+def test_bad_settings_exit_1(backend, tmp_path, monkeypatch):
+    for var in ("KUBECONFIG", "KT_KUBECONFIG", "KUBERNETES_SERVICE_HOST"):
+        monkeypatch.delenv(var, raising=False)
+    result = kt("list", KT_BACKEND="kubernetes", HOME=str(tmp_path))  # no ~/.kube/config
     assert result.returncode == 1
-    assert "the kubernetes backend is not available yet" in result.stderr
+    assert "the kubernetes backend found no cluster: set KT_KUBECONFIG" in result.stderr
     assert "Traceback" not in result.stderr
 
 
