@@ -105,6 +105,7 @@ def test_fn_and_cls_run_list_and_teardown_exactly(backend: KubernetesBackend,
 
     summaries = [s for s in ComputeManager([backend]).list() if s.name == name]
     assert len(summaries) == 1 and summaries[0].phase == "running"
+    assert summaries[0].idle_since is not None  # the pod's /metrics, through a port-forward
     assert summaries[0].backend == "kubernetes" and summaries[0].cpus == 0.5
     info = backend.get(name)
     assert info.spec["name"] == name and info.spec_hash == compute.spec.spec_hash()

@@ -243,10 +243,13 @@ def test_two_processes_asking_at_once_get_one_pod(backend, state):
     assert [str(p.pid) for p in backend.list()] == list(pids)
 
 
-def test_get_backend():
+def test_get_backend(tmp_path, monkeypatch):
     assert get_backend("local") is get_backend("local")
     assert isinstance(get_backend("local"), LocalBackend)
-    with pytest.raises(ConfigError, match="not available yet"):
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.kube/config, no cluster
+    for var in ("KUBECONFIG", "KT_KUBECONFIG", "KUBERNETES_SERVICE_HOST"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(ConfigError, match="found no cluster"):
         get_backend("kubernetes")
     with pytest.raises(ConfigError, match="valid backends: local, kubernetes"):
         get_backend("slurm")

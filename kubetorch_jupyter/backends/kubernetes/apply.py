@@ -24,14 +24,27 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ...exceptions import ConfigError
+from . import identity
 from .identity import FIELD_MANAGER
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
 
-__all__ = ["ALL_KINDS", "WORKLOAD_KINDS", "ApiFailure", "Kind", "Timeout", "apply", "delete",
-           "get",
-           "kind_of", "list_objects", "owned", "request"]
+__all__ = [
+    "ALL_KINDS",
+    "WORKLOAD_KINDS",
+    "ApiFailure",
+    "Kind",
+    "Timeout",
+    "apply",
+    "apply_compute",
+    "delete",
+    "get",
+    "kind_of",
+    "list_objects",
+    "owned",
+    "request",
+]
 
 
 @dataclass(frozen=True)
@@ -242,3 +255,63 @@ def owned(api: ApiClient, namespace: str, selector: str, *,
         items, _ = list_objects(api, kind, namespace, selector, timeout=timeout)
         for item in items:
             yield kind, item
+
+
+def apply_compute(api: ApiClient, secret: dict[str, Any], objects: list[dict[str, Any]],
+                  namespace: str, *, name: str, annotations: dict[str, str],
+                  timeout: Timeout = None) -> None:
+    """Apply a compute: its token ``secret``, then ``objects`` in order (the renderer's).
+
+    The workload (the first object of a workload kind) gets ``annotations`` (the spec,
+    its hash, when it started); the objects labelled with compute ``name`` get the
+    workload as their owner, so deleting the workload takes them too (the Secret and
+    the Service; the runtime's shared ConfigMap is nobody's, see :func:`_shared_runtime`).
+    """
+    apply(api, secret, namespace, timeout=timeout)
+    workload_kinds = {(k.api_version, k.kind) for k in WORKLOAD_KINDS}
+    before: list[dict[str, Any]] = [secret]
+    owner: dict[str, Any] | None = None
+    for obj in objects:
+        obj = _shared_runtime(obj)
+        if (obj.get("apiVersion"), obj.get("kind")) in workload_kinds and owner is None:
+            meta = {**obj.get("metadata", {})}
+            meta["annotations"] = {**meta.get("annotations", {}), **annotations}
+            applied = apply(api, {**obj, "metadata": meta}, namespace, timeout=timeout)
+            got = applied.get("metadata") or {}
+            owner = {"apiVersion": obj["apiVersion"], "kind": obj["kind"],
+                     "name": got.get("name", meta["name"]), "uid": got.get("uid", "")}
+            continue
+        if owner is not None and _owned(obj, name):
+            obj = _with_owner(obj, owner)
+        apply(api, obj, namespace, timeout=timeout)
+        if owner is None:
+            before.append(obj)
+    if owner is not None and owner["uid"]:
+        for obj in before:  # the token Secret (and any of the compute's own before it)
+            if _owned(obj, name):
+                apply(api, _with_owner(obj, owner), namespace, timeout=timeout)
+
+
+def _owned(obj: dict[str, Any], name: str) -> bool:
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    return labels.get(identity.COMPUTE_LABEL) == name
+
+
+def _shared_runtime(obj: dict[str, Any]) -> dict[str, Any]:
+    """``obj`` without a compute label when it is a runtime object (shared, not owned).
+
+    The runtime ConfigMap is one per user and client version, mounted by every compute
+    of that user (see :mod:`.bootstrap`): tearing one compute down, which deletes by the
+    compute's label, must leave it to the others; no compute owns it.
+    """
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    if labels.get(identity.COMPONENT_LABEL) != "runtime" or identity.COMPUTE_LABEL not in labels:
+        return obj
+    kept = {k: v for k, v in labels.items() if k != identity.COMPUTE_LABEL}
+    return {**obj, "metadata": {**obj["metadata"], "labels": kept}}
+
+
+def _with_owner(obj: dict[str, Any], owner: dict[str, Any]) -> dict[str, Any]:
+    meta = dict(obj.get("metadata") or {})
+    meta["ownerReferences"] = [{**owner, "blockOwnerDeletion": False}]
+    return {**obj, "metadata": meta}

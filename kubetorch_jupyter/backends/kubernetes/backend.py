@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import http.client
 import json
 import logging
 import os
@@ -47,6 +48,7 @@ from . import podstatus as _pods
 from .bootstrap import runtime_container
 from .client import Cluster, load
 from .container import RUNTIME_PORT
+from .logs import follow_log, read_log
 from .manifests import names, render, token_secret_manifest
 from .options import DEFAULT_LAUNCH_TIMEOUT, KubernetesOptions
 from .portforward import dial as _portforward
@@ -298,7 +300,9 @@ class KubernetesBackend(Backend):
                                        token=token)
         objects = self._render(spec, namespace, token_secret=secret["metadata"]["name"])
         self._torn.pop(name, None)
-        self._apply_all(spec, secret, objects, namespace, started_at)
+        _apply.apply_compute(self.api, secret, objects, namespace, name=name,
+                             annotations={STARTED_AT_ANNOTATION: f"{started_at:.3f}"},
+                             timeout=REQUEST_TIMEOUT)
         options = KubernetesOptions.from_spec(spec)
         target = readiness.Target(
             name=name, namespace=namespace, selector=self._selector(name, "pod"),
@@ -321,45 +325,6 @@ class KubernetesBackend(Backend):
         if workload is None:  # torn down while it started
             raise ComputeNotFoundError(name, [])
         return self._info(workload, token, namespace)
-
-    def _apply_all(self, spec: ComputeSpec, secret: dict[str, Any],
-                   objects: list[dict[str, Any]], namespace: str, started_at: float) -> None:
-        """Apply the Secret, then ``objects`` in order; the compute's own get an owner."""
-        api, timeout = self.api, REQUEST_TIMEOUT
-        _apply.apply(api, secret, namespace, timeout=timeout)
-        workload_kinds = {(k.api_version, k.kind) for k in _apply.WORKLOAD_KINDS}
-        before: list[dict[str, Any]] = [secret]
-        owner: dict[str, Any] | None = None
-        for obj in objects:
-            obj = _shared_runtime(obj)
-            is_workload = (obj.get("apiVersion"), obj.get("kind")) in workload_kinds
-            if is_workload and owner is None:
-                meta = obj.setdefault("metadata", {})
-                notes = meta.setdefault("annotations", {})
-                notes.setdefault(identity.SPEC_ANNOTATION, json.dumps(spec.to_json(),
-                                                                      sort_keys=True))
-                notes.setdefault(identity.SPEC_HASH_ANNOTATION, spec.spec_hash())
-                notes[STARTED_AT_ANNOTATION] = f"{started_at:.3f}"
-                applied = _apply.apply(api, obj, namespace, timeout=timeout)
-                meta_applied = applied.get("metadata") or {}
-                owner = {"apiVersion": obj["apiVersion"], "kind": obj["kind"],
-                         "name": meta_applied.get("name", meta["name"]),
-                         "uid": meta_applied.get("uid", "")}
-                continue
-            if owner is not None and self._owned(obj, spec.name):
-                obj = _with_owner(obj, owner)
-            applied = _apply.apply(api, obj, namespace, timeout=timeout)
-            if owner is None:
-                before.append(obj)
-        if owner is not None and owner["uid"]:
-            for obj in before:  # the token Secret (and the compute's runtime objects)
-                if self._owned(obj, spec.name):
-                    _apply.apply(api, _with_owner(obj, owner), namespace, timeout=timeout)
-
-    @staticmethod
-    def _owned(obj: dict[str, Any], name: str) -> bool:
-        labels = (obj.get("metadata") or {}).get("labels") or {}
-        return labels.get(identity.COMPUTE_LABEL) == name
 
     # ---- Backend: find ------------------------------------------------------------------
 
@@ -416,43 +381,8 @@ class KubernetesBackend(Backend):
         if not found:
             raise ComputeNotFoundError(name, [i.name for i in self.list()])
         self._torn[name] = f"torn down by process {os.getpid()}"
-        self._wait_pods_gone(name, namespace, TEARDOWN_WAIT)
-
-    def _wait_pods_gone(self, name: str, namespace: str, timeout: float) -> bool:
-        """Watch until the compute has no pods (True), or ``timeout`` passes (False)."""
-        from kubernetes import watch as k8s_watch
-        from kubernetes.client import CoreV1Api
-
-        deadline = time.monotonic() + timeout
-        selector = self._selector(name, "pod")
-        items, version = _apply.list_objects(self.api, _PODS, namespace, selector,
-                                             timeout=REQUEST_TIMEOUT)
-        left = {str((p.get("metadata") or {}).get("uid")) for p in items}
-        while left and time.monotonic() < deadline:
-            stream = k8s_watch.Watch()
-            try:
-                for event in stream.stream(
-                        CoreV1Api(self.api).list_namespaced_pod, namespace,
-                        label_selector=selector, resource_version=version,
-                        timeout_seconds=max(1, int(deadline - time.monotonic() + 0.999)),
-                        _request_timeout=timeout + 10, deserialize=False):
-                    meta = (event.get("object") or {}).get("metadata") or {}
-                    version = str(meta.get("resourceVersion") or version)
-                    if event.get("type") == "DELETED":
-                        left.discard(str(meta.get("uid")))
-                    if not left or time.monotonic() >= deadline:
-                        break
-            except Exception as exc:  # noqa: BLE001 - a dropped watch: look again
-                logger.debug("watching %s's pods go failed: %s", name, exc)
-                items, version = _apply.list_objects(self.api, _PODS, namespace, selector,
-                                                     timeout=REQUEST_TIMEOUT)
-                left = {str((p.get("metadata") or {}).get("uid")) for p in items}
-            finally:
-                stream.stop()
-        if left:
-            logger.warning("compute %r: %d pod(s) still terminating after %gs", name,
-                           len(left), timeout)
-        return not left
+        readiness.wait_pods_gone(api, namespace, self._selector(name, "pod"),
+                                 timeout=TEARDOWN_WAIT, name=name)
 
     # ---- Backend: status ----------------------------------------------------------------
 
@@ -565,6 +495,29 @@ class KubernetesBackend(Backend):
             return "starting"
         return "unresponsive" if pods else None
 
+    def idle_since(self, info: PodInfo) -> float | None:
+        """The pod's last activity, from its ``/metrics`` (through a port-forward)."""
+        try:
+            pod = self._ready_pod(info)
+            sock = _portforward(self.api, self._ns(info), _pods.pod_name(pod), RUNTIME_PORT)
+        except (ConnectionError, _apply.ApiFailure):
+            return None
+        try:
+            sock.settimeout(5.0)
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: pod\r\nConnection: close\r\n\r\n")
+            response = http.client.HTTPResponse(sock)
+            response.begin()
+            body = response.read() if response.status == 200 else b""
+        except (OSError, http.client.HTTPException):
+            return None
+        finally:
+            sock.close()
+        for line in body.decode("utf-8", "replace").splitlines():
+            if line.startswith("kt_last_activity_timestamp_seconds"):
+                with contextlib.suppress(ValueError, IndexError):
+                    return float(line.rsplit(" ", 1)[1])
+        return None
+
     # ---- Backend: reach -----------------------------------------------------------------
 
     def _ready_pod(self, info: PodInfo, prefer: str | None = None) -> dict[str, Any]:
@@ -667,7 +620,7 @@ class KubernetesBackend(Backend):
         """
         namespace, pod = self._log_pod(name)
         container = _pods.main_container(pod).get("name")
-        return readiness.read_log(self.api, namespace, _pods.pod_name(pod), tail=tail,
+        return read_log(self.api, namespace, _pods.pod_name(pod), tail=tail,
                                   container=container, timeout=REQUEST_TIMEOUT)
 
     def follow_logs(self, name: str, tail: int = 10,
@@ -680,66 +633,5 @@ class KubernetesBackend(Backend):
             ComputeNotFoundError: When the compute has no pod.
         """
         namespace, pod = self._log_pod(name)
-        query: list[tuple[str, Any]] = [("follow", "true"), ("tailLines", tail)]
-        container = _pods.main_container(pod).get("name")
-        if container:
-            query.append(("container", container))
-        api = self.api
-        params = api.param_serialize(
-            method="GET", resource_path=_PODS.path(namespace, _pods.pod_name(pod)) + "/log",
-            query_params=query, header_params={"Accept": "text/plain"},
-            auth_settings=["BearerToken"])
-        response = api.call_api(*params, _request_timeout=None).response
-        return _follow(response, stop or threading.Event())
-
-
-def _shared_runtime(obj: dict[str, Any]) -> dict[str, Any]:
-    """``obj`` without a compute label when it is a runtime object (shared, not owned).
-
-    The runtime ConfigMap is one per user and client version, mounted by every compute
-    of that user (see :mod:`.bootstrap`): tearing one compute down, which deletes by the
-    compute's label, must leave it to the others; no compute owns it.
-    """
-    labels = (obj.get("metadata") or {}).get("labels") or {}
-    if labels.get(identity.COMPONENT_LABEL) != "runtime" or identity.COMPUTE_LABEL not in labels:
-        return obj
-    kept = {k: v for k, v in labels.items() if k != identity.COMPUTE_LABEL}
-    return {**obj, "metadata": {**obj["metadata"], "labels": kept}}
-
-
-def _with_owner(obj: dict[str, Any], owner: dict[str, Any]) -> dict[str, Any]:
-    meta = dict(obj.get("metadata") or {})
-    meta["ownerReferences"] = [{**owner, "blockOwnerDeletion": False}]
-    return {**obj, "metadata": meta}
-
-
-def _follow(response: Any, stop: threading.Event) -> Iterator[str]:
-    """The lines of a streamed log response until it ends or ``stop`` is set."""
-    done = threading.Event()
-
-    def closer() -> None:  # a blocked read ends only when its socket is shut down
-        while not stop.wait(0.5):
-            if done.is_set():
-                return
-        readiness.abort_stream(response)
-
-    watcher = threading.Thread(target=closer, name="kt-follow-logs-close", daemon=True)
-    watcher.start()
-    try:
-        pending = b""
-        for chunk in response.stream(4096, decode_content=True):
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                yield line.decode("utf-8", "replace") + "\n"
-            if stop.is_set():
-                return
-        if pending:
-            yield pending.decode("utf-8", "replace")
-    except Exception as exc:  # noqa: BLE001 - closed by stop, or the pod went
-        logger.debug("log stream ended: %s", exc)
-    finally:
-        done.set()
-        watcher.join(timeout=2.0)
-        with contextlib.suppress(Exception):
-            response.close()
+        return follow_log(self.api, namespace, _pods.pod_name(pod), tail=tail,
+                          container=_pods.main_container(pod).get("name"), stop=stop)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import socket
 import threading
 import time
 from collections.abc import Callable, Collection
@@ -29,19 +28,18 @@ from typing import TYPE_CHECKING, Any
 from ...exceptions import PodStartError
 from . import apply as _apply
 from . import podstatus as _pods
+from .logs import LOG_TAIL_LINES, abort_stream, read_log
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
 
-__all__ = ["BOOTSTRAP_PREFIX", "LOG_TAIL_LINES", "Target", "abort_stream", "bootstrap_error",
-           "read_log", "start_error", "wait_ready"]
+__all__ = ["BOOTSTRAP_PREFIX", "LOG_TAIL_LINES", "RESTARTABLE", "Target", "abort_stream",
+           "bootstrap_error", "read_log", "start_error", "wait_pods_gone", "wait_ready"]
 
 logger = logging.getLogger(__name__)
 
 #: The prefix of the runtime bootstrap's progress lines in a pod's log.
 BOOTSTRAP_PREFIX = "kt-bootstrap:"
-#: Lines of a crashed container's log an error carries.
-LOG_TAIL_LINES = 30
 #: Failures of a container that a fresh pod may not have (a crash, an OOM kill): a pod
 #: already failing so when a start begins is replaced, not reported (see wait_ready).
 RESTARTABLE = frozenset({"CrashLoopBackOff", "OOMKilled", "Error", "Init:CrashLoopBackOff",
@@ -82,28 +80,6 @@ class Target:
         have = (meta.get("annotations") or {}).get(self.hash_annotation)
         return not (self.spec_hash and self.hash_annotation and have
                     and have != self.spec_hash)
-
-
-def read_log(api: ApiClient, namespace: str, pod: str, *, tail: int = LOG_TAIL_LINES,
-             previous: bool = False, container: str | None = None,
-             timeout: _apply.Timeout = 10.0) -> str:
-    """The last ``tail`` lines of a pod's log ("" when it cannot be read)."""
-    query: list[tuple[str, Any]] = [("tailLines", tail)]
-    if previous:
-        query.append(("previous", "true"))
-    if container:
-        query.append(("container", container))
-    params = api.param_serialize(method="GET", resource_path=_PODS.path(namespace, pod) + "/log",
-                                 query_params=query, header_params={"Accept": "text/plain"},
-                                 auth_settings=["BearerToken"])
-    try:
-        response = api.call_api(*params, _request_timeout=timeout)
-        data = response.read()
-    except Exception:  # noqa: BLE001 - a log is a nicety in an error already being raised
-        return ""
-    if not 200 <= int(response.status) <= 299:
-        return ""
-    return data.decode("utf-8", "replace") if data else ""
 
 
 def bootstrap_error(log: str) -> str | None:
@@ -186,19 +162,6 @@ def start_error(api: ApiClient, target: Target, pod: dict[str, Any],
                              pod=name, reason=reason, log_tail=tail)
     return PodStartError(f"compute {name!r} did not start: {reason}: {status.message} {where}",
                          pod=name, reason=reason)
-
-
-def abort_stream(response: Any) -> None:
-    """Unblock a thread reading a streamed response (a followed log, a watch) from another.
-
-    Closing the response from another thread would wait for the reader's lock (the reader
-    is blocked in ``recv``); shutting the socket down makes that ``recv`` return at once,
-    and the reader then closes the response itself.
-    """
-    sock = getattr(getattr(response, "connection", None), "sock", None)
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
 
 
 class _BootstrapLog:
@@ -417,3 +380,39 @@ def wait_ready(api: ApiClient, target: Target, *, timeout: float,
     finally:
         if follower is not None:
             follower.stop()
+
+
+def wait_pods_gone(api: ApiClient, namespace: str, selector: str, *, timeout: float,
+                   name: str) -> bool:
+    """Watch until no pod matches ``selector`` (True), or ``timeout`` passes (False)."""
+    from kubernetes import watch as k8s_watch
+    from kubernetes.client import CoreV1Api
+
+    deadline = time.monotonic() + timeout
+    items, version = _apply.list_objects(api, _PODS, namespace, selector, timeout=30.0)
+    left = {str((p.get("metadata") or {}).get("uid")) for p in items}
+    while left and time.monotonic() < deadline:
+        stream = k8s_watch.Watch()
+        try:
+            for event in stream.stream(
+                    CoreV1Api(api).list_namespaced_pod, namespace, label_selector=selector,
+                    resource_version=version,
+                    timeout_seconds=max(1, int(deadline - time.monotonic() + 0.999)),
+                    _request_timeout=timeout + 10, deserialize=False):
+                meta = (event.get("object") or {}).get("metadata") or {}
+                version = str(meta.get("resourceVersion") or version)
+                if event.get("type") == "DELETED":
+                    left.discard(str(meta.get("uid")))
+                if not left or time.monotonic() >= deadline:
+                    break
+        except Exception as exc:  # noqa: BLE001 - a dropped watch: look again
+            logger.debug("watching %s's pods go failed: %s", name, exc)
+            items, version = _apply.list_objects(api, _PODS, namespace, selector,
+                                                 timeout=30.0)
+            left = {str((p.get("metadata") or {}).get("uid")) for p in items}
+        finally:
+            stream.stop()
+    if left:
+        logger.warning("compute %r: %d pod(s) still terminating after %gs", name, len(left),
+                       timeout)
+    return not left
