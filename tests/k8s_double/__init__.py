@@ -24,7 +24,8 @@ Simplified, on purpose (each module's docstring has the details):
   a container reaches by path rewriting of its command, args, env and workingDir.
 - Services are stored, not proxied (no clusterIP, no DNS); no service-account token is
   mounted; memory limits are not enforced (``oom_kill`` scripts an OOM); rollouts
-  surge 100%; no ProgressDeadlineExceeded, preemption, startupProbe, exec or attach;
+  surge 100%; no ProgressDeadlineExceeded, preemption, exec or attach (a startupProbe
+  holds the other probes back until it passes, as the kubelet does);
   Knative never scales to zero; RayCluster pods run their commands as given.
 - Validation covers names, namespaces and workloads' selector/containers; schemas are
   checked elsewhere (``kubernetes-validate`` and the CRD schemas in the manifest tests).

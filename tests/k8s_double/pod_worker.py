@@ -396,8 +396,21 @@ class PodWorker:
 
     async def _probe(self, c: Container, proc: asyncio.subprocess.Process) -> None:
         readiness, liveness = c.spec.get("readinessProbe"), c.spec.get("livenessProbe")
-        ok_count = fail_count = live_fail = 0
+        startup = c.spec.get("startupProbe")
+        ok_count = fail_count = live_fail = start_fail = 0
         while proc.returncode is None and not self.stopping:
+            if startup:  # as the kubelet: no other probe runs until the startup one passes
+                if await self.kubelet.probe(startup, self.ip, c):
+                    startup = None
+                else:
+                    start_fail += 1
+                    if start_fail >= startup.get("failureThreshold", 3):
+                        self.event("Unhealthy", "Startup probe failed", "Warning")
+                        with contextlib.suppress(ProcessLookupError):
+                            os.killpg(proc.pid, signal.SIGKILL)
+                        return
+                    await asyncio.sleep(self.kubelet.probe_interval)
+                    continue
             if readiness and not self.kubelet.faults.held(self.pod(), "NotReady"):
                 ok = await self.kubelet.probe(readiness, self.ip, c)
                 ok_count, fail_count = (ok_count + 1, 0) if ok else (0, fail_count + 1)
