@@ -196,8 +196,10 @@ def test_oom_kill_eviction_and_deletion_look_as_in_a_cluster(cluster: K8sDouble,
 
 def test_deletion_is_graceful_sigterm_then_sigkill(api: client.ApiClient, ns: str) -> None:
     core = client.CoreV1Api(api)
-    script = ("import signal, time; signal.signal(signal.SIGTERM, lambda *a: print('TERM', "
-              "flush=True)); print('up', flush=True); time.sleep(1e6)")
+    # os.write: a SIGTERM can land while print('up') still flushes, and a print in the
+    # handler would then be a reentrant call into the same buffered stdout
+    script = ("import os, signal, time; signal.signal(signal.SIGTERM, lambda *a: os.write(1, "
+              "b'TERM\\n')); os.write(1, b'up\\n'); time.sleep(1e6)")
     core.create_namespaced_pod(ns, {"metadata": {"name": "stubborn"}, "spec": {
         "terminationGracePeriodSeconds": 1,
         "containers": [{"name": "main", "image": "python:3.11", "command": [PY, "-c", script]}]}})

@@ -273,6 +273,14 @@ class K8sDouble:
             raise ValueError(f"the double serves no {group}/{version} {plural}")
         return self.call(self.store.get, rt, namespace if rt.namespaced else "", name)
 
+    def claim_path(self, claim: str, namespace: str = "default") -> Path:
+        """Where the kubelet keeps a PersistentVolumeClaim's data (what pods wrote there).
+
+        The directory exists once a pod that mounts the claim has started.
+        """
+        assert self._root is not None, "the double is not started"
+        return self._root / "pvcs" / namespace / claim
+
     # --- scripted faults ------------------------------------------------------------------
     def unschedulable(self, message: str | None = None, *, selector: str | None = None,
                       name_prefix: str | None = None) -> Rule:

@@ -13,6 +13,7 @@ plus a ``FailedScheduling`` event. Preemption itself is not simulated.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import Counter
 from typing import Any
@@ -39,7 +40,11 @@ def parse_quantity(value: Any) -> float:
 
 def node_object(name: str, capacity: dict[str, str], labels: dict[str, str] | None,
                 taints: list[Obj] | None) -> Obj:
-    """A Ready ``Node`` with this capacity (allocatable the same)."""
+    """A Ready ``Node`` with this capacity (allocatable the same).
+
+    ``pods`` defaults to the kubelet's 110 (``--max-pods``) when the capacity leaves it out.
+    """
+    capacity = {"pods": "110", **capacity}
     base = {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
             "kubernetes.io/arch": "amd64"}
     return {"apiVersion": "v1", "kind": "Node",
@@ -51,8 +56,17 @@ def node_object(name: str, capacity: dict[str, str], labels: dict[str, str] | No
                        "conditions": [{"type": "Ready", "status": "True",
                                        "reason": "KubeletReady",
                                        "message": "kubelet is posting ready status"}],
-                       "nodeInfo": {"kubeletVersion": "v1.37.0", "operatingSystem": "linux",
-                                    "architecture": "amd64"}}}
+                       "nodeInfo": _node_info(name)}}
+
+
+def _node_info(name: str) -> Obj:
+    """``status.nodeInfo``: every field the API requires (clients refuse a Node without)."""
+    ident = hashlib.sha256(name.encode()).hexdigest()
+    uuid = f"{ident[:8]}-{ident[8:12]}-{ident[12:16]}-{ident[16:20]}-{ident[20:32]}"
+    return {"kubeletVersion": "v1.37.0", "kubeProxyVersion": "v1.37.0",
+            "operatingSystem": "linux", "architecture": "amd64", "osImage": "k8s-double",
+            "kernelVersion": "", "containerRuntimeVersion": "k8s-double://1",
+            "machineID": ident[:32], "systemUUID": uuid, "bootID": ident[32:64]}
 
 
 def pod_requests(pod: Obj) -> dict[str, float]:
