@@ -25,6 +25,7 @@ from pod_runtime import protocol
 from pod_runtime.protocol import shm
 
 from .errors import BridgeError, CallCancelledError, KtError, SerializationError, as_remote
+from .stats import CallStats
 
 if TYPE_CHECKING:
     from .connection import PodConnection
@@ -116,6 +117,9 @@ class CallHandle:
         self.started: float | None = None
         #: Called on the bridge's reader thread when the pod's answer arrives.
         self.on_answer: list[Callable[[], None]] = []
+        #: What the call cost on the pod (wall and CPU time, peak memory, GPUs), once its
+        #: result is here (after ``result()``); None before, or from a pod too old.
+        self.stats: CallStats | None = None
 
     def __repr__(self) -> str:
         state = "done" if self.done() else "running"
@@ -329,6 +333,7 @@ class CallHandle:
             )
             err.__cause__ = exc  # (a module missing here: the client names the versions)
             return False, err
+        self.stats = CallStats.from_wire(msg.get("stats"))
         if msg["ok"]:
             return True, msg["value"]
         err = msg["error"]

@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 
-from . import settings
+from . import podlog, settings
 from .protocol import shm
 from .server import PodServer
 
@@ -38,8 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         print("pod_runtime: KT_POD_TOKEN is not set; refusing to serve without a token",
               file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, stream=sys.__stderr__,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    podlog.configure(args.name)  # logging records: plain on stderr, or JSON lines
     logging.getLogger("websockets").setLevel(logging.WARNING)
     swept = shm.sweep_dead_owners()  # files of clients and pods killed by SIGKILL
     if swept:

@@ -1,0 +1,188 @@
+"""What each call cost on the pod: wall time, CPU time, peak RSS, per-GPU figures.
+
+:meth:`CallSampler.begin` at a call's start and :meth:`CallSampler.end` at its end
+read the clocks and the process's resident memory (one ``pread`` of
+``/proc/self/statm``); :meth:`~CallSampler.end` returns the
+:class:`~pod_runtime.protocol.messages.CallStats` that ride on the call's RESULT.
+
+While calls run, one sampler thread reads RSS (and, with a GPU, NVML: memory in use and
+utilisation) every ``KT_POD_STATS_INTERVAL`` seconds and folds each reading into every
+running call: peak RSS is the largest of the start, end and sampled values, a GPU's
+peak memory the largest sampled, its utilisation the mean of the samples. A call
+shorter than one interval gets no sample: its peak is the larger of its start and end
+values, and a GPU figure is read once at its end when it ran at least
+:data:`GPU_READ_AT_END` seconds (a no-op call never pays for NVML).
+
+The thread never wakes per call: a call only checks a flag, and wakes the thread when
+it is parked (no call for :data:`LINGER` seconds, or none yet). So a stream of warm
+calls costs two clock reads, two reads of ``statm`` and a short lock each.
+
+The figures are the process's: CPU time is the process's CPU time during the call, so
+concurrent calls each count the others' CPU too; RSS is the process's resident memory;
+GPU memory is all that is in use on the GPU (by any process).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+from . import settings
+from .gpu import GpuReader, GpuReading
+from .protocol import messages
+
+__all__ = ["GPU_READ_AT_END", "LINGER", "CallSampler", "Running", "read_rss"]
+
+#: Seconds without a running call after which the sampler thread parks.
+LINGER = 2.0
+#: A call shorter than one interval but at least this long reads the GPUs at its end.
+GPU_READ_AT_END = 0.01
+
+
+class _Statm:
+    """The process's RSS from ``/proc/self/statm`` through one kept descriptor."""
+
+    def __init__(self) -> None:
+        self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+        try:
+            self._fd: int | None = os.open("/proc/self/statm", os.O_RDONLY)
+        except OSError:  # not Linux: no RSS figures
+            self._fd = None
+
+    def read(self) -> int | None:
+        if self._fd is None:
+            return None
+        try:
+            return int(os.pread(self._fd, 128, 0).split()[1]) * self._page
+        except (OSError, ValueError, IndexError):
+            return None
+
+
+_statm: _Statm | None = None
+
+
+def read_rss() -> int | None:
+    """The process's resident memory in bytes now (None where /proc is not there)."""
+    global _statm
+    if _statm is None:
+        _statm = _Statm()
+    return _statm.read()
+
+
+@dataclass(eq=False, slots=True)
+class Running:
+    """One running call's figures so far (updated by the sampler under its lock)."""
+
+    wall0: float
+    cpu0: float
+    rss0: int | None
+    peak: int | None
+    samples: int = 0
+    gpu_peak: dict[int, int] = field(default_factory=dict)
+    gpu_util: dict[int, list[float]] = field(default_factory=dict)  # [sum, count]
+
+    def fold(self, rss: int | None, gpus: list[GpuReading], *, sample: bool = True) -> None:
+        """Fold one reading in (with the sampler's lock held; ``sample``: count it)."""
+        self.samples += sample
+        if rss is not None and (self.peak is None or rss > self.peak):
+            self.peak = rss
+        for g in gpus:
+            if g.memory_used is not None and g.memory_used > self.gpu_peak.get(g.index, -1):
+                self.gpu_peak[g.index] = g.memory_used
+            if g.utilization is not None:
+                acc = self.gpu_util.setdefault(g.index, [0.0, 0.0])
+                acc[0] += g.utilization
+                acc[1] += 1
+
+
+class CallSampler:
+    """Measures calls (see the module docstring).
+
+    Args:
+        gpu: Reads the pod's GPUs; None: no GPU figures.
+        interval: Seconds between samples while calls run; default
+            ``KT_POD_STATS_INTERVAL``.
+    """
+
+    def __init__(self, gpu: GpuReader | None, *, interval: float | None = None) -> None:
+        self.gpu = gpu
+        self.interval = float(interval if interval is not None
+                              else settings.get("KT_POD_STATS_INTERVAL"))
+        self._cv = threading.Condition(threading.Lock())
+        self._running: set[Running] = set()
+        self._parked = True  # no thread yet, or it waits for a call
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    def begin(self) -> Running:
+        """A call starts on this thread: read its starting figures."""
+        rss = read_rss()
+        run = Running(time.perf_counter(), time.process_time(), rss, rss)
+        with self._cv:
+            self._running.add(run)
+            if self._parked and not self._stopped:
+                self._parked = False
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._loop, name="kt-stats",
+                                                    daemon=True)
+                    self._thread.start()
+                else:
+                    self._cv.notify()
+        return run
+
+    def end(self, run: Running) -> messages.CallStats:
+        """The call has finished: its figures, for its RESULT."""
+        cpu = time.process_time() - run.cpu0
+        wall = time.perf_counter() - run.wall0
+        rss = read_rss()
+        with self._cv:
+            self._running.discard(run)
+        if self.gpu is not None and run.samples == 0 and wall >= GPU_READ_AT_END:
+            with contextlib.suppress(Exception):
+                run.fold(None, self.gpu.read(), sample=False)
+        peak = max((v for v in (run.peak, rss) if v is not None), default=None)
+        gpus: list[messages.GpuStats] = []
+        for index in sorted(set(run.gpu_peak) | set(run.gpu_util)):
+            acc = run.gpu_util.get(index)
+            gpus.append({"index": index, "peak_memory_bytes": run.gpu_peak.get(index),
+                         "mean_utilization": acc[0] / acc[1] if acc and acc[1] else None})
+        return {"wall_s": wall, "cpu_s": max(cpu, 0.0), "rss_start_bytes": run.rss0,
+                "rss_end_bytes": rss, "peak_rss_bytes": peak, "samples": run.samples,
+                "gpus": gpus}
+
+    def close(self) -> None:
+        """Stop the sampler thread."""
+        with self._cv:
+            self._stopped = True
+            self._cv.notify()
+
+    def _loop(self) -> None:
+        idle = 0.0
+        while True:
+            with self._cv:
+                while self._parked and not self._stopped:
+                    self._cv.wait()
+                if self._stopped:
+                    return
+            time.sleep(self.interval)
+            with self._cv:
+                busy = bool(self._running)
+            if not busy:
+                idle += self.interval
+                if idle >= LINGER:
+                    with self._cv:
+                        self._parked = not self._running
+                    idle = 0.0
+                continue
+            idle = 0.0
+            rss = read_rss()
+            gpus: list[GpuReading] = []
+            if self.gpu is not None:
+                with contextlib.suppress(Exception):  # a reader must not end sampling
+                    gpus = self.gpu.read()
+            with self._cv:
+                for run in self._running:
+                    run.fold(rss, gpus)
