@@ -1,21 +1,28 @@
 """What each call cost on the pod: wall time, CPU time, peak RSS, per-GPU figures.
 
 :meth:`CallSampler.begin` at a call's start and :meth:`CallSampler.end` at its end
-read the clocks and the process's resident memory (one ``pread`` of
-``/proc/self/statm``); :meth:`~CallSampler.end` returns the
+read the clocks; :meth:`~CallSampler.end` returns the
 :class:`~pod_runtime.protocol.messages.CallStats` that ride on the call's RESULT.
 
-While calls run, one sampler thread reads RSS (and, with a GPU, NVML: memory in use and
-utilisation) every ``KT_POD_STATS_INTERVAL`` seconds and folds each reading into every
-running call: peak RSS is the largest of the start, end and sampled values, a GPU's
-peak memory the largest sampled, its utilisation the mean of the samples. A call
-shorter than one interval gets no sample: its peak is the larger of its start and end
-values, and a GPU figure is read once at its end when it ran at least
-:data:`GPU_READ_AT_END` seconds (a no-op call never pays for NVML).
+While calls run, one sampler thread reads the process's resident memory (``statm``)
+and, with a GPU, NVML (memory in use, utilisation) every ``KT_POD_STATS_INTERVAL``
+seconds and folds each reading into every running call: peak RSS is the largest of
+the start, end and sampled values, a GPU's peak memory the largest sampled, its
+utilisation the mean of the samples.
+
+A warm call must not pay for a system call that lets go of the GIL (reading
+``/proc`` does): handing the GIL to another thread there and back cost a tenth of a
+no-op call, measured. So a call reads RSS itself only where that is amortised: at its
+start when the sampler was parked (the first call after a quiet spell, which wakes
+it anyway), else it starts from the sampler's latest reading (at most one interval
+old); at its end when it ran at least :data:`READ_AT_END` seconds, else it ends with
+that latest reading. A call shorter than one interval gets no sample: its peak is the
+larger of its start and end values. A GPU is read at a call's end when the call got no
+sample and ran at least :data:`READ_AT_END` seconds (a no-op call never pays for NVML).
 
 The thread never wakes per call: a call only checks a flag, and wakes the thread when
 it is parked (no call for :data:`LINGER` seconds, or none yet). So a stream of warm
-calls costs two clock reads, two reads of ``statm`` and a short lock each.
+calls costs two clock reads and a short lock each.
 
 The figures are the process's: CPU time is the process's CPU time during the call, so
 concurrent calls each count the others' CPU too; RSS is the process's resident memory;
@@ -28,18 +35,18 @@ import contextlib
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from . import settings
 from .gpu import GpuReader, GpuReading
 from .protocol import messages
 
-__all__ = ["GPU_READ_AT_END", "LINGER", "CallSampler", "Running", "read_rss"]
+__all__ = ["LINGER", "READ_AT_END", "CallSampler", "Running", "read_rss"]
 
 #: Seconds without a running call after which the sampler thread parks.
 LINGER = 2.0
-#: A call shorter than one interval but at least this long reads the GPUs at its end.
-GPU_READ_AT_END = 0.01
+#: A call at least this long reads RSS (and, without a sample, the GPUs) at its end.
+READ_AT_END = 0.005
 
 
 class _Statm:
@@ -81,21 +88,31 @@ class Running:
     rss0: int | None
     peak: int | None
     samples: int = 0
-    gpu_peak: dict[int, int] = field(default_factory=dict)
-    gpu_util: dict[int, list[float]] = field(default_factory=dict)  # [sum, count]
+    #: GPU index -> [peak memory or -1, sum of utilisation, utilisation samples]
+    gpus: dict[int, list[float]] | None = None  # made by the first GPU reading
 
     def fold(self, rss: int | None, gpus: list[GpuReading], *, sample: bool = True) -> None:
         """Fold one reading in (with the sampler's lock held; ``sample``: count it)."""
         self.samples += sample
         if rss is not None and (self.peak is None or rss > self.peak):
             self.peak = rss
+        if not gpus:
+            return
+        if self.gpus is None:
+            self.gpus = {}
         for g in gpus:
-            if g.memory_used is not None and g.memory_used > self.gpu_peak.get(g.index, -1):
-                self.gpu_peak[g.index] = g.memory_used
+            acc = self.gpus.setdefault(g.index, [-1.0, 0.0, 0.0])
+            if g.memory_used is not None and g.memory_used > acc[0]:
+                acc[0] = g.memory_used
             if g.utilization is not None:
-                acc = self.gpu_util.setdefault(g.index, [0.0, 0.0])
-                acc[0] += g.utilization
-                acc[1] += 1
+                acc[1] += g.utilization
+                acc[2] += 1
+
+    def gpu_stats(self) -> list[messages.GpuStats]:
+        """The per-GPU figures folded in so far."""
+        return [{"index": index, "peak_memory_bytes": int(acc[0]) if acc[0] >= 0 else None,
+                 "mean_utilization": acc[1] / acc[2] if acc[2] else None}
+                for index, acc in sorted((self.gpus or {}).items())]
 
 
 class CallSampler:
@@ -105,26 +122,34 @@ class CallSampler:
         gpu: Reads the pod's GPUs; None: no GPU figures.
         interval: Seconds between samples while calls run; default
             ``KT_POD_STATS_INTERVAL``.
+        enabled: Measure calls at all; default ``KT_POD_CALL_STATS``. When off,
+            :meth:`begin` only reads the wall clock and :meth:`end` returns None.
     """
 
-    def __init__(self, gpu: GpuReader | None, *, interval: float | None = None) -> None:
+    def __init__(self, gpu: GpuReader | None, *, interval: float | None = None,
+                 enabled: bool | None = None) -> None:
         self.gpu = gpu
+        self.enabled = bool(settings.get("KT_POD_CALL_STATS") if enabled is None else enabled)
         self.interval = float(interval if interval is not None
                               else settings.get("KT_POD_STATS_INTERVAL"))
-        self._cv = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._cv = threading.Condition(self._lock)  # the parked thread waits on it
         self._running: set[Running] = set()
         self._parked = True  # no thread yet, or it waits for a call
+        self._last_rss: int | None = None  # the sampler's latest reading
         self._thread: threading.Thread | None = None
         self._stopped = False
 
     def begin(self) -> Running:
         """A call starts on this thread: read its starting figures."""
-        rss = read_rss()
-        run = Running(time.perf_counter(), time.process_time(), rss, rss)
-        with self._cv:
+        if not self.enabled:
+            return Running(time.perf_counter(), 0.0, None, None)
+        run = Running(time.perf_counter(), time.process_time(), self._last_rss, self._last_rss)
+        with self._lock:
             self._running.add(run)
             if self._parked and not self._stopped:
                 self._parked = False
+                run.rss0 = run.peak = self._last_rss = read_rss()  # once per quiet spell
                 if self._thread is None:
                     self._thread = threading.Thread(target=self._loop, name="kt-stats",
                                                     daemon=True)
@@ -133,25 +158,22 @@ class CallSampler:
                     self._cv.notify()
         return run
 
-    def end(self, run: Running) -> messages.CallStats:
-        """The call has finished: its figures, for its RESULT."""
+    def end(self, run: Running) -> messages.CallStats | None:
+        """The call has finished: its figures, for its RESULT (None: measuring is off)."""
+        if not self.enabled:
+            return None
         cpu = time.process_time() - run.cpu0
         wall = time.perf_counter() - run.wall0
-        rss = read_rss()
-        with self._cv:
+        rss = read_rss() if wall >= READ_AT_END else self._last_rss
+        with self._lock:
             self._running.discard(run)
-        if self.gpu is not None and run.samples == 0 and wall >= GPU_READ_AT_END:
+        if self.gpu is not None and run.samples == 0 and wall >= READ_AT_END:
             with contextlib.suppress(Exception):
                 run.fold(None, self.gpu.read(), sample=False)
-        peak = max((v for v in (run.peak, rss) if v is not None), default=None)
-        gpus: list[messages.GpuStats] = []
-        for index in sorted(set(run.gpu_peak) | set(run.gpu_util)):
-            acc = run.gpu_util.get(index)
-            gpus.append({"index": index, "peak_memory_bytes": run.gpu_peak.get(index),
-                         "mean_utilization": acc[0] / acc[1] if acc and acc[1] else None})
+        peak = run.peak if rss is None or (run.peak is not None and run.peak > rss) else rss
         return {"wall_s": wall, "cpu_s": max(cpu, 0.0), "rss_start_bytes": run.rss0,
                 "rss_end_bytes": rss, "peak_rss_bytes": peak, "samples": run.samples,
-                "gpus": gpus}
+                "gpus": run.gpu_stats() if run.gpus else []}
 
     def close(self) -> None:
         """Stop the sampler thread."""
@@ -178,7 +200,7 @@ class CallSampler:
                     idle = 0.0
                 continue
             idle = 0.0
-            rss = read_rss()
+            rss = self._last_rss = read_rss()
             gpus: list[GpuReading] = []
             if self.gpu is not None:
                 with contextlib.suppress(Exception):  # a reader must not end sampling

@@ -89,8 +89,8 @@ class CallMeter:
         try:
             stats = self.sampler.end(run)
         except Exception:  # noqa: BLE001 - a figure must never cost a call its result
-            return None
-        seconds = stats["wall_s"]
+            stats = None
+        seconds = stats["wall_s"] if stats is not None else time.perf_counter() - run.wall0
         slot = bisect.bisect_left(DURATION_BUCKETS, seconds)
         with self._lock:
             key = (kind, outcome)

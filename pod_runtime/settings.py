@@ -109,6 +109,9 @@ POD_SETTINGS: dict[str, PodSetting] = {
         PodSetting("KT_POD_LOG_HISTORY", 10_000, _positive_int,
                    "Lines of recent output and logging the pod keeps for `kt logs --call` "
                    "and the notebook's log view."),
+        PodSetting("KT_POD_CALL_STATS", True, _flag,
+                   "Measure what each call costs (wall and CPU time, peak memory, GPUs) and "
+                   "send it with the result (0: off; the call metrics stay)."),
         PodSetting("KT_POD_STATS_INTERVAL", 0.05, _positive_float,
                    "Seconds between the samples of memory (and GPU) taken while calls run, "
                    "for each call's peak figures."),

@@ -90,7 +90,8 @@ def _invoke(compute: Compute, msg: _Call, label: str, blob: tuple[str, bytes] | 
 def _result(handle: CallHandle, keep: Any = None) -> Any:
     """``handle.result()``; a module one side lacks for a version mismatch says so.
 
-    ``keep``: an object whose ``last_stats`` becomes the call's :class:`CallStats`.
+    ``keep``: an object whose ``last_stats`` becomes the call's :class:`CallStats`
+    (:func:`_last_stats`).
     """
     try:
         return handle.result()
@@ -101,7 +102,7 @@ def _result(handle: CallHandle, keep: Any = None) -> Any:
         raise better from None
     finally:
         if keep is not None:
-            keep.last_stats = handle.stats
+            keep._last_stats = handle._stats  # decoded only if asked for
 
 
 async def _aresult(handle: CallHandle, keep: Any = None) -> Any:
@@ -115,7 +116,7 @@ async def _aresult(handle: CallHandle, keep: Any = None) -> Any:
         raise better from None
     finally:
         if keep is not None:
-            keep.last_stats = handle.stats
+            keep._last_stats = handle._stats  # decoded only if asked for
 
 
 def _retrying(send: Callable[[bool], CallHandle], keep: Any = None
@@ -129,6 +130,15 @@ def _retrying(send: Callable[[bool], CallHandle], keep: Any = None
             return _result(send(True), keep)
 
     return wait
+
+
+def _last_stats(owner: Any) -> CallStats | None:
+    """The figures :func:`_result` kept on ``owner``, decoded (once) now."""
+    raw = owner._last_stats
+    if raw is None or isinstance(raw, CallStats):
+        return raw
+    owner._last_stats = stats = CallStats.from_wire(raw)
+    return stats
 
 
 class Fn(Generic[T]):
@@ -156,17 +166,13 @@ class Fn(Generic[T]):
 class RemoteFn(Generic[T]):
     """A function bound to a compute; calling it runs it on the pod.
 
-    Attributes:
-        last_stats: What the last call through it (``remote(...)`` or ``await
-            remote.acall(...)``) cost on the pod: a :class:`CallStats` (wall and CPU
-            time, peak RSS, per-GPU peak memory and utilisation); None before the first.
-            A ``submit()`` handle has its own, ``handle.stats``.
+    ``last_stats`` is what the last call through it cost on the pod.
     """
 
     def __init__(self, func: Callable[..., T], compute: Compute) -> None:
         self.func = func
         self.compute = compute
-        self.last_stats: CallStats | None = None
+        self._last_stats: Any = None
         self._cached: tuple[tuple[Any, ...], Any, tuple[str, bytes]] | None = None
         self._is_async = inspect.iscoroutinefunction(func)  # asked on every call
         self.__name__ = getattr(func, "__name__", "fn")
@@ -175,6 +181,16 @@ class RemoteFn(Generic[T]):
 
     def __repr__(self) -> str:
         return f"<remote {self.__qualname__} on {self.compute.name!r}>"
+
+    @property
+    def last_stats(self) -> CallStats | None:
+        """What the last call through it cost on the pod (None before the first).
+
+        Set by ``remote(...)`` and ``await remote.acall(...)``: wall and CPU time, peak
+        RSS, per-GPU peak memory and utilisation (:class:`CallStats`). A ``submit()``
+        handle has its own, ``handle.stats``.
+        """
+        return _last_stats(self)
 
     def submit(self, *args: Any, **kwargs: Any) -> CallHandle:
         """Start a call and return at once; ``handle.result()`` waits for it."""
@@ -374,16 +390,14 @@ class RemoteMethod:
 class RemoteInstance:
     """A class instance living on a pod. Methods run there; state stays there.
 
-    Attributes:
-        last_stats: What the last blocking or awaited method call on it cost on the
-            pod (a :class:`CallStats`), None before the first.
+    ``last_stats`` is what its last method call cost on the pod.
     """
 
     def __init__(self, klass: type, compute: Compute, instance: str) -> None:
         self.klass = klass
         self.compute = compute
         self.instance = instance
-        self.last_stats: CallStats | None = None
+        self._last_stats: Any = None
         #: The pod process the instance lives in: it is gone with it.
         self._boot = compute.connection().welcome.get("boot_id")
 
@@ -409,6 +423,14 @@ class RemoteInstance:
 
     def __repr__(self) -> str:
         return f"<remote {self.klass.__qualname__} {self.instance!r} on {self.compute.name!r}>"
+
+    @property
+    def last_stats(self) -> CallStats | None:
+        """What its last blocking or awaited method call cost on the pod (a :class:`CallStats`).
+
+        None before the first; a ``submit()`` handle has its own, ``handle.stats``.
+        """
+        return _last_stats(self)
 
     def __getattr__(self, name: str) -> RemoteMethod:
         if name.startswith("__") and name.endswith("__"):
