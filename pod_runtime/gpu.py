@@ -125,7 +125,7 @@ def default_reader() -> GpuReader | None:
         pynvml.nvmlInit()
         handles = _handles(pynvml, os.environ.get("CUDA_VISIBLE_DEVICES"))
     except (pynvml.NVMLError, OSError) as exc:
-        log.info("no GPU readings: NVML did not start (%s)", exc)
+        log.debug("no GPU readings: NVML did not start (%s)", exc)  # a CPU pod: as expected
         return None
     if not handles:
         with contextlib.suppress(pynvml.NVMLError):

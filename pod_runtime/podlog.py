@@ -17,7 +17,8 @@ What goes to the container's stdout depends on ``KT_POD_LOG_FORMAT``:
   Fluent Bit) sends each line to Loki with its labels.
 
 A line is text up to a newline; text printed without one waits (per call and stream)
-for the rest of its line, and is written at the call's end at the latest. What C code
+for the rest of its line, and is written at the call's end at the latest. A line
+longer than :data:`MAX_LINE` characters is cut there (the plain log keeps it whole). What C code
 or a subprocess writes to the descriptors directly bypasses this module: it reaches the
 container's log as it is, in either format.
 """
@@ -45,6 +46,8 @@ __all__ = ["PodLog", "configure", "get_log"]
 PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 #: Text kept waiting for its newline, per call and stream, before it is a line anyway.
 MAX_PARTIAL = 64 * 1024
+#: Characters of one line kept (in the history and the JSON line); the rest is cut.
+MAX_LINE = 4096
 _LEVELS = {"stdout": "info", "stderr": "error"}
 
 
@@ -115,6 +118,8 @@ class PodLog:
     def _add(self, stream: str, call_id: int | None, text: str, level: str, *,
              when: float | None = None) -> messages.LogEntry:
         """Append an entry (with ``_lock`` held)."""
+        if len(text) > MAX_LINE:
+            text = f"{text[:MAX_LINE]}... [{len(text) - MAX_LINE} more characters cut]"
         self._seq += 1
         entry: messages.LogEntry = {
             "seq": self._seq, "time": when or time.time(), "compute": self.compute,

@@ -149,3 +149,14 @@ def test_a_bad_log_format_is_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("pod_runtime: KT_POD_LOG_FORMAT='xml': must be 'plain' or "
                                    "'json'")
+
+
+def long_line() -> None:
+    print("x" * 10_000)
+
+
+def test_a_long_line_is_cut_in_the_history(compute: Any) -> None:
+    handle = kt.fn(long_line).to(compute).submit()
+    handle.result()
+    [entry] = ComputeManager().pod_logs(compute.name, call=handle.call_id)
+    assert entry["text"].startswith("x" * 4096 + "... [5904 more characters cut]")
