@@ -173,7 +173,7 @@ class _PodCollector(Collector):
         yield gauge("kt_uptime_seconds", "Seconds since the pod started.", now - o.started)
         yield gauge("kt_last_activity_timestamp_seconds",
                     "Unix time of the last call or connection change.",
-                    now - (mono - ex.last_activity))
+                    o.wall_offset + ex.last_activity)  # the same value until it changes
         yield gauge("kt_seconds_since_last_activity",
                     "Seconds since the last call or connection change.", mono - ex.last_activity)
         yield from self._gpus(names, values)
@@ -245,6 +245,8 @@ class PodMetrics:
         self.connections = connections
         self.started = started
         self.gpu = gpu
+        #: Unix time minus monotonic time, once: activity times (monotonic) as Unix times.
+        self.wall_offset = time.time() - time.monotonic()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_PodCollector(self))
         self.registry.register(_Labelled(ProcessCollector(registry=None), self.labels))
