@@ -3,6 +3,8 @@
 Each :class:`PodMetrics` has a registry of its own (several pods may share a process
 in tests) holding one collector that reads the pod's state when scraped, so that a call
 pays only for :class:`CallMeter`'s counters, never for a metric library's locks.
+``prometheus_client`` is imported at the first scrape, not at pod start (its import is
+a quarter of the runtime's).
 
 Every series carries the labels ``compute`` (the compute's name: ``KT_POD_NAME``) and
 ``pod`` (``KT_POD_INSTANCE``, the Kubernetes pod's own name, else the compute's); the
@@ -42,22 +44,16 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
-
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-from prometheus_client.metrics_core import Metric
-from prometheus_client.process_collector import ProcessCollector
-from prometheus_client.registry import Collector
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .callstats import CallSampler, Running
 from .gpu import GpuReader
 from .protocol import messages
 
-__all__ = ["CONTENT_TYPE", "DURATION_BUCKETS", "CallMeter", "PodMetrics"]
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
 
-#: The ``Content-Type`` of ``/metrics`` (Prometheus text format 0.0.4).
-CONTENT_TYPE = CONTENT_TYPE_LATEST
+__all__ = ["DURATION_BUCKETS", "CallMeter", "PodMetrics"]
 #: Upper bounds (seconds) of the call duration histogram's buckets (+Inf besides).
 DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 3600.0)
 
@@ -125,13 +121,19 @@ class _Executor(Protocol):
     meter: CallMeter
 
 
-class _PodCollector(Collector):
+class _PodCollector:
     """Reads the pod's state at scrape time (see the module docstring)."""
 
     def __init__(self, owner: PodMetrics) -> None:
         self.owner = owner
 
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+
         o = self.owner
         names, values = list(o.labels), list(o.labels.values())
         ex = o.executor
@@ -179,6 +181,8 @@ class _PodCollector(Collector):
         yield from self._gpus(names, values)
 
     def _gpus(self, names: list[str], values: list[str]) -> Iterator[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
         reader = self.owner.gpu
         if reader is None:
             return
@@ -207,10 +211,10 @@ class _PodCollector(Collector):
                 yield family
 
 
-class _Labelled(Collector):
+class _Labelled:
     """Another collector's metrics with the pod's labels added to every sample."""
 
-    def __init__(self, inner: Collector, labels: dict[str, str]) -> None:
+    def __init__(self, inner: Any, labels: dict[str, str]) -> None:
         self.inner = inner
         self.labels = labels
 
@@ -247,10 +251,33 @@ class PodMetrics:
         self.gpu = gpu
         #: Unix time minus monotonic time, once: activity times (monotonic) as Unix times.
         self.wall_offset = time.time() - time.monotonic()
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_PodCollector(self))
-        self.registry.register(_Labelled(ProcessCollector(registry=None), self.labels))
+        self._registry: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def registry(self) -> Any:
+        """The pod's ``prometheus_client.CollectorRegistry`` (made at first use)."""
+        with self._lock:
+            if self._registry is None:
+                from prometheus_client import CollectorRegistry
+                from prometheus_client.process_collector import ProcessCollector
+
+                registry = CollectorRegistry(auto_describe=False)
+                registry.register(_PodCollector(self))  # type: ignore[arg-type]
+                registry.register(_Labelled(ProcessCollector(registry=None),  # type: ignore[arg-type]
+                                            self.labels))
+                self._registry = registry
+            return self._registry
+
+    @property
+    def content_type(self) -> str:
+        """The ``Content-Type`` of :meth:`exposition` (Prometheus text format)."""
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return str(CONTENT_TYPE_LATEST)
 
     def exposition(self) -> str:
         """The text ``/metrics`` answers (Prometheus text format)."""
+        from prometheus_client import generate_latest
+
         return generate_latest(self.registry).decode()

@@ -32,7 +32,7 @@ from . import gpu, protocol, settings
 from . import podlog as _podlog  # noqa: F401 - registers the "logs" call kind
 from . import sync as _sync  # noqa: F401 - registers the "sync" call kind
 from .executor import Executor
-from .metrics import CONTENT_TYPE, PodMetrics
+from .metrics import PodMetrics
 from .protocol import FrameType, handshake, shm, wire
 from .records import CallRecord
 
@@ -351,7 +351,7 @@ class PodServer:
             return handshake.respond(sock, proto, 200, "ready\n")
         if path == "/metrics":
             return handshake.respond(sock, proto, 200, self.metrics.exposition(),
-                                     {"Content-Type": CONTENT_TYPE})
+                                     {"Content-Type": self.metrics.content_type})
         if path != protocol.BRIDGE_PATH:
             return handshake.respond(sock, proto, 404, f"no such endpoint: {path}\n")
         presented = protocol.presented_token(request.headers.get(protocol.POD_TOKEN_HEADER),
