@@ -89,6 +89,33 @@ def hold(mib: int) -> int:
     return len(block)
 
 
+def spike(mib: int) -> int:
+    """Allocate ``mib`` MiB, wait until the pod's sampler has seen it, free it, return."""
+    import gc
+
+    from pod_runtime.callstats import CallSampler
+
+    block = bytearray(mib * MiB)
+    block[::4096] = b"\1" * len(range(0, len(block), 4096))
+    [sampler] = [o for o in gc.get_objects() if isinstance(o, CallSampler)]
+    mine = [r for r in list(sampler._running) if r.peak is not None]
+    seen = {id(r): r.samples for r in mine}
+    deadline = time.monotonic() + 60
+    while not any(r.samples > seen[id(r)] + 1 for r in mine):  # a sample after the alloc
+        assert time.monotonic() < deadline, "the sampler never sampled"
+        time.sleep(0.01)
+    size = len(block)
+    del block
+    return size
+
+
+def gate(path: str) -> None:
+    import os
+
+    while not os.path.exists(path):
+        time.sleep(0.01)
+
+
 def release() -> None:
     import builtins
 
@@ -287,6 +314,39 @@ def test_peak_rss_covers_what_a_call_allocated(compute: Any) -> None:
     assert stats is not None and stats.peak_rss_bytes and stats.rss_start_bytes
     assert stats.peak_rss_bytes >= stats.rss_end_bytes >= stats.rss_start_bytes
     assert stats.peak_rss_bytes - stats.rss_start_bytes >= 0.95 * 64 * MiB
+
+
+def test_peak_rss_covers_memory_freed_before_the_call_ended(compute: Any) -> None:
+    handle = kt.fn(spike).to(compute).submit(64)
+    assert handle.result() == 64 * MiB
+    stats = handle.stats
+    assert stats is not None and stats.samples >= 2
+    assert stats.peak_rss_bytes and stats.rss_start_bytes and stats.rss_end_bytes
+    assert stats.peak_rss_bytes - stats.rss_start_bytes >= 0.95 * 64 * MiB
+    assert stats.peak_rss_bytes - stats.rss_end_bytes >= 0.9 * 64 * MiB  # it was freed
+
+
+def test_in_flight_and_cancelled_calls(tmp_path: Path) -> None:
+    from kernel_bridge import CallCancelledError
+
+    pod = start_raw_pod(tmp_path, "--name", "cancel")
+    conn = PodConnection(pod.url, pod.token, name="cancel")
+    try:
+        handle = conn.call(*fn_call(gate, str(tmp_path / "never")))
+        deadline = time.monotonic() + timeout(30)
+        while value(scrape_port(pod.port), "kt_calls_in_flight") != 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        handle.cancel()
+        with pytest.raises(CallCancelledError):
+            handle.result(timeout(30))
+        samples = scrape_port(pod.port)
+    finally:
+        conn.close()
+        pod.stop()
+    assert value(samples, "kt_calls_in_flight") == 0
+    assert value(samples, "kt_calls_total", kind="fn", outcome="cancelled") == 1
+    assert handle.stats is not None and handle.stats.wall_s > 0
 
 
 class Counter:
