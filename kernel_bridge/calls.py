@@ -30,11 +30,18 @@ from .stats import CallStats
 if TYPE_CHECKING:
     from .connection import PodConnection
 
-__all__ = ["CallHandle", "EventSink", "InterruptIgnored", "print_event"]
+__all__ = ["CallHandle", "EventSink", "InterruptIgnored", "InterruptRepeated", "print_event"]
 
 EventSink = Callable[[dict[str, Any]], None]
 #: After a local interrupt, how long to wait for the pod to report the interrupted call.
 CANCEL_GRACE = 10.0
+#: After an interrupt, seconds before the caller is told that the pod has not acted on
+#: it yet (a Python call stops within milliseconds), and that a second interrupt now
+#: stops the wait. A second interrupt before that note is not taken as a second choice.
+INTERRUPT_NOTE_AFTER = 1.0
+#: Seconds a call waits with no news before the pod is pinged; a ping unanswered this
+#: long means the pod is busy in code that holds the GIL, and the call says so once.
+BUSY_CHECK = 5.0
 #: Guards the (rarely used) waker lists of every handle.
 _WAKERS_LOCK = threading.Lock()
 #: Guards the events every handle holds for its reader (taken briefly, by few threads).
@@ -73,6 +80,13 @@ class InterruptIgnored(KeyboardInterrupt):
         return [f"KeyboardInterrupt: {self}"]
 
 
+class InterruptRepeated(InterruptIgnored):
+    """A second interrupt, after the caller was told the pod has not acted on the first.
+
+    The caller stops waiting; the call goes on running on the pod.
+    """
+
+
 class CallHandle:
     """A call running on a pod (a future with a stream of events).
 
@@ -82,7 +96,16 @@ class CallHandle:
     Events wait for whoever reads them, at most the connection's ``max_pending_events``
     of them: beyond that (a submit nobody awaits) the oldest are dropped, and the reader
     is told how many by one marker event. The result is never dropped.
+
+    Attributes:
+        restart_hint: How a user restarts the pod, for the notes of a call waiting on a
+            pod busy in code that does not see interrupts (a caller such as a notebook
+            sets its own command).
+        second_interrupt: What a second interrupt does, as the interrupt note says it.
     """
+
+    restart_hint = "kt teardown {pod} stops it; the next call starts a fresh pod"
+    second_interrupt = " (the call goes on running on the pod)"
 
     def __init__(
         self,
@@ -201,54 +224,125 @@ class CallHandle:
         """Whether the pod has answered (the result may not be decoded yet)."""
         return self._finished
 
+    def wait_answered(self, timeout: float | None = None) -> bool:
+        """Wait until the pod answers (:meth:`done`), reading nothing; whether it did.
+
+        For a caller that waits for someone else's call (a cell waiting for the one
+        before it); interruptible with Ctrl-C.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        answered = threading.Event()  # set on every delivery (events too): check, wait on
+        with _WAKERS_LOCK:
+            self._wakers.append(answered.set)
+        try:
+            while not self._finished:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                answered.wait(left)
+                answered.clear()
+        finally:
+            with _WAKERS_LOCK, contextlib.suppress(ValueError):
+                self._wakers.remove(answered.set)
+        return self._finished
+
     def result(self, timeout: float | None = None) -> Any:
         """Wait for the call, streaming its events to the sink; return or raise its result.
 
         A ``KeyboardInterrupt`` while waiting interrupts the call on the pod, waits
-        briefly for it to stop (so that its last output is shown), then re-raises.
+        briefly for it to stop (so that its last output is shown), then re-raises. A
+        pod that does not act on it (busy in C code that holds the GIL) is reported:
+        after :data:`INTERRUPT_NOTE_AFTER` s a note says so, a second interrupt then
+        raises :class:`InterruptRepeated`, and after :data:`CANCEL_GRACE` s
+        :class:`InterruptIgnored` is raised; the call goes on on the pod.
+
+        A call that waits with no news pings the pod every :data:`BUSY_CHECK` s; one
+        whose pod does not answer says so once (a stderr note through the sink) and
+        waits on.
 
         A call the pod queued behind another run (a notebook cell waiting for the
         main thread) counts ``timeout`` from when it starts there.
 
         Raises:
             TimeoutError: ``timeout`` seconds passed (the call keeps running).
+            InterruptIgnored: The pod did not act on an interrupt (see above).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        interrupted = False
+        interrupted: float | None = None  # when the first interrupt came
+        noted = False  # the note that the pod has not acted on it was shown
+        busy_noted = False
         while self._outcome is None:
             try:
                 if timeout is not None and self.started is not None:
                     deadline = self.started + timeout
-                wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-                if self.queued is not None and self.started is None:
-                    wait = None  # not running yet: its time has not begun
-                if interrupted:
-                    wait = CANCEL_GRACE
+                waiting = self.queued is not None and self.started is None  # not begun
+                now = time.monotonic()
+                if interrupted is not None:
+                    wait = interrupted - now + (
+                        CANCEL_GRACE if noted else INTERRUPT_NOTE_AFTER)
+                else:
+                    left = None if deadline is None or waiting else deadline - now
+                    wait = BUSY_CHECK if left is None else min(left, BUSY_CHECK)
                 try:
-                    kind, payload = self._items.get(timeout=wait)
+                    kind, payload = self._items.get(timeout=max(0.0, wait))
                 except queue.Empty:
-                    if interrupted:
+                    if interrupted is not None:
+                        if not noted:
+                            noted = True
+                            self._note(
+                                f"[kt] {self.label} on pod {self.conn.name!r} has not stopped "
+                                "yet: it may be busy in code that does not see interrupts (a "
+                                "long C call holding the GIL). Interrupt again to stop "
+                                f"waiting{self.second_interrupt}.\n")
+                            continue
                         raise InterruptIgnored(
                             f"{self.label} on pod {self.conn.name!r} did not stop within "
                             f"{CANCEL_GRACE:g}s of the interrupt: it is busy in code that does "
                             "not see interrupts (a long C call holding the GIL) and goes on "
                             "running there", pod=self.conn.name) from None
-                    raise TimeoutError(
-                        f"{self.label} on {self.conn.name!r} did not finish within {timeout}s "
-                        "(it is still running; call .result() again or .cancel() it)"
-                    ) from None
+                    if deadline is not None and not waiting and time.monotonic() >= deadline:
+                        raise TimeoutError(
+                            f"{self.label} on {self.conn.name!r} did not finish within "
+                            f"{timeout}s (it is still running; call .result() again or "
+                            ".cancel() it)") from None
+                    busy_noted = self._check_busy(busy_noted)
+                    continue
                 self._consume(kind, payload)
+            except InterruptIgnored:
+                raise  # (ours, from above: not the user's second interrupt)
             except KeyboardInterrupt:
-                if interrupted:
-                    raise
-                interrupted = True
-                self.cancel()
+                if interrupted is None:
+                    interrupted = time.monotonic()
+                    self.cancel()
+                elif noted:
+                    raise InterruptRepeated(
+                        f"stopped waiting for {self.label} on pod {self.conn.name!r} (a second "
+                        "interrupt): it is busy in code that does not see interrupts and goes "
+                        "on running there", pod=self.conn.name) from None
+                # else: pressed twice before the pod could act on the first: wait on
         ok, value = self._outcome
         if ok:
             return value
-        if interrupted and _is_interrupt(value):
+        if interrupted is not None and _is_interrupt(value):
             raise KeyboardInterrupt
         raise self._cancelled(value)
+
+    def _check_busy(self, noted: bool) -> bool:
+        """No news for a while: ping the pod; say once that it does not answer."""
+        silent = self.conn.unanswered_for()
+        if silent >= BUSY_CHECK and not noted and self.conn.connected:
+            hint = self.restart_hint.format(pod=self.conn.name)
+            self._note(f"[kt] pod {self.conn.name!r} has not answered for {silent:.0f} s: it "
+                       "is busy in code that does not see interrupts (a long C call holding "
+                       f"the GIL). {self.label} waits for it; or restart the pod and lose its "
+                       f"state: {hint}.\n")
+            noted = True
+        self.conn.ping()
+        return noted
+
+    def _note(self, text: str) -> None:
+        """A line for the user, through the sink (so it lands where the call's output does)."""
+        self.sink({"kind": "stream", "name": "stderr", "text": text})
 
     def stream(self, timeout: float | None = None) -> Iterator[dict[str, Any]]:
         """Yield the call's events as they arrive (instead of sending them to the sink).

@@ -12,7 +12,17 @@ for the events and results of the calls still in flight. The pod kept them, so a
 result that finished while the connection was down is collected, not lost; a call the
 pod never received (same pod, no record of it) is sent again. When the pod is gone
 (``status``, run on a worker thread, says the process died, or it came back with
-another boot id) the calls in flight fail with :class:`PodDiedError`. One lock guards
+another boot id) the calls in flight fail with :class:`PodDiedError`.
+
+A pod that is silent is not taken for dead while ``status`` says its process runs: a pod
+whose Python is held by C code that keeps the GIL (``sum(range(10**10))``) cannot answer
+pings, read frames or accept connections until that code returns, and there is no
+thread in pure Python that could answer for it. Dropping its connection after the ping
+timeout would only start reconnects it cannot answer either (each failing after the
+connect timeout, then every call in flight failing as unreachable). So the connection
+is kept, pings go on, the calls wait for the pod, and :meth:`PodConnection.unanswered_for`
+tells callers how long it has not answered (to say it is busy). Without ``status``, a
+silent connection is dropped after the ping timeout as before. One lock guards
 the connection's state and its calls, so that every call is sent, resumed after a
 reconnect, or failed; none is left waiting.
 """
@@ -141,6 +151,27 @@ class PodConnection:
         ws = self._wire
         return ws is not None and not ws.closed
 
+    def unanswered_for(self) -> float:
+        """Seconds the pod has not answered a ping (0.0: it answers, or no ping waits).
+
+        With :meth:`ping` before, a pod that does not answer within a few seconds is
+        busy in code that holds the GIL (or unreachable; the keepalive tells the two
+        apart with the status probe).
+        """
+        ws = self._wire
+        return 0.0 if ws is None else ws.unanswered_for()
+
+    def ping(self) -> None:
+        """Ping the pod now (unless a ping waits already); see :meth:`unanswered_for`."""
+        ws = self._wire
+        if ws is not None:
+            ws.ping()
+
+    def in_flight(self) -> list[CallHandle]:
+        """The calls of this connection that have not been answered yet."""
+        with self._lock:
+            return list(self._calls.values())
+
     def call(
         self,
         body: bytes,
@@ -172,8 +203,14 @@ class PodConnection:
         """Interrupt a call on the pod."""
         self._control(FrameType.CANCEL, call_id, {})
 
-    def close(self) -> None:
-        """Close the connection; calls in flight keep running on the pod."""
+    def close(self, error: BridgeError | None = None) -> None:
+        """Close the connection; calls in flight keep running on the pod.
+
+        Args:
+            error: What the calls still waiting here fail with (default: a
+                :class:`BridgeError` saying the connection was closed and they run on),
+                e.g. a :class:`PodDiedError` when the pod is being torn down.
+        """
         with self._lock:
             if self._closing:
                 return
@@ -192,7 +229,7 @@ class PodConnection:
         self._writer.cleanup()
         # Whoever still waits would wait forever: the calls go on on the pod, and
         # Compute.connection() / conn.attach(call_id) on a new connection can follow them.
-        self._deliver_error(calls, BridgeError(
+        self._deliver_error(calls, error or BridgeError(
             f"the connection to pod {self.name!r} was closed while this call was in flight; "
             "it keeps running on the pod", pod=self.name))
 
@@ -290,7 +327,7 @@ class PodConnection:
                 ssl_context=endpoint.ssl_context, dial=guarded_dial(endpoint),
                 on_message=on_message, on_close=on_close,
                 ping_interval=self.ping_interval, ping_timeout=self.ping_timeout,
-                name=self.name,
+                on_silence=self._on_silence, name=self.name,
             )
         except handshake.HandshakeRejected as exc:
             if exc.status == 401:
@@ -431,9 +468,13 @@ class PodConnection:
                 return
             self._start_probe()
             if time.monotonic() - down_since > self.reconnect_timeout:
+                state = None if self._status is None else read_probe(self._status, self.name)
+                runs = (" Its process runs: it may be busy in code that does not see "
+                        "interrupts (a long C call holding the GIL), which answers nothing "
+                        "until it returns" if state is not None and state.alive else "")
                 self._give_up(PodUnreachableError(
                     f"lost the connection to pod {self.name!r} and could not reconnect "
-                    f"within {self.reconnect_timeout}s ({error})", pod=self.name))
+                    f"within {self.reconnect_timeout}s ({error}).{runs}", pod=self.name))
                 return
             with self._changed:
                 self._changed.wait_for(lambda: self._closing or self.dead is not None, delay)
@@ -524,6 +565,25 @@ class PodConnection:
                 self._acks[:0] = ids
 
     # -------------------------------------------------------------- failure
+    def _on_silence(self, silent: float) -> bool:
+        """Keepalive: the pod has said nothing for ``silent`` s; keep the connection?
+
+        Kept while the status probe says the process runs (busy, not gone); a probe that
+        says it ended fails the calls at once, and no probe (or one that fails) drops
+        the connection as a silent peer, which the reconnect then deals with.
+        """
+        if self._status is None or self._closing:
+            return False
+        state = read_probe(self._status, self.name)
+        if state is None:
+            return False
+        if not state.alive:
+            self._fail_all(died_error(self.name, state))
+            return False
+        log.info("pod %s has not answered for %.0fs but runs: busy in code that holds "
+                 "the GIL? keeping the connection", self.name, silent)
+        return True
+
     def _check_dead(self) -> bool:
         """Run the status probe here (never on the reader thread); fail all if it died."""
         if self._status is None:

@@ -122,6 +122,18 @@ SETTINGS: dict[str, Setting] = {
         Setting("python", "KT_PYTHON", lambda: "", str,
                 "Python interpreter for local pods whose image has no install steps.",
                 shown="the client's own"),
+        Setting("crontab_file", "KT_CRONTAB_FILE", lambda: "", _absolute_path,
+                "A crontab file local job schedules are written to instead of the user's "
+                "crontab (for tests, and machines without the crontab command).",
+                shown="(unset: the user's crontab)"),
+        Setting("job_compute", "KT_JOB_COMPUTE", lambda: "", str,
+                "Set in a scheduled job's pod: %%kt cells for the compute of this name run in "
+                "the job's own kernel (the job runs on that compute).",
+                shown="(unset)"),
+        Setting("job_spec", "KT_JOB_SPEC", lambda: "", str,
+                "Set by a job run for its kernel: the job's compute spec (JSON); cells that "
+                "name that compute (or no compute) get this spec.",
+                shown="(unset)"),
     ]
 }
 

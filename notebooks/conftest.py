@@ -18,11 +18,13 @@ _saved: dict[str, str | None] = {}
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """Point the kernels nbval starts at a fresh state dir, without progress bars."""
-    for name in (_STATE_ENV, "KT_PROGRESS"):
+    """Point the kernels nbval starts at a fresh state dir (and crontab file), no progress bars."""
+    for name in (_STATE_ENV, "KT_PROGRESS", "KT_CRONTAB_FILE"):
         _saved[name] = os.environ.get(name)
     os.environ[_STATE_ENV] = tempfile.mkdtemp(prefix="kt-notebooks-")
     os.environ["KT_PROGRESS"] = "0"
+    # export.ipynb schedules a job: into a file of the session's, never your crontab
+    os.environ["KT_CRONTAB_FILE"] = os.path.join(os.environ[_STATE_ENV], "crontab")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -78,8 +78,10 @@ class PodLog:
         self._history: collections.deque[messages.LogEntry] = collections.deque(maxlen=history)
         self._seq = 0
         self._partial: dict[tuple[int | None, str], str] = {}
-        #: Called with (stream, characters) after a JSON line is written (log rotation).
-        self.on_write: Callable[[TextIO, int], None] | None = None
+        #: Writes (stream, text) of printed lines to the pod's log: the capture's batched
+        #: tee once it is installed, else at once. Records are written at once (they are
+        #: few, and a warning is often the last thing a pod says before it acts).
+        self.write_out: Callable[[TextIO, str], None] = _write_now
 
     # ---------------------------------------------------------------- input
     def printed(self, stream: str, call_id: int | None, text: str) -> None:
@@ -113,7 +115,7 @@ class PodLog:
             entry = self._add("log", call_id, text, record.levelname.lower(),
                               when=record.created)
             entry["logger"] = record.name
-        self._out([entry])
+        self._out([entry], write=_write_now)  # a record goes out at once, as it always did
 
     def _add(self, stream: str, call_id: int | None, text: str, level: str, *,
              when: float | None = None) -> messages.LogEntry:
@@ -128,20 +130,14 @@ class PodLog:
         self._history.append(entry)
         return entry
 
-    def _out(self, entries: list[messages.LogEntry]) -> None:
-        if not (self.json_lines and entries):
-            return
+    def _out(self, entries: list[messages.LogEntry],
+             write: Callable[[TextIO, str], None] | None = None) -> None:
         out = sys.__stdout__
-        if out is None:
+        if not (self.json_lines and entries) or out is None:
             return
-        text = "".join(json.dumps({"time": _rfc3339(e["time"]), **{
+        (write or self.write_out)(out, "".join(json.dumps({"time": _rfc3339(e["time"]), **{
             k: v for k, v in e.items() if k not in ("seq", "time")}}, ensure_ascii=False) + "\n"
-            for e in entries)
-        with contextlib.suppress(OSError, ValueError):
-            out.write(text)
-            out.flush()
-        if self.on_write is not None:
-            self.on_write(out, len(text))
+            for e in entries))
 
     # --------------------------------------------------------------- output
     def entries(self, *, call: int | None = None, after: int | None = None,
@@ -177,10 +173,15 @@ class _Handler(logging.Handler):
             current = capture.current()
             self.podlog.logged(record, text, getattr(current, "call_id", None))
             if not self.podlog.json_lines and sys.__stderr__ is not None:
-                sys.__stderr__.write(self.plain.format(record) + "\n")
-                sys.__stderr__.flush()
+                _write_now(sys.__stderr__, self.plain.format(record) + "\n")
         except Exception:  # noqa: BLE001 - logging's own convention
             self.handleError(record)
+
+
+def _write_now(stream: TextIO, text: str) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        stream.write(text)
+        stream.flush()
 
 
 _log: PodLog | None = None

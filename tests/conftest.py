@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from _kernel import Kernel, start_kernel
+from k8s_double.fixtures import k8s_cluster, k8s_cluster_module  # noqa: F401  (fixtures)
 from kt_testing import RawPod, start_raw_pod
 from tcp_proxy import TcpProxy
 

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import warnings
 from pathlib import Path
 
 import pytest
@@ -289,9 +288,9 @@ def test_a_pod_found_by_name_keeps_its_definition_when_restarted() -> None:
 
             return os.environ.get("FROM_IMAGE"), os.environ.get("OWN")
 
-        with warnings.catch_warnings():  # "starting a new pod", if its exit was seen first
-            warnings.simplefilter("ignore", RuntimeWarning)
-            assert kt.fn(env).to(found)() == ("yes", "1")  # restarted with its definition
+        # restarted with its definition, saying so however the death was noticed
+        with pytest.warns(RuntimeWarning, match="state of the old one .* is lost"):
+            assert kt.fn(env).to(found)() == ("yes", "1")
         assert found.pod.pid != old_pid
         assert compute.up().pod.pid == found.pod.pid  # same definition: no restart war
     finally:

@@ -100,3 +100,34 @@ def test_links_out_of_the_project_and_secrets_stay_home(project: Path,
     report = ks.sync(compute)
     assert tree_files(Path(report.pods[0].tree))[".env"] == b"TOKEN=secret\n"
     assert ".env.local" in str(report) and ".env," not in str(report)
+
+
+def test_a_broken_module_fails_only_the_cells_that_use_it(project: Path,
+                                                           compute: kt.Compute) -> None:
+    from kubetorch_jupyter.notebook.cells import run_cell
+
+    def cell(source: str) -> str:
+        events: list[dict[str, object]] = []
+        run_cell(compute, source, sink=events.append)
+        return "".join(str(e["text"]) for e in events if e.get("kind") == "stream")
+
+    write(project, "mypkg/__init__.py", "")
+    write(project, "mypkg/model.py", "def predict():\n    return 'v1'\n")
+    write(project, "mypkg/train.py", "from mypkg import model\n\n\n"
+                                     "def train():\n    return model.predict()\n")
+    write(project, "mypkg/other.py", "def other():\n    return 'o1'\n")
+    assert cell("from mypkg import model, other\nprint(model.predict(), other.other())"
+                ) == "v1 o1\n"
+    write(project, "mypkg/model.py", "def predict(:\n    return 'v2'\n")
+    write(project, "mypkg/other.py", "def other():\n    return 'o2'\n")
+    with pytest.warns(RuntimeWarning, match=r"mypkg/model.py, line 1 failed to reload"):
+        assert cell("print(41 + 1)") == "42\n"  # uses none of it: runs
+    assert cell("import mypkg.other\nprint(mypkg.other.other())") == "o2\n"  # applied
+    for uses in ("from mypkg import model\nmodel.predict()",
+                 "import mypkg.model as m",
+                 "from mypkg.train import train\ntrain()",  # imports model: held back too
+                 "mypkg.model.predict()"):  # named by its dotted path, imported earlier
+        with pytest.raises(ks.ReloadError, match=r"mypkg/model\.py, line 1: SyntaxError"):
+            cell(uses)
+    write(project, "mypkg/model.py", "def predict():\n    return 'v3'\n")
+    assert cell("from mypkg.train import train\nprint(train())") == "v3\n"

@@ -10,6 +10,7 @@ Examples::
     kt logs dev --call 3f9a0c2e  # what one call or run printed and logged (the pod's history)
     kt config                    # every setting, its variable, value and default
     kt demo                      # a guided tour on a local pod
+    kt export NB.ipynb --schedule "0 3 * * *"   # a notebook as a nightly job (kt jobs ...)
 
 Errors (an unknown pod, a bad setting) print one line on stderr and exit with status 1.
 """
@@ -25,6 +26,7 @@ from .. import __version__, config
 from ..exceptions import KtError
 from ..manager import ComputeManager
 from ..manager.table import log_text, parse_call_id, render, table
+from . import jobs
 
 __all__ = ["main"]
 
@@ -158,6 +160,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="a guided tour on a local pod")
     p.set_defaults(func=_cmd_demo)
+
+    jobs.add_parsers(sub)  # kt export, kt jobs list|run|logs|output|rm
     return parser
 
 

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import threading
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from kernel_bridge import PodConnection, PodUnreachableError
 
 from .. import config
 from ..backends import get_backend
 from ..backends.base import Backend, PodChanged, PodInfo
+from ..backends.kubernetes.options import KubernetesOptions
 from ..exceptions import ComputeNotFoundError, ConfigError
 from ..warn import user_stacklevel
 from . import connections, policy
@@ -35,6 +37,10 @@ DECIDE_ATTEMPTS = 3
 class Compute:
     """Where code runs: resources, environment and a name to find it again.
 
+    The arguments from ``gpu_type`` on are keyword-only cluster fields: the Kubernetes
+    backend uses them, the local one ignores them; each is checked at once (see
+    :mod:`~kubetorch_jupyter.backends.kubernetes.options`).
+
     Args:
         cpus: CPU cores ("2", "500m", 0.5). The local backend pins the pod to that many.
         memory: Memory as Kubernetes writes it ("512Mi", "16Gi").
@@ -45,10 +51,37 @@ class Compute:
         inactivity_ttl: Stop the pod after this long without calls ("30m", "2h", 600).
         backend: ``"local"``, ``"kubernetes"`` (default: ``KT_BACKEND``, else local), the
             name of another registered backend, or a :class:`Backend` instance.
+        gpu_type: GPU model as a node label value ("NVIDIA-A100-SXM4-80GB", matched
+            against ``nvidia.com/gpu.product``), or "label=value" for another label.
+        node_selector: Node labels the pod must run on ({"pool": "a100"}).
+        tolerations: Taints the pod tolerates ([{"key": ..., "operator": "Exists",
+            "effect": "NoSchedule"}]); the ``nvidia.com/gpu`` taint is tolerated with gpus.
+        priority_class_name: The pod's PriorityClass.
+        namespace: The namespace of the compute's objects (default: the backend's).
+        service_account: The pod's ServiceAccount.
+        labels: Extra labels of every object ({"team": "ml"}); not ``kubetorch.dev/...``.
+        annotations: Extra annotations of every object.
+        secrets: Environment from Secrets: a Secret name (all its keys), {"ENV":
+            "secret/key"}, or a list of both.
+        volumes: PersistentVolumeClaims to mount: {"claim": "/mnt/data"} or {"claim":
+            {"path": "/mnt/data", "read_only": True}}.
+        shm_size: Size of /dev/shm ("16Gi"); default 8Gi with gpus (at most half the
+            memory limit), none without; 0 for none.
+        memory_limit: Memory limit ("32Gi"); default: ``memory`` (the request).
+        image_pull_secrets: Secrets to pull the image with (["regcred"]).
+        launch_timeout: How long the container may take to answer, install included
+            ("10m"; default 10 minutes).
+        replicas: Number of pods (default 1); more than one gives ranked replicas.
+        distributed: "pytorch" (ranked replicas with RANK/WORLD_SIZE/MASTER_ADDR) or
+            "ray" (a KubeRay RayCluster: a head and replicas - 1 workers).
+        autoscale: True or {"min_scale": 0, "max_scale": 4, "concurrency": 8,
+            "scale_to_zero_after": "10m"}: a Knative Service (min_scale 0 scales to zero).
 
     Example:
         >>> compute = kt.Compute(cpus="2", memory="4Gi", name="dev")
         >>> kt.fn(train).to(compute)(10)
+        >>> kt.Compute(gpus=1, gpu_type="NVIDIA-H100-80GB-HBM3", backend="kubernetes",
+        ...            volumes={"datasets": "/mnt/data"}, secrets=["hf-token"])
     """
 
     def __init__(
@@ -61,6 +94,24 @@ class Compute:
         name: str | None = None,
         inactivity_ttl: str | float | None = None,
         backend: str | Backend | None = None,
+        *,
+        gpu_type: str | None = None,
+        node_selector: Mapping[str, str] | None = None,
+        tolerations: Sequence[Mapping[str, Any]] | None = None,
+        priority_class_name: str | None = None,
+        namespace: str | None = None,
+        service_account: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        annotations: Mapping[str, str] | None = None,
+        secrets: str | Sequence[str | Mapping[str, str]] | Mapping[str, str] | None = None,
+        volumes: Mapping[str, str | Mapping[str, Any]] | None = None,
+        shm_size: str | int | None = None,
+        memory_limit: str | int | None = None,
+        image_pull_secrets: str | Sequence[str] | None = None,
+        launch_timeout: str | float | None = None,
+        replicas: int | None = None,
+        distributed: str | None = None,
+        autoscale: bool | Mapping[str, Any] | None = None,
     ) -> None:
         self.cpus = parse_cpus(cpus)
         self.memory = parse_memory(memory)
@@ -73,6 +124,14 @@ class Compute:
         self.env = {str(k): str(v) for k, v in (env or {}).items()}
         self.name = check_name(name or "default")
         self.inactivity_ttl = parse_duration(inactivity_ttl)
+        self.kubernetes = KubernetesOptions.parse(
+            gpu_type=gpu_type, node_selector=node_selector, tolerations=tolerations,
+            priority_class_name=priority_class_name, namespace=namespace,
+            service_account=service_account, labels=labels, annotations=annotations,
+            secrets=secrets, volumes=volumes, shm_size=shm_size, memory_limit=memory_limit,
+            image_pull_secrets=image_pull_secrets, launch_timeout=launch_timeout,
+            replicas=replicas, distributed=distributed, autoscale=autoscale)
+        self.kubernetes.check_spec(memory=self.memory, gpus=self.gpus)
         if backend is not None and not isinstance(backend, str | Backend):
             raise ConfigError(f"backend must be a name or a Backend, got {type(backend).__name__}")
         self._backend: Backend | None = backend if isinstance(backend, Backend) else None
@@ -93,6 +152,8 @@ class Compute:
             parts.append(f"gpus={self.gpus}")
         if self.image.steps or self.image.base:
             parts.append(f"image={self.image!r}")
+        if self.kubernetes.mode != "deployment":
+            parts.append(f"mode={self.kubernetes.mode!r}")
         state = "up" if self._info is not None else "not started"
         return f"Compute({', '.join(parts)}) [{state}]"
 
@@ -113,7 +174,8 @@ class Compute:
         """What this compute asks a backend for (see :class:`ComputeSpec`)."""
         return ComputeSpec(name=self.name, cpus=self.cpus, memory=self.memory, gpus=self.gpus,
                            image=self.image.to_json(), env=self.env,
-                           inactivity_ttl=self.inactivity_ttl, backend=self.backend_name)
+                           inactivity_ttl=self.inactivity_ttl, backend=self.backend_name,
+                           kubernetes=self.kubernetes.to_json())
 
     # --------------------------------------------------------------- lifecycle
     @classmethod
@@ -121,7 +183,8 @@ class Compute:
         """The compute ``spec`` describes (on ``backend``, default the spec's own)."""
         return cls(cpus=spec.cpus, memory=spec.memory, gpus=spec.gpus,
                    image=spec.build_image(), env=dict(spec.env), name=spec.name,
-                   inactivity_ttl=spec.inactivity_ttl, backend=backend or spec.backend)
+                   inactivity_ttl=spec.inactivity_ttl, backend=backend or spec.backend,
+                   **KubernetesOptions.from_json(spec.kubernetes).compute_kwargs())
 
     @classmethod
     def from_name(cls, name: str, backend: str | Backend | None = None) -> Compute:
@@ -237,20 +300,25 @@ class Compute:
         if died is not None or (status is not None and not status.alive):
             why = (str(died).split(" while calls")[0] if died is not None else
                    f"pod {info.name!r} ended ({status.describe() if status else 'gone'})")
-            warnings.warn(f"{why}; starting a new pod {info.name!r}: the state of the old "
-                          "one (imports, globals, instances) is lost", RuntimeWarning,
-                          stacklevel=user_stacklevel())
+            _warn_restart(why, info.name)
             connections.drop(info.name, backend.name)  # the old pod's, not yet marked dead
             info = self._start_again()
         try:
             return connections.pooled(backend, info)
-        except PodUnreachableError:
+        except PodUnreachableError as exc:
             # A SIGKILLed pod resets its sockets before its exit can be seen: wait for the
             # exit (an event, bounded) before calling a dead pod unreachable.
             wait = min(float(config.get("connect_timeout")), EXIT_WAIT)
-            if backend.settle(info, wait).alive:
+            settled = backend.settle(info, wait)
+            if settled.alive:
+                if "timed out" in str(exc) or "did not greet" in str(exc):
+                    raise _busy_error(info.name, exc) from None
                 raise
-            info = self._start_again()  # it died just now: start it again, once
+            # It died just now: start it again, once, and say so as above (which of the
+            # two ways a dead pod is noticed depends only on timing).
+            _warn_restart(f"pod {info.name!r} ended ({settled.describe()})", info.name)
+            connections.drop(info.name, backend.name)
+            info = self._start_again()
             return connections.pooled(backend, info)
 
     def _start_again(self) -> PodInfo:
@@ -259,7 +327,7 @@ class Compute:
 
     def teardown(self) -> None:
         """Stop this compute's pod; the next use starts a fresh one."""
-        connections.drop(self.name, self.backend_name)
+        connections.drop(self.name, self.backend_name, torn_down=True)
         self.backend.down(self.name)
         self._info = None
 
@@ -274,3 +342,22 @@ class Compute:
         except LookupError:
             return False
         return self.backend.status(info).alive
+
+
+def _warn_restart(why: str, name: str) -> None:
+    """The one warning of a pod that died and is started again: its state is lost."""
+    warnings.warn(f"{why}; starting a new pod {name!r}: the state of the old one (imports, "
+                  "globals, instances) is lost", RuntimeWarning, stacklevel=user_stacklevel())
+
+
+def _busy_error(name: str, exc: PodUnreachableError) -> PodUnreachableError:
+    """A pod whose process runs but does not answer a connection: say it is busy.
+
+    Its Python is held by code that does not let go of the GIL (a long C call such as
+    ``sum(range(10**10))``), so it cannot even accept a websocket until that returns.
+    """
+    return PodUnreachableError(
+        f"pod {name!r} runs but does not answer ({exc}): it is busy in code that does not "
+        "see interrupts (a long C call holding the GIL) and answers nothing until that "
+        f"returns. Wait and try again, or restart it and lose its state: kt teardown {name} "
+        f"(in a notebook: %kt restart {name})", pod=name)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 
-from kernel_bridge import BridgeError, PodConnection
+from kernel_bridge import BridgeError, PodConnection, PodDiedError
 
 from .. import config
 from ..backends.base import Backend, PodInfo
@@ -127,10 +127,17 @@ def other_clients(backend: Backend, info: PodInfo) -> int:
     return max(0, others - count(info.url))
 
 
-def drop(name: str, backend_name: str | None = None) -> None:
-    """Close and forget the pool's connections to pods called ``name`` (of one backend)."""
+def drop(name: str, backend_name: str | None = None, *, torn_down: bool = False) -> None:
+    """Close and forget the pool's connections to pods called ``name`` (of one backend).
+
+    With ``torn_down`` (the pod is being stopped), calls still in flight on them fail
+    with a :class:`~kernel_bridge.PodDiedError` that says so.
+    """
     with _lock:
         keys = [k for k in _pool if k[1] == name and backend_name in (None, k[0])]
         conns = [_pool.pop(k) for k in keys]
     for conn in conns:
-        conn.close()
+        conn.close(PodDiedError(
+            f"pod {name!r} was torn down by this process while calls were in flight; its "
+            "state is lost. The next .to() or %%kt starts a fresh pod", pod=name,
+            exit_status=None, reason="TornDown") if torn_down else None)

@@ -29,8 +29,10 @@ class Image:
     """A pod environment: a base container image plus install steps.
 
     Args:
-        base: Container image for the Kubernetes backend (default: the project's pod
-            image). The local backend runs on this machine's Python and ignores it.
+        base: Container image for the Kubernetes backend: any image with Python 3.11+
+            (default ``python:3.X-slim`` of this client's Python; ``deploy/Dockerfile``
+            builds one with the pod runtime preinstalled). The local backend runs on
+            this machine's Python and ignores it.
     """
 
     base: str | None = None

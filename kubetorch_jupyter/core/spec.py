@@ -57,8 +57,9 @@ class ComputeSpec:
         env: The compute's own environment variables (the image's are in its steps).
         inactivity_ttl: Seconds without calls after which the pod stops, or None.
         backend: The backend's name.
-        kubernetes: Room for Kubernetes fields (node selector, tolerations, service
-            account...), JSON-able; ignored by the local backend.
+        kubernetes: The Kubernetes fields (node selector, tolerations, volumes...) as
+            :meth:`.backends.kubernetes.options.KubernetesOptions.to_json` writes them,
+            only those not at their default; ignored by the local backend.
     """
 
     name: str

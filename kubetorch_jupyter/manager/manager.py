@@ -183,7 +183,7 @@ class ComputeManager:
             ComputeNotFoundError: When none runs.
         """
         be, _ = self._backend(name, backend)
-        connections.drop(name, be.name)
+        connections.drop(name, be.name, torn_down=True)
         be.down(name)
 
     def logs(self, name: str, tail: int = 200, backend: str | Backend | None = None) -> str:

@@ -29,7 +29,7 @@ from kernel_bridge import (
     PodConnection,
     RemoteError,
 )
-from kernel_bridge.calls import CANCEL_GRACE, InterruptIgnored
+from kernel_bridge.calls import CANCEL_GRACE, InterruptIgnored, InterruptRepeated
 from pod_runtime import protocol
 from pod_runtime.protocol import messages
 
@@ -42,7 +42,7 @@ from ..exceptions import CellTimeoutError, ConfigError, SerializationError
 from ..sync import session as _sync
 
 __all__ = ["CellInterrupted", "RunId", "attach", "busy_since", "cancel_run", "cell_filename",
-           "forget_stuck", "list_runs", "run_cell", "start_detached", "vars_call",
+           "forget_stuck", "list_runs", "restart", "run_cell", "start_detached", "vars_call",
            "waiting_note"]
 
 _RUN_ID = re.compile(r"^(?P<name>[a-z]([-a-z0-9]*[a-z0-9])?):(?P<id>[0-9a-f]{1,16})$")
@@ -165,9 +165,9 @@ def run_cell(
             on the interrupt (it is busy in C code).
     """
     msg, label = _cell_message(source, filename, first_line, push, pull, detach=False)
+    _wait_for_stuck(compute.name)
     conn = _connect(compute, source)
     body, buffers = _dump(compute, msg, label)
-    _note_stuck(compute.name, conn)
 
     def show(event: dict[str, Any]) -> None:
         if event.get("kind") == "queued":
@@ -177,6 +177,8 @@ def run_cell(
             sink(event)
 
     handle = conn.call(body, buffers, flags=protocol.FLAG_MAIN_THREAD, label=label, sink=show)
+    handle.restart_hint = "%kt restart {pod}"
+    handle.second_interrupt = " and restart the pod (a fresh process: its state is lost)"
     try:
         value = handle.result(timeout)
     except TimeoutError as exc:
@@ -187,13 +189,16 @@ def run_cell(
         raise CellTimeoutError(
             f"the cell ran longer than its timeout ({timeout:g}s) and was interrupted on pod "
             f"{conn.name!r}; the pod and its variables are intact") from None
+    except InterruptRepeated:
+        _stuck[compute.name] = (handle, time.monotonic())
+        raise CellInterrupted(_restart_on_second_interrupt(compute, handle)) from None
     except InterruptIgnored:
         _stuck[compute.name] = (handle, time.monotonic())
         raise CellInterrupted(
             f"pod {compute.name!r} is busy in code that does not see interrupts (a long C "
             "call, such as sum(range(10**10)), holds it), so the cell goes on running there. "
-            f"Wait for it, or restart the pod and lose its state: %kt restart {compute.name}"
-        ) from None
+            f"Wait for it (the next %%kt cell on {compute.name!r} waits), or restart the pod "
+            f"and lose its state: %kt restart {compute.name}") from None
     except KeyboardInterrupt:
         if handle.queued is not None and handle.started is None:
             rid = RunId.make(compute.name, int(handle.queued["behind"]["run"]))
@@ -228,20 +233,65 @@ class CellInterrupted(KeyboardInterrupt):
 _stuck: dict[str, tuple[CallHandle, float]] = {}
 
 
-def _note_stuck(name: str, conn: PodConnection) -> None:
-    """Before a cell: say so if the previous one is still stuck in C code on the pod."""
+def _wait_for_stuck(name: str) -> None:
+    """Before a cell: wait, saying so, while the previous one is stuck in C code there.
+
+    The cell is not sent meanwhile: a cell sent to a pod that cannot read it would start
+    whenever the pod comes back, even after the user gave up on it. Ctrl-C stops the
+    wait (the cell did not run).
+    """
     entry = _stuck.get(name)
     if entry is None:
         return
     handle, since = entry
-    if handle.done() or handle.conn is not conn:
-        del _stuck[name]
-        return
-    sys.stderr.write(
-        f"waiting for the previous cell on {name!r}, still busy in code that does not see "
-        f"interrupts (for {_seconds(time.monotonic() - since)}); %kt restart {name} restarts "
-        "the pod (its state is lost)\n")
-    sys.stderr.flush()
+    if not handle.done():
+        sys.stderr.write(
+            f"waiting for the previous cell on {name!r}, still busy in code that does not "
+            f"see interrupts (for {_seconds(time.monotonic() - since)}); interrupt to stop "
+            f"waiting, or restart the pod and lose its state: %kt restart {name}\n")
+        sys.stderr.flush()
+        try:
+            handle.wait_answered()
+        except KeyboardInterrupt:
+            raise CellInterrupted(
+                f"stopped waiting: this cell did not run (it was not sent). Pod {name!r} is "
+                "still busy in code that does not see interrupts (for "
+                f"{_seconds(time.monotonic() - since)}); wait for it, or restart the pod and "
+                f"lose its state: %kt restart {name}") from None
+        sys.stderr.write(f"the previous cell on {name!r} ended after "
+                         f"{_seconds(time.monotonic() - since)}; running this one\n")
+        sys.stderr.flush()
+    _stuck.pop(name, None)
+
+
+def restart(compute: Compute) -> None:
+    """Replace ``compute``'s pod by a fresh process (its state is lost), e.g. one stuck in C."""
+    compute.teardown()
+    forget_stuck(compute.name)
+    _ = compute.pod
+
+
+def _restart_on_second_interrupt(compute: Compute, handle: CallHandle) -> str:
+    """A second interrupt of a cell stuck in C code: restart the pod, unless others use it.
+
+    Returns the line to show. Work this kernel can see on the pod (its other calls in
+    flight, other clients connected to the pod when this kernel connected) is not lost
+    silently: then the pod is left running and the line says what a restart would end.
+    """
+    name = compute.name
+    others = [h.label for h in handle.conn.in_flight() if h is not handle]
+    clients = int(handle.conn.welcome.get("clients", 0) or 0)
+    if others or clients:
+        what = [f"{len(others)} other call(s) of this kernel ({', '.join(others[:3])})"
+                if others else "", f"{clients} other client(s) connected to it" if clients
+                else ""]
+        return (f"stopped waiting (a second interrupt); pod {name!r} was NOT restarted: it "
+                f"is in use by {' and '.join(w for w in what if w)}, whose work a restart "
+                f"would lose. The cell goes on running there; %kt restart {name} restarts "
+                "the pod anyway")
+    restart(compute)
+    return (f"restarted pod {name!r} (a second interrupt): the cell was stopped and the pod "
+            "is a fresh process; its state (variables, imports, runs it held) is lost")
 
 
 def forget_stuck(name: str) -> None:
@@ -310,6 +360,7 @@ def start_detached(
 ) -> RunId:
     """Start ``source`` on the pod as a detached run and return its id at once."""
     msg, label = _cell_message(source, filename, first_line, push, (), detach=True)
+    _wait_for_stuck(compute.name)
     conn = _connect(compute, source)
     body, buffers = _dump(compute, msg, label)
     started = conn.call(body, buffers, label=label, sink=event_sink).result()

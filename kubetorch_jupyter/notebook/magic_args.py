@@ -16,6 +16,8 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic_arguments import MagicArgumentParser, argument, argument_group
 
+from ..cli.jobs import add_export_arguments
+
 __all__ = ["RESOURCE_ARGS", "TARGET_ARGS", "add_group", "group", "line_parser", "variable_names"]
 
 TARGET_ARGS = [
@@ -74,6 +76,8 @@ def line_parser() -> MagicArgumentParser:
         p = sub.add_parser(cmd, help=f"{cmd} variables between the notebook and the pod")
         p.add_argument("variables", nargs="+", metavar="VAR")
         add_group(p, "compute", TARGET_ARGS)
+    export = sub.add_parser("export", help="this notebook, as saved, as a scheduled job")
+    add_export_arguments(export, notebook_optional=True)
     for cmd in ("attach", "cancel"):
         p = sub.add_parser(cmd, help=f"{cmd} a detached run")
         p.add_argument("run_id", nargs="?", metavar="RUN_ID")

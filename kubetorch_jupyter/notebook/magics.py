@@ -30,6 +30,7 @@ from ..core.compute import Compute
 from ..core.image import Image
 from ..core.resources import format_bytes, parse_duration
 from ..exceptions import ComputeNotFoundError, ConfigError
+from ..jobs import in_kernel as _job
 from ..manager import ComputeManager
 from ..manager.table import age as _age
 from ..manager.table import log_text, parse_call_id, render
@@ -99,14 +100,17 @@ class KtMagics(Magics):
                       "always)"),
         argument("--autokt-cell", action="store_true", help=argparse.SUPPRESS),
     ])
-    def kt_cell(self, line: str, cell: str) -> None:
+    def kt_cell(self, line: str, cell: str) -> Any:
         """Run this cell on a warm pod, as if it ran here.
 
         The cell runs in the pod's namespace, which lives as long as the pod (across
         cells and kernel restarts): imports stay loaded, variables stay set. Output,
         display() data, matplotlib figures and the value of the last expression show
         in this cell; an exception shows the remote traceback at the cell's own lines;
-        interrupting the kernel interrupts the cell on the pod, which survives.
+        interrupting the kernel interrupts the cell on the pod, which survives. Code
+        that does not see interrupts (a long C call holding the GIL) is said to be:
+        interrupt again to restart the pod (its state is lost), or %kt restart NAME
+        later; the next cell on that pod waits for it.
 
         With no compute flags the cell runs on the notebook's current compute (%kt use;
         else the last compute a %%kt cell named; else "default"). Resource flags change
@@ -146,6 +150,9 @@ class KtMagics(Magics):
                                  "apply; use %kt pull after %kt attach RUN_ID")
         except (ConfigError, UsageError) as exc:
             raise UsageError(f"%%kt: {exc}") from None
+        if _job.runs_here(compute):  # a job's pod that is this compute: run it right here
+            self._use(compute)
+            return _job.run_here(self.ip, cell, cell_count(self.ip), line)
         _ = compute.pod  # started if new: one that cannot start fails before it is adopted
         self._use(compute)
         first_line = 1 if args.autokt_cell else 2  # line 1 of a %%kt cell is the magic
@@ -157,7 +164,7 @@ class KtMagics(Magics):
             print(f"Started run {run_id} on {compute.name!r}; it keeps running if this kernel "
                   f"restarts or the browser closes.\nFollow it (from any kernel) with:  "
                   f"%kt attach {run_id}")
-            return
+            return None
         before = self._boots.get(compute.name)
         try:
             pulled = _cells.run_cell(compute, cell, filename=filename, first_line=first_line,
@@ -171,6 +178,7 @@ class KtMagics(Magics):
         finally:
             self._boots[compute.name] = boot_id(compute) or before
         self.ip.user_ns.update(pulled)
+        return None
 
     # ------------------------------------------------------------------- %kt
     @line_magic("kt")  # type: ignore[arg-type]  # (IPython's stub rejects a named method)
@@ -195,6 +203,9 @@ class KtMagics(Magics):
                                          the last run this kernel started)
             %kt cancel [RUN_ID]          interrupt a detached run
             %kt sync [NAME]              send this directory's code to the pod
+            %kt export [NB.ipynb] --schedule CRON [-p NAME=VALUE]
+                                         this notebook, as saved, as a scheduled job
+                                         (kt export's flags; kt jobs list shows it)
 
         push and pull take --name NAME or --compute VAR; status, runs and sync take
         --compute VAR. %%kt? explains cells, %autokt? running every cell on a pod.
@@ -254,12 +265,16 @@ class KtMagics(Magics):
             lines.append("  pod       not running (the next %%kt starts it)")
         else:
             gpus = f", GPUs {','.join(map(str, pod.gpu_ids))}" if pod.gpu_ids else ""
-            why = f" ({pod.reason}: {pod.message})" if pod.reason else ""
+            # a process that runs but does not answer: busy in C code, said as such below
+            stuck = pod.phase == "running" and pod.reason == "Unresponsive"
+            why = f" ({pod.reason}: {pod.message})" if pod.reason and not stuck else ""
             healthy = pod.phase == "running" and pod.reason is None
             lines.append(f"  pod       {pod.phase}{why}, pid {pod.pid}, up "
                          f"{_age(time.time() - pod.started_at)}{gpus}")
             if healthy:
                 lines.append(f"  activity  {self._busy(compute.name)}")
+            elif stuck:
+                lines.append(f"  activity  {self._stuck(compute.name)}")
             lines.append(f"  url       {pod.url} ({pod.backend} backend)")
             if healthy:
                 running = Compute.from_name(compute.name, backend=compute.backend)
@@ -270,15 +285,16 @@ class KtMagics(Magics):
 
     def _busy(self, name: str) -> str:
         """``busy (running cell ... for 42 s)`` for a pod running a cell, else ``idle``."""
-        stuck = _cells.busy_since(name)
-        if stuck is not None:
-            return (f"busy (in code that does not see interrupts for {_age(stuck)}; "
-                    f"%kt restart {name} restarts it)")
+        if _cells.busy_since(name) is not None:
+            return self._stuck(name)
+        running = Compute.from_name(name)
         try:
-            runs = _cells.list_runs(Compute.from_name(name), timeout=_STATUS_WAIT)
+            runs = _cells.list_runs(running, timeout=_STATUS_WAIT)
         except TimeoutError:
-            return (f"busy (not answering within {_STATUS_WAIT:g} s: in code that holds "
-                    f"the GIL? %kt restart {name} restarts it)")
+            silent = max(_STATUS_WAIT, running.connection().unanswered_for())
+            return (f"busy (not answering for {_age(silent)}: in code that does not see "
+                    f"interrupts, such as a long C call holding the GIL; wait, or restart it "
+                    f"and lose its state: %kt restart {name})")
         now = time.time()
         for run in runs:
             if run["state"] == "running":
@@ -289,11 +305,17 @@ class KtMagics(Magics):
                         f"{run['id']}{more})")
         return "idle"
 
+    def _stuck(self, name: str) -> str:
+        """The activity of a pod whose process runs but does not answer its probe."""
+        since = _cells.busy_since(name)
+        how = f" for {_age(since)}" if since is not None else ""
+        return (f"busy (in code that does not see interrupts{how}, such as a long C call "
+                f"holding the GIL: it answers nothing until that returns; wait, or restart "
+                f"it and lose its state: %kt restart {name})")
+
     def _cmd_restart(self, args: argparse.Namespace) -> None:
         compute = self._target(args)
-        compute.teardown()
-        _cells.forget_stuck(compute.name)
-        _ = compute.pod
+        _cells.restart(compute)
         print(f"restarted {compute.name!r}: a fresh pod process; its variables and imports "
               "are gone")
 
@@ -388,6 +410,11 @@ class KtMagics(Magics):
         _cells.cancel_run(run_id)
         print(f"interrupt sent to run {run_id}")
 
+    def _cmd_export(self, args: argparse.Namespace) -> None:
+        from ..jobs.from_kernel import export_from_kernel
+
+        print(export_from_kernel(self.ip, args, self.current))
+
     def _cmd_sync(self, args: argparse.Namespace) -> None:
         try:
             from ..sync import session as sync_module
@@ -451,6 +478,9 @@ class KtMagics(Magics):
         """The compute called ``name`` this notebook used, else the running pod's."""
         if name in self.computes:
             return self.computes[name]
+        job = _job.job_compute(name)  # in a job's kernel: the spec it was exported with
+        if job is not None:
+            return job
         try:
             return Compute.from_name(name)
         except ComputeNotFoundError:
@@ -458,7 +488,7 @@ class KtMagics(Magics):
 
     def _current(self) -> Compute:
         if self.current is None:
-            self.current = self._named("default") or Compute()
+            self.current = _job.job_compute() or self._named("default") or Compute()
         return self.current
 
     def _use(self, compute: Compute, *, pin: bool = False) -> None:

@@ -8,7 +8,10 @@ module and of the modules importing it (its ``blocked`` set, see
 What a call uses is found from the code about to be sent, without running it: a
 function's module, the modules, functions and classes its code names through its
 globals and closure, and what it imports; for a class, the same over its methods; for
-a notebook cell, the modules its source imports or names by their dotted path.
+a notebook cell, the modules its source imports or names by their dotted path. Given
+the project's root, what those modules import in turn, from their files in the project:
+a module the pod has not imported yet is not among those it holds back, yet importing
+it there would bind the held-back module's old code.
 """
 
 from __future__ import annotations
@@ -126,10 +129,66 @@ def needed_modules(obj: Any) -> set[str]:
     return out
 
 
-def uses(obj: Any, blocked: Iterable[str]) -> list[str]:
-    """The modules of ``blocked`` that the code of ``obj`` may use (sorted)."""
+def uses(obj: Any, blocked: Iterable[str], root: str | None = None) -> list[str]:
+    """The modules of ``blocked`` that the code of ``obj`` may use (sorted).
+
+    With ``root`` (the project's root), the project modules it needs are followed
+    through their files to what they import.
+    """
     needed = needed_modules(obj)
+    if root is not None:
+        needed = _through_project(needed, root)
     return sorted(set(blocked) & needed)
+
+
+def _module_file(name: str, root: str) -> str | None:
+    """The file of module ``name`` in the project at ``root``, if it is one of its own."""
+    for top in (root, os.path.join(root, "src")):  # (a src/ layout too)
+        base = os.path.join(top, *name.split("."))
+        for path in (base + ".py", os.path.join(base, "__init__.py")):
+            if os.path.isfile(path):
+                return path
+    return None
+
+
+def _through_project(needed: set[str], root: str) -> set[str]:
+    """``needed`` and what its project modules import, transitively (static, every import)."""
+    out = set(needed)
+    todo = list(needed)
+    while todo:
+        name = todo.pop()
+        path = _module_file(name, root)
+        if path is None:
+            continue
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                tree = ast.parse(f.read(), filename=path)
+        except (SyntaxError, ValueError, OSError):
+            continue
+        package = name if path.endswith("__init__.py") else name.rpartition(".")[0]
+        found: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    pieces = package.split(".") if package else []
+                    if node.level - 1 > len(pieces):
+                        continue
+                    head = ".".join(pieces[: len(pieces) - (node.level - 1)])
+                    base = f"{head}.{base}" if base and head else (base or head)
+                if base:
+                    found.add(base)
+                    found.update(f"{base}.{alias.name}" for alias in node.names)
+        for dep in found:
+            parts = dep.split(".")
+            for i in range(1, len(parts) + 1):
+                prefix = ".".join(parts[:i])
+                if prefix not in out:
+                    out.add(prefix)
+                    todo.append(prefix)
+    return out
 
 
 def warn_at_user(message: str, category: type[Warning]) -> None:

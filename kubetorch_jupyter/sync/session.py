@@ -492,11 +492,13 @@ def ensure(compute: Compute, needs: Any = None,
 
 def _check_reload(conns: list[PodConnection], needs: Any) -> None:
     """Raise the reload error of a pod if ``needs`` uses what it holds back, else warn once."""
+    root: str | None = None
     for conn, state in zip(conns, _transfer.states(conns), strict=True):
         if (state is None or state.error is None
                 or state.boot_id != conn.welcome.get("boot_id")):
             continue
-        if _needs.uses(needs, state.blocked):
+        root = root or str(find_project()[0])
+        if _needs.uses(needs, state.blocked, root):
             raise state.error
         if state.warned is not state.error:
             state.warned = state.error

@@ -21,6 +21,7 @@ import collections
 import contextlib
 import logging
 import os
+import select
 import socket
 import struct
 import threading
@@ -104,7 +105,13 @@ class WireConnection:
         on_message: Called on the reader thread with each message's fragments.
         on_close: Called once on the reader thread when the connection ends.
         ping_interval: Seconds between keepalive pings (None: never ping).
-        ping_timeout: Seconds without any data from the peer before giving up.
+        ping_timeout: Seconds without any data from the peer before giving up, unless
+            ``on_silence`` says the peer is alive.
+        on_silence: Called on the keepalive thread with the seconds of silence once they
+            pass ``ping_timeout``; returning True keeps the connection (the peer is known
+            to be alive but not answering: a process whose Python is held by C code
+            that keeps the GIL cannot answer pings), False drops it. Asked again at
+            every ping while the silence lasts.
         name: For logs.
     """
 
@@ -117,6 +124,7 @@ class WireConnection:
         on_close: Callable[[BaseException | None], None],
         ping_interval: float | None = 20.0,
         ping_timeout: float | None = 60.0,
+        on_silence: Callable[[float], bool] | None = None,
         pending: Sequence[Any] = (),
         name: str = "",
     ) -> None:
@@ -126,6 +134,7 @@ class WireConnection:
         self.on_close = on_close
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
+        self.on_silence = on_silence
         self.name = name
         self._closed = threading.Event()  # set once; the keepalive waits on it
         # Two locks, so that the reader never waits for a writer: if both ends were
@@ -138,6 +147,7 @@ class WireConnection:
         self._events: collections.deque[Any] = collections.deque(pending)
         self._parts: list[bytes] = []
         self._last_seen = time.monotonic()
+        self._ping_since: float | None = None  # when the oldest unanswered ping went out
         # Leader/follower: one thread at a time (the leader) reads; when the work it
         # runs for a message takes long (run_aside), the role passes to a follower.
         self._baton = threading.Condition()
@@ -147,8 +157,15 @@ class WireConnection:
         self._aside: tuple[int, float] | None = None  # (leader, since) running work
         self._ended = threading.Event()
         self._masked = protocol.side is Side.CLIENT  # RFC 6455: clients mask their frames
-        with contextlib.suppress(OSError):  # a dialled socket may be no TCP socket
+        with contextlib.suppress(OSError, AttributeError):  # a dialled socket may be no TCP
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # The peer's kernel answers TCP keepalives while its Python is held by C code;
+            # a path that is gone does not: the socket errors after ~1 min of that, which
+            # is what ends a silent connection that on_silence keeps (the peer "runs").
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 30)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
 
     @property
     def closed(self) -> bool:
@@ -487,6 +504,7 @@ class WireConnection:
 
     def _feed(self, data: bytes) -> None:
         self._last_seen = time.monotonic()
+        self._ping_since = None  # anything from the peer answers the ping
         with self._proto:
             self.protocol.receive_data(data)
             self._events.extend(self.protocol.events_received())
@@ -505,21 +523,67 @@ class WireConnection:
         elif op is Opcode.TEXT:
             self.close(1003, "binary frames only")
 
+    def unanswered_for(self) -> float:
+        """Seconds the oldest ping not answered since has waited (0.0: none waits)."""
+        since = self._ping_since
+        return 0.0 if since is None else max(0.0, time.monotonic() - since)
+
+    def ping(self) -> None:
+        """Send a ping now, unless one is waiting for its answer already (thread-safe).
+
+        Any data from the peer answers it; :meth:`unanswered_for` tells how long it has
+        waited.
+        """
+        if self._ping_since is not None:
+            return
+        with self._proto:
+            if self.protocol.state is not State.OPEN or self._ping_since is not None:
+                return
+            self._ping_since = time.monotonic()
+            self.protocol.send_ping(b"")
+            self._queue_control()
+        self._drain_control()
+
+    def _readable(self) -> bool:
+        """Whether data from the peer waits unread (this process was too busy to read)."""
+        pending = getattr(self.sock, "pending", None)  # bytes TLS has decrypted already
+        with contextlib.suppress(Exception):
+            if pending is not None and pending() > 0:
+                return True
+        try:
+            poller = select.poll()
+            poller.register(self.sock.fileno(), select.POLLIN)
+            return bool(poller.poll(0))
+        except (OSError, ValueError):
+            return False
+
     def _keepalive(self) -> None:
         assert self.ping_interval is not None
         # Waits on the closed event, not a sleep: the thread ends when the connection does.
         while not self._closed.wait(self.ping_interval):
             silent = time.monotonic() - self._last_seen
-            if self.ping_timeout is not None and silent > self.ping_timeout:
+            if (self.ping_timeout is not None and silent > self.ping_timeout
+                    and not self._readable()  # (data unread is no silence of the peer)
+                    and (self.on_silence is None or not self._peer_alive(silent))):
                 log.warning("no data from %s for %.0fs: dropping the connection",
                             self.name, silent)
                 self.abort()
                 return
             with self._proto:
                 if self.protocol.state is State.OPEN:
+                    if self._ping_since is None:
+                        self._ping_since = time.monotonic()
                     self.protocol.send_ping(b"")
                     self._queue_control()
             self._drain_control()
+
+    def _peer_alive(self, silent: float) -> bool:
+        assert self.on_silence is not None
+        try:
+            return bool(self.on_silence(silent))
+        except Exception:
+            log.exception("the silence hook of %s failed", self.name)
+            return False
 
 
 class _Watchdog:

@@ -7,8 +7,11 @@ Where things are:
   ``kt teardown`` find objects by them and by nothing else.
 - :mod:`.container`: what the runtime bootstrap hands the manifest renderer (the
   container's command, env, volumes and the objects it needs applied first).
-- ``options``, ``manifests``: the cluster fields of a compute and the objects it becomes
-  (Deployment + Service, Knative Service, RayCluster, StatefulSet, CronJob).
+- :mod:`.options`: the cluster fields of a compute (``kt.Compute(gpu_type=...,
+  tolerations=..., volumes=...)``), checked, kept in ``ComputeSpec.kubernetes``.
+- :mod:`.pods`: the pod's main container and pod spec (resources, probes, volumes, GPUs).
+- :mod:`.manifests`: the objects a compute becomes (Deployment + Service, Knative Service,
+  RayCluster, StatefulSet, CronJob), as pure dicts.
 - ``bootstrap``: how this client's runtime gets into any image at start, without a build.
 - ``backend``: apply, readiness watch, failure classification, port-forward, teardown.
 """

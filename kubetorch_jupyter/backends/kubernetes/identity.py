@@ -24,7 +24,8 @@ COMPUTE_LABEL = "kubetorch.dev/compute"
 #: ``KT_USERNAME`` of whoever created the compute.
 USER_LABEL = "kubetorch.dev/user"
 #: What the object is to the compute: ``pod`` (the workload and its pods), ``service``,
-#: ``token`` (the Secret), ``runtime`` (the runtime ConfigMap), ``job`` (a CronJob).
+#: ``token`` (the Secret), ``runtime`` (the runtime ConfigMap), ``job`` (a CronJob),
+#: ``scaler`` (the per-compute ServiceAccount/Role/RoleBinding that scales the workload).
 COMPONENT_LABEL = "kubetorch.dev/component"
 #: The compute's :meth:`~kubetorch_jupyter.core.spec.ComputeSpec.to_json`, as JSON.
 SPEC_ANNOTATION = "kubetorch.dev/spec"

@@ -60,6 +60,10 @@ _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 #: Seconds a pod gets to exit after SIGTERM before SIGKILL.
 TERM_GRACE = 5.0
+#: Seconds after SIGTERM for a pod that did not answer its health probe: its Python is
+#: held by C code (one bytecode that never lets go of the GIL), so its SIGTERM handler
+#: cannot run, and the graceful stop TERM_GRACE waits for cannot happen.
+BUSY_TERM_GRACE = 0.5
 #: Lines of the log a PodStartError carries.
 LOG_TAIL_LINES = 40
 
@@ -301,6 +305,9 @@ class LocalBackend(Backend):
     def down(self, name: str) -> None:
         """Stop the pod (SIGTERM, SIGKILL after 5 s), free its GPUs and forget it.
 
+        A pod that does not answer its health probe (busy in C code that holds the GIL,
+        so its SIGTERM handler cannot run) is killed 0.5 s after SIGTERM.
+
         Raises:
             ComputeNotFoundError: When no pod of that name is recorded.
         """
@@ -408,15 +415,29 @@ class LocalBackend(Backend):
 
     # ---- processes ------------------------------------------------------------------------
 
+    def _answers(self, info: PodInfo) -> bool:
+        """Whether the pod's Python answers its health probe (no: it is stuck in C code)."""
+        try:
+            status, _ = probe(info.url, "/healthz")
+        except OSError:
+            return False
+        return status == 200
+
     def _stop(self, info: PodInfo) -> None:
         pid = info.pid
         ours = pid is not None and self._alive(info)
         if pid is not None and ours:
+            grace = TERM_GRACE if self._answers(info) else BUSY_TERM_GRACE
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-            if not wait_gone(pid, TERM_GRACE, _CHILDREN.get(pid)):
-                logger.warning("pod %r did not exit %gs after SIGTERM; killing it",
-                               info.name, TERM_GRACE)
+            if not wait_gone(pid, grace, _CHILDREN.get(pid)):
+                if grace == TERM_GRACE:
+                    logger.warning("pod %r did not exit %gs after SIGTERM; killing it",
+                                   info.name, grace)
+                else:
+                    logger.info("pod %r is busy in code that holds the GIL (its health "
+                                "probe did not answer) and cannot handle SIGTERM; killing it",
+                                info.name)
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
                 wait_gone(pid, TERM_GRACE, _CHILDREN.get(pid))

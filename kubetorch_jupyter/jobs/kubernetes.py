@@ -1,0 +1,138 @@
+"""A job on Kubernetes: a CronJob whose pod is the job's compute and runs the notebook.
+
+``kt export --backend kubernetes`` renders, with the renderer of
+:mod:`kubetorch_jupyter.backends.kubernetes.manifests` (``render_cronjob``), in apply order:
+
+1. the runtime's ConfigMap (shared by the user's computes; the bootstrap's),
+2. ``{user}-{job}-notebook``: a ConfigMap with ``notebook.ipynb`` (outputs cleared: the
+   run makes them again, and a ConfigMap holds 1 MiB) and ``job.json`` (its parameters,
+   its compute),
+3. ``{user}-{job}-runs``: a PersistentVolumeClaim the runs are written to (unless
+   ``--runs-claim`` names one that exists),
+4. the CronJob ``{user}-{job}``: the schedule and its ``timeZone``, ``concurrencyPolicy:
+   Forbid``, history limits, a starting deadline; its pod has the compute spec's image,
+   CPUs, memory and GPUs.
+
+The pod copies the notebook (``$KT_JOB_DIR``, ``/kt/job``) into
+``$KT_STATE_DIR/jobs/<job>/`` on the claim (mounted at ``/kt/state``) and runs
+``python3 -m kubetorch_jupyter.cli jobs run <job> --scheduled``: the same runner as
+locally, so the claim holds ``runs/<run-id>/{output.ipynb, progress.log, run.json}``.
+``KT_JOB_COMPUTE`` names the job's compute, so its ``%%kt`` cells run in the pod's own
+kernel. The image must have ``kubetorch-jupyter`` (with papermill and ipykernel)
+installed: this pod runs the client, not only the pod runtime.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import nbformat
+
+from ..backends.kubernetes import identity
+from ..backends.kubernetes.bootstrap import runtime_container
+from ..backends.kubernetes.manifests import render_cronjob
+from ..backends.kubernetes.options import KubernetesOptions
+from ..backends.kubernetes.pods import resource_name
+from ..core.names import pod_name
+from ..core.spec import ComputeSpec
+from ..exceptions import ConfigError
+from .store import JobRecord
+
+__all__ = ["CONFIGMAP_LIMIT", "JOB_DIR", "STATE_DIR", "render_job"]
+
+#: Where the job's ConfigMap and runs claim are mounted in its pod.
+JOB_DIR = "/kt/job"
+STATE_DIR = "/kt/state"
+#: What a ConfigMap may hold (the API server's limit, less room for its metadata).
+CONFIGMAP_LIMIT = 1024 * 1024 - 16 * 1024
+
+#: The job container's script: the notebook from the ConfigMap to the claim, then a run.
+_SCRIPT = ('set -e; d="$KT_STATE_DIR/jobs/{name}"; mkdir -p "$d"; '
+           'cp "$KT_JOB_DIR/job.json" "$KT_JOB_DIR/notebook.ipynb" "$d/"; cd "$d"; '
+           'exec python3 -m kubetorch_jupyter.cli jobs run {name} --scheduled')
+
+
+def _notebook_text(nb: nbformat.NotebookNode) -> str:
+    clean = nbformat.from_dict(json.loads(json.dumps(nb)))
+    for cell in clean.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    return str(nbformat.writes(clean))
+
+
+def namespace_of(spec: ComputeSpec, given: str | None) -> str:
+    """The namespace the job goes in: ``given``, else the compute's own, else ``default``."""
+    options = KubernetesOptions.from_spec(spec)
+    if given and options.namespace and given != options.namespace:
+        raise ConfigError(f"--namespace {given!r}: the compute {spec.name!r} asks for "
+                          f"namespace {options.namespace!r}")
+    return given or options.namespace or "default"
+
+
+def render_job(job: JobRecord, nb: nbformat.NotebookNode, *, username: str, namespace: str,
+               runs_claim: str | None = None, runs_size: str = "1Gi",
+               history_limit: int = 3, starting_deadline_seconds: int = 300
+               ) -> list[dict[str, Any]]:
+    """The objects of ``job`` on Kubernetes, in apply order (see the module docstring).
+
+    Raises:
+        ConfigError: No schedule, a notebook over a ConfigMap's size, or what the
+            renderer refuses (a schedule, a namespace, a name).
+    """
+    if not job.schedule:
+        raise ConfigError("--backend kubernetes needs --schedule: the schedule is what the "
+                          "cluster keeps (kt jobs run runs a job by hand locally)")
+    spec = ComputeSpec.from_json(job.compute) if job.compute else ComputeSpec(name=job.name)
+    base = pod_name(job.name, username)
+    config_name = resource_name(base, "-notebook")
+    claim = runs_claim or resource_name(base, "-runs")
+    record = dataclasses.asdict(job)
+    record.update(cwd=f"{STATE_DIR}/jobs/{job.name}", notebook=f"{JOB_DIR}/notebook.ipynb",
+                  env={}, crontab_line=None)
+    data = {"notebook.ipynb": _notebook_text(nb),
+            "job.json": json.dumps(record, indent=1, sort_keys=True)}
+    size = sum(len(v.encode()) for v in data.values())
+    if size > CONFIGMAP_LIMIT:
+        raise ConfigError(f"the notebook is {size / 2**20:.1f} MiB without its outputs; a "
+                          "ConfigMap holds 1 MiB: move data out of the notebook (read it "
+                          "from a volume) and export again")
+    labels = identity.labels(spec.name, username, "job")
+    objects: list[dict[str, Any]] = [{
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": config_name, "namespace": namespace, "labels": labels},
+        "data": data,
+    }]
+    if runs_claim is None:
+        objects.append({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": claim, "namespace": namespace, "labels": labels},
+            "spec": {"accessModes": ["ReadWriteOnce"],
+                     "resources": {"requests": {"storage": runs_size}}},
+        })
+    runtime = runtime_container(spec, username=username, namespace=namespace)
+    runtime = dataclasses.replace(
+        runtime,
+        env=[*runtime.env,
+             {"name": "KT_STATE_DIR", "value": STATE_DIR},
+             {"name": "KT_JOB_DIR", "value": JOB_DIR},
+             {"name": "KT_JOB_COMPUTE", "value": spec.name},
+             {"name": "KT_JOB_SPEC", "value": json.dumps(spec.to_json(), sort_keys=True)},
+             {"name": "KT_USERNAME", "value": username}],
+        volumes=[*runtime.volumes,
+                 {"name": "kt-job", "configMap": {"name": config_name, "defaultMode": 0o444}},
+                 {"name": "kt-job-runs", "persistentVolumeClaim": {"claimName": claim}}],
+        volume_mounts=[*runtime.volume_mounts,
+                       {"name": "kt-job", "mountPath": JOB_DIR, "readOnly": True},
+                       {"name": "kt-job-runs", "mountPath": STATE_DIR}],
+        objects=[*runtime.objects, *objects],
+    )
+    try:
+        return render_cronjob(
+            spec, runtime=runtime, username=username, namespace=namespace,
+            schedule=job.schedule, timezone=job.timezone, name=job.name,
+            command=["/bin/sh", "-c", _SCRIPT.format(name=job.name)],
+            history_limit=history_limit, starting_deadline_seconds=starting_deadline_seconds)
+    except ValueError as exc:  # the renderer's namespace check
+        raise ConfigError(str(exc)) from None
