@@ -12,17 +12,18 @@ the start, end and sampled values, a GPU's peak memory the largest sampled, its
 utilisation the mean of the samples.
 
 A warm call must not pay for a system call that lets go of the GIL: ``os.pread``
-does, and handing the GIL to another thread of the pod there and back cost 5-9% of a
-no-op call, measured. So a call reads ``statm`` through libc's ``pread`` called with
-the GIL held (``ctypes.PyDLL``: about 1.5 us, no hand-over); where that is not
-available it falls back to ``os.pread``. A call shorter than one interval gets no
+does, and handing the GIL to another thread of the pod there and back cost a few
+percent of a no-op call in A/B runs. So a call reads ``statm`` through libc's
+``pread`` called with the GIL held (``ctypes.PyDLL``: about 1.5 us, no hand-over);
+where that is not available it falls back to ``os.pread``. A call shorter than one interval gets no
 sample: its peak is the larger of its start and end values. A GPU is read at a call's
 end when the call got no sample and ran at least :data:`READ_AT_END` seconds (a no-op
 call never pays for NVML).
 
 The thread never wakes per call: a call only checks a flag, and wakes the thread when
 it is parked (no call for :data:`LINGER` seconds, or none yet). So a stream of warm
-calls costs two clock reads and a short lock each.
+calls costs two clock reads, two ``statm`` reads and a short lock each (about 8 us
+on the pod, measured in a pod's own thread).
 
 The figures are the process's: CPU time is the process's CPU time during the call, so
 concurrent calls each count the others' CPU too; RSS is the process's resident memory;

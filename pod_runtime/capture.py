@@ -277,6 +277,7 @@ def install(emit: Callable[[Any, str, str], None]) -> None:
     global _plog
     _plog = podlog.get_log()
     _plog.write_out = _tee.add  # its lines join the teed output, in order, batched
+    _plog.flush_out = _tee.flush
     if not isinstance(sys.stdout, RoutingStream):
         sys.stdout = RoutingStream("stdout", sys.__stdout__, emit)
     if not isinstance(sys.stderr, RoutingStream):

@@ -82,6 +82,8 @@ class PodLog:
         #: tee once it is installed, else at once. Records are written at once (they are
         #: few, and a warning is often the last thing a pod says before it acts).
         self.write_out: Callable[[TextIO, str], None] = _write_now
+        #: Writes out what :attr:`write_out` holds back (before a record, to keep order).
+        self.flush_out: Callable[[], None] = _nothing
 
     # ---------------------------------------------------------------- input
     def printed(self, stream: str, call_id: int | None, text: str) -> None:
@@ -115,7 +117,12 @@ class PodLog:
             entry = self._add("log", call_id, text, record.levelname.lower(),
                               when=record.created)
             entry["logger"] = record.name
-        self._out([entry], write=_write_now)  # a record goes out at once, as it always did
+        self._out([entry], write=self._write_record)
+
+    def _write_record(self, stream: TextIO, text: str) -> None:
+        """A record goes out at once, after the printed lines before it."""
+        self.flush_out()
+        _write_now(stream, text)
 
     def _add(self, stream: str, call_id: int | None, text: str, level: str, *,
              when: float | None = None) -> messages.LogEntry:
@@ -173,9 +180,13 @@ class _Handler(logging.Handler):
             current = capture.current()
             self.podlog.logged(record, text, getattr(current, "call_id", None))
             if not self.podlog.json_lines and sys.__stderr__ is not None:
-                _write_now(sys.__stderr__, self.plain.format(record) + "\n")
+                self.podlog._write_record(sys.__stderr__, self.plain.format(record) + "\n")
         except Exception:  # noqa: BLE001 - logging's own convention
             self.handleError(record)
+
+
+def _nothing() -> None:
+    return None
 
 
 def _write_now(stream: TextIO, text: str) -> None:
