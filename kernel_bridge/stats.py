@@ -57,17 +57,19 @@ class CallStats:
     The figures are the pod process's, measured while the call ran: ``cpu_s`` is the
     process's CPU time during the call (for calls running at once, each counts the
     others' too), RSS is the process's resident memory, sampled every
-    ``KT_POD_STATS_INTERVAL`` seconds (0.05) plus at the start and end. A call shorter
-    than one interval has ``samples == 0``: its peak is the larger of its start and
-    end values.
+    ``KT_POD_STATS_INTERVAL`` seconds (0.05) while calls run. The start value is the
+    latest reading when the call started (at most one interval old); the end value is
+    read at the end of a call that ran 5 ms or more, else the latest reading too. A
+    call shorter than one interval has ``samples == 0``: its peak is the larger of its
+    start and end values.
 
     Attributes:
         wall_s: Seconds from the call's start on the pod to its end.
         cpu_s: CPU seconds the pod process used meanwhile.
         peak_rss_bytes: The largest resident memory seen (None where the pod cannot
             read it: not Linux).
-        rss_start_bytes: Resident memory when the call started.
-        rss_end_bytes: Resident memory when it ended.
+        rss_start_bytes: Resident memory when the call started (see above).
+        rss_end_bytes: Resident memory when it ended (see above).
         samples: How many samples the sampler took during the call.
         gpus: Per-GPU figures, when the pod has GPUs that NVML reads.
     """

@@ -284,7 +284,8 @@ class CallStats(TypedDict):
 
     CPU time and RSS are the process's: concurrent calls overlap. ``samples`` counts
     the sampler's readings during the call (0 for a call shorter than one interval:
-    the peak is then the larger of the start and end values).
+    the peak is then the larger of the start and end values, which are the latest
+    readings there, at most one interval old).
     """
 
     wall_s: float
