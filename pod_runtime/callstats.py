@@ -11,10 +11,10 @@ seconds and folds each reading into every running call: peak RSS is the largest 
 the start, end and sampled values, a GPU's peak memory the largest sampled, its
 utilisation the mean of the samples.
 
-A warm call must not pay for reading ``/proc``: two reads of ``statm`` per call cost
-a warm no-op call 4-18% in interleaved A/B runs against a pod that does not measure
-(1.0-1.03 without them), whether through ``os.pread`` or libc's ``pread`` with the GIL
-held: it is the read itself, in a process whose other threads run. So a call reads
+A warm call should not pay for reading ``/proc``: two reads of ``statm`` per call
+measured as a cost of several percent of a warm no-op call, whether through
+``os.pread`` or libc's ``pread`` with the GIL held (the read itself, in a process whose
+other threads run; ``_Statm`` uses the latter). So a call reads
 ``statm`` itself only where that is amortised: at its start when the sampler was
 parked (the first call after a quiet spell, which wakes it anyway), else it starts
 from the sampler's latest reading (at most one interval old); at its end when it ran
