@@ -18,6 +18,7 @@ from .errors import (
     RemoteError,
     SerializationError,
 )
+from .stats import CallStats, GpuStats
 from .status import PodState, StatusProbe
 
 __all__ = [
@@ -26,9 +27,11 @@ __all__ = [
     "CallCancelledError",
     "CallHandle",
     "CallLostError",
+    "CallStats",
     "Endpoint",
     "EndpointProvider",
     "EventSink",
+    "GpuStats",
     "KtError",
     "PodConnection",
     "PodDiedError",

@@ -17,7 +17,7 @@ subpackages stay importable by their full names, ``kubetorch_jupyter.config``).
 
 from typing import TYPE_CHECKING
 
-from kernel_bridge import CallHandle
+from kernel_bridge import CallHandle, CallStats
 
 from .calls.remote import Cls, Fn, RemoteFn, RemoteInstance, RemoteMethod, cls, fn
 from .core.compute import Compute
@@ -73,6 +73,7 @@ __all__ = [
     "CallCancelledError",
     "CallHandle",
     "CallLostError",
+    "CallStats",
     "Cls",
     "Compute",
     "ComputeInUseError",

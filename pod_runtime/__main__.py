@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 
-from . import settings
+from . import podlog, settings
 from .protocol import shm
 from .server import PodServer
 
@@ -38,8 +38,11 @@ def main(argv: list[str] | None = None) -> int:
         print("pod_runtime: KT_POD_TOKEN is not set; refusing to serve without a token",
               file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, stream=sys.__stderr__,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        podlog.configure(args.name)  # logging records: plain on stderr, or JSON lines
+    except ValueError as exc:  # a KT_POD_... variable its parser rejects
+        print(f"pod_runtime: {exc}", file=sys.stderr)
+        return 2
     logging.getLogger("websockets").setLevel(logging.WARNING)
     swept = shm.sweep_dead_owners()  # files of clients and pods killed by SIGKILL
     if swept:
@@ -51,8 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     # (The executor clears the mask while a call's own code runs: see Executor._run.)
     handled = {signal.SIGTERM, signal.SIGINT}
     signal.pthread_sigmask(signal.SIG_BLOCK, handled)
-    server = PodServer(token, name=args.name, host=args.host, port=args.port,
-                       inactivity_ttl=args.inactivity_ttl, max_workers=args.max_workers)
+    try:
+        server = PodServer(token, name=args.name, host=args.host, port=args.port,
+                           inactivity_ttl=args.inactivity_ttl, max_workers=args.max_workers)
+    except ValueError as exc:
+        print(f"pod_runtime: {exc}", file=sys.stderr)
+        return 2
     port = server.start_in_thread()
     logging.getLogger("kubetorch.pod").info("pod %s listening on %s:%d (pid %d)",
                                             args.name, args.host, port, os.getpid())

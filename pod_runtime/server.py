@@ -28,9 +28,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import cells as _cells  # noqa: F401 - registers the notebook cell call kinds
-from . import protocol, settings
+from . import gpu, protocol, settings
+from . import podlog as _podlog  # noqa: F401 - registers the "logs" call kind
 from . import sync as _sync  # noqa: F401 - registers the "sync" call kind
 from .executor import Executor
+from .metrics import PodMetrics
 from .protocol import FrameType, handshake, shm, wire
 from .records import CallRecord
 
@@ -233,11 +235,6 @@ class _Outbound:
     finish: Callable[[], None] | None = None  # writes the rest of a begun message
 
 
-def _label_value(text: str) -> str:
-    """Escape a Prometheus label value (text format: backslash, double quote, newline)."""
-    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
 def _events_frame(call_id: int, events: list[dict[str, Any]]) -> list[bytes | memoryview]:
     return protocol.encode_frame(FrameType.EVENTS, call_id,
                                  protocol.dump_json({"events": events}))
@@ -279,6 +276,9 @@ class PodServer:
         self._listener: socket.socket | None = None
         self._conns: set[_Conn] = set()
         self._versions = protocol.package_versions()
+        self.metrics = PodMetrics(name, settings.get("KT_POD_INSTANCE") or name,
+                                  executor=self.executor, connections=lambda: len(self._conns),
+                                  started=self.started, gpu=gpu.default_reader())
 
     # ------------------------------------------------------------ lifecycle
     def start_in_thread(self) -> int:
@@ -350,8 +350,8 @@ class PodServer:
         if path == "/ready":
             return handshake.respond(sock, proto, 200, "ready\n")
         if path == "/metrics":
-            return handshake.respond(sock, proto, 200, self._metrics(),
-                                {"Content-Type": "text/plain; version=0.0.4"})
+            return handshake.respond(sock, proto, 200, self.metrics.exposition(),
+                                     {"Content-Type": self.metrics.content_type})
         if path != protocol.BRIDGE_PATH:
             return handshake.respond(sock, proto, 404, f"no such endpoint: {path}\n")
         presented = protocol.presented_token(request.headers.get(protocol.POD_TOKEN_HEADER),
@@ -407,22 +407,6 @@ class PodServer:
                 if rec.owner is conn:
                     rec.owner = None
             self.executor.last_activity = time.monotonic()
-
-    def _metrics(self) -> str:
-        ex = self.executor
-        running = sum(1 for r in list(ex.records.values()) if r.state != "done")
-        labels = f'{{pod="{_label_value(self.name)}"}}'
-        rows = [
-            ("kt_calls_total", "counter", ex.calls_total),
-            ("kt_calls_failed_total", "counter", ex.calls_failed),
-            ("kt_calls_in_flight", "gauge", running),
-            ("kt_connections", "gauge", len(self._conns)),
-            ("kt_uptime_seconds", "gauge", round(time.time() - self.started, 3)),
-            # wall time of the last call or connection change: listings show idle time
-            ("kt_last_activity_timestamp_seconds", "gauge",
-             round(time.time() - (time.monotonic() - ex.last_activity), 3)),
-        ]
-        return "".join(f"# TYPE {n} {t}\n{n}{labels} {v}\n" for n, t, v in rows)
 
     # --------------------------------------------------------------- frames
     def _on_message(self, conn: _Conn, parts: list[bytes]) -> None:

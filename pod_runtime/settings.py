@@ -33,6 +33,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _log_format(text: str) -> str:
+    value = text.strip().lower()
+    if value not in ("plain", "json"):
+        raise ValueError("must be 'plain' or 'json'")
+    return value
+
+
 _UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "ki": 1024, "mi": 1024**2,
           "gi": 1024**3}
 
@@ -66,7 +73,11 @@ POD_SETTINGS: dict[str, PodSetting] = {
         PodSetting("KT_POD_TOKEN", "", str,
                    "The token clients must present (required; removed from the environment "
                    "once read, so code on the pod never sees it)."),
-        PodSetting("KT_POD_NAME", "pod", str, "The pod's name in messages and metrics."),
+        PodSetting("KT_POD_NAME", "pod", str,
+                   "The pod's name in messages; the `compute` label of its metrics and logs."),
+        PodSetting("KT_POD_INSTANCE", "", str,
+                   "The `pod` label of its metrics and logs: the Kubernetes pod's own name "
+                   "(the manifests set it from the downward API); empty: KT_POD_NAME."),
         PodSetting("KT_STATE_DIR", "", str,
                    "State directory; synced trees go under <KT_STATE_DIR>/sync/<pod>."),
         PodSetting("KT_SYNC_DIR", "", str,
@@ -91,6 +102,19 @@ POD_SETTINGS: dict[str, PodSetting] = {
         PodSetting("KT_POD_LOG_MAX_BYTES", 10 * 1024**2, byte_size,
                    "Size at which the pod's log file (its stdout, when that is a file) is "
                    "rotated to <log>.1; one rotated file is kept."),
+        PodSetting("KT_POD_LOG_FORMAT", "plain", _log_format,
+                   "What the pod writes to its stdout: `plain` text as printed (the local "
+                   "backend's log), or `json` lines with time, compute, pod, call, stream, "
+                   "level and text (set by the Kubernetes manifests, for a log shipper)."),
+        PodSetting("KT_POD_LOG_HISTORY", 10_000, _positive_int,
+                   "Lines of recent output and logging the pod keeps for `kt logs --call` "
+                   "and the notebook's log view."),
+        PodSetting("KT_POD_CALL_STATS", True, _flag,
+                   "Measure what each call costs (wall and CPU time, peak memory, GPUs) and "
+                   "send it with the result (0: off; the call metrics stay)."),
+        PodSetting("KT_POD_STATS_INTERVAL", 0.05, _positive_float,
+                   "Seconds between the samples of memory (and GPU) taken while calls run, "
+                   "for each call's peak figures."),
     ]
 }
 

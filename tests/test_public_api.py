@@ -11,7 +11,7 @@ import kubetorch_jupyter as kt
 DOCUMENTED = {
     # describe and run
     "Compute", "Image", "fn", "cls", "Fn", "Cls", "RemoteFn", "RemoteInstance", "RemoteMethod",
-    "CallHandle",
+    "CallHandle", "CallStats",
     # errors
     "KtError", "ConfigError", "ComputeNotFoundError", "ComputeInUseError",
     "ResourceUnavailableError", "ImageBuildError", "PodStartError", "BridgeError",

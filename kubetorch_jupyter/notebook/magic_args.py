@@ -71,6 +71,7 @@ def line_parser() -> MagicArgumentParser:
     logs = sub.add_parser("logs", help="print what a pod printed")
     logs.add_argument("name", nargs="?", metavar="NAME")
     logs.add_argument("-n", "--tail", type=int, default=100, metavar="LINES")
+    logs.add_argument("--call", metavar="ID", help="only what this call or run printed")
     for cmd in ("push", "pull"):
         p = sub.add_parser(cmd, help=f"{cmd} variables between the notebook and the pod")
         p.add_argument("variables", nargs="+", metavar="VAR")
