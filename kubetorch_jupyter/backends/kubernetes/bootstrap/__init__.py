@@ -137,6 +137,10 @@ def runtime_container(spec: ComputeSpec, *, username: str, namespace: str,
         {"name": "KT_RUNTIME_DIR", "value": RUNTIME_DIR},
         {"name": "KT_CACHE_DIR", "value": CACHE_DIR},
         {"name": "KT_RUNTIME_PORT", "value": str(RUNTIME_PORT)},
+        # Every interface of the pod: a port-forward dials the pod's localhost, a Service
+        # its IP. Spelled out (not left to the start script's default) so that whatever
+        # runs the container sees where it binds.
+        {"name": "KT_POD_HOST", "value": "0.0.0.0"},
         {"name": "KT_IMAGE_STEPS", "value": json.dumps(steps, separators=(",", ":"))},
         {"name": "KT_IMAGE_HASH", "value": spec.image_hash},
         {"name": "KT_COMPUTE_ENV_NAMES", "value": ",".join(sorted(spec.env))},
