@@ -41,7 +41,7 @@ def describe(reason: str, value: float | None) -> str:
                 f"still running{grace} were stopped")
     if reason == IDLE:
         ttl = "" if value is None else f" for {_seconds(value)}, its inactivity_ttl"
-        return f"it was stopped for idleness (no calls{ttl})"
+        return f"no calls{ttl}"
     return reason
 
 
