@@ -77,13 +77,17 @@ def requested_changes(running: ComputeSpec, wanted: ComputeSpec) -> bool:
     """Whether ``wanted`` asks for something ``running`` does not give.
 
     A field at its default (cpus, memory, ttl None; gpus 0; no image; no env) asks for
-    nothing; a set one asks for exactly its value; env and kubernetes keys ask one by one
+    nothing; a set one asks for exactly its value (memory: at least its value); env and kubernetes keys ask one by one
     (the pod may have more).
     """
-    for name in ("cpus", "memory", "inactivity_ttl"):
+    for name in ("cpus", "inactivity_ttl"):
         want = getattr(wanted, name)
         if want is not None and want != getattr(running, name):
             return True
+    # Memory is a floor: a pod with more (one grown after running out of memory, see
+    # calls/retry.py) serves a client that asks for less instead of being shrunk back.
+    if wanted.memory is not None and (running.memory is None or wanted.memory > running.memory):
+        return True
     if wanted.gpus and wanted.gpus != running.gpus:
         return True
     empty = ComputeSpec(name=wanted.name).image

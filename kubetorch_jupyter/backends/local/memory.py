@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ...core.resources import format_bytes
+from ...core.resources import format_bytes, format_measured
 from ..base import PodStatus
 from .process import make_private_dir
 
@@ -67,13 +67,6 @@ def start_watchdog(state_dir: Path, name: str, pid: int, limit: int) -> subproce
         start_new_session=True, close_fds=True)
 
 
-def _rounded(n: int) -> str:
-    """A measured size, rounded as people read it: ``354Mi``, ``1.2Gi``."""
-    if n >= 2**30:
-        return f"{n / 2**30:.1f}Gi"
-    return f"{round(n / 2**20)}Mi"
-
-
 def oom_status(state_dir: Path, name: str, pid: int | None,
                exit_status: int | None) -> PodStatus | None:
     """``OOMKilled`` when the watchdog killed pod process ``pid``; else None."""
@@ -85,6 +78,6 @@ def oom_status(state_dir: Path, name: str, pid: int | None,
         return None
     limit, peak = int(body.get("limit") or 0), int(body.get("peak") or 0)
     return PodStatus("failed", "OOMKilled",
-                     f"out of memory: limit {format_bytes(limit)}, peak {_rounded(peak)}",
+                     f"out of memory: limit {format_bytes(limit)}, peak {format_measured(peak)}",
                      exit_status if exit_status is not None else -9,
                      memory_limit=limit or None, memory_peak=peak or None)
