@@ -406,7 +406,7 @@ class PodServer:
         with self._pending_lock:
             self._pending[sock] = None
             excess = len(self._pending) - cap
-            dropped = [s for s, _ in zip(list(self._pending), range(max(0, excess)))]
+            dropped = list(self._pending)[:max(0, excess)]
             for old in dropped:
                 del self._pending[old]
         for old in dropped:

@@ -218,7 +218,7 @@ class RemoteFn(Generic[T]):
             result = await _aresult(again)
         return result
 
-    def with_retry(self, *, on_oom: Any, max: int = 3) -> Any:  # noqa: A002 - the issue's word
+    def with_retry(self, *, on_oom: Any, max: int = 3) -> Any:
         """This function, called again with more memory when its pod runs out of it.
 
         Args:

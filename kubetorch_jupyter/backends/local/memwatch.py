@@ -16,6 +16,7 @@ client that started the pod may exit before it; and an address-space limit
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -69,12 +70,10 @@ def watch(pid: int, limit: int, record: str) -> int:
             with os.fdopen(fd, "w") as f:
                 json.dump({"pid": pid, "limit": limit, "peak": peak, "at": time.time()}, f)
             os.replace(record + ".tmp", record)  # before the kill: its clients read it
-            for kill in (lambda: os.killpg(pid, signal.SIGKILL),
-                         lambda: os.kill(pid, signal.SIGKILL)):
-                try:
-                    kill()
-                except OSError:
-                    pass
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGKILL)
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
             return 0
         time.sleep(PERIOD)
     return 0
