@@ -75,7 +75,11 @@ def grow(memory: float = 2.0, *, max_memory: str | int | None = None) -> Grow:
     if isinstance(memory, bool) or not isinstance(memory, int | float) or not memory > 1:
         raise ConfigError(f"kt.grow(memory=...) is a factor above 1 (2.0 doubles), got "
                           f"{memory!r}")
-    return Grow(float(memory), parse_memory(max_memory))
+    try:
+        cap = parse_memory(max_memory)
+    except ConfigError as exc:
+        raise ConfigError(f"kt.grow(max_memory=...): {exc}") from None
+    return Grow(float(memory), cap)
 
 
 def _check_attempts(attempts: int) -> int:

@@ -79,7 +79,8 @@ def write_termination_log(path: str, text: str, *, create: bool) -> bool:
     if not path or (not create and not os.path.exists(path)):
         return False
     with contextlib.suppress(OSError):
-        with open(path, "w") as f:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # a state file
+        with os.fdopen(fd, "w") as f:
             f.write(text)
         return True
     return False

@@ -58,13 +58,17 @@ def clear(state_dir: Path, name: str) -> None:
         record_path(state_dir, name).unlink()
 
 
-def start_watchdog(state_dir: Path, name: str, pid: int, limit: int) -> subprocess.Popen[bytes]:
-    """Start the watchdog of pod ``pid`` (``limit`` bytes); it exits with the pod."""
+def start_watchdog(state_dir: Path, name: str, pid: int, limit: int) -> None:
+    """Start the watchdog of pod ``pid`` (``limit`` bytes); it exits with the pod.
+
+    It detaches (forks and its first process exits, reaped here), so it is no child of
+    this process: it outlives it, as the pod does, and leaves no zombie behind.
+    """
     make_private_dir(state_dir / "ended")
-    return subprocess.Popen(
+    subprocess.run(
         [sys.executable, "-S", _SCRIPT, str(pid), str(limit), str(record_path(state_dir, name))],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True, close_fds=True)
+        start_new_session=True, close_fds=True, check=False)
 
 
 def oom_status(state_dir: Path, name: str, pid: int | None,

@@ -1,7 +1,7 @@
 """A local pod's memory watchdog: a tiny process that enforces ``memory=`` (stdlib only).
 
-Run as a script (``python memwatch.py PID LIMIT RECORD``), not as a module of the
-package, so that it starts in milliseconds and holds a few MB. Every
+Run as a script (``python memwatch.py PID LIMIT RECORD``; it detaches at once), not as
+a module of the package, so that it starts in milliseconds and holds a few MB. Every
 :data:`PERIOD` seconds it adds up the resident memory of the pod's session (the pod
 and every process its code started: DataLoader workers, shells) from ``/proc``; past
 ``LIMIT`` bytes it writes ``RECORD`` (``{"pid", "limit", "peak"}``, mode 0600) and then
@@ -80,5 +80,7 @@ def watch(pid: int, limit: int, record: str) -> int:
 
 
 if __name__ == "__main__":
+    if os.fork():  # detach: the starter reaps this first process at once
+        os._exit(0)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     sys.exit(watch(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]))
