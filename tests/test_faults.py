@@ -8,10 +8,13 @@ a result. Waits are for events (a file, a process exit); none asserts a duration
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kt_testing import RawPod, fn_call, timeout
@@ -75,6 +78,8 @@ def test_out_of_memory_is_pod_oom_error_and_a_retry_with_more_memory_succeeds() 
         assert (status.phase, status.reason) == ("failed", "OOMKilled")
         assert status.message.startswith("out of memory: limit 200Mi, peak ")
         assert status.memory_limit == 200 * 2**20
+        record = compute.backend.state_dir / "ended" / "hungry.oom.json"  # the watchdog's
+        assert record.stat().st_mode & 0o777 == 0o600
         assert first_pid is not None and wait_gone(first_pid, timeout(30))
     finally:
         compute.teardown()
@@ -209,6 +214,9 @@ def test_idle_ttl_stops_a_pod_whose_client_is_connected_but_idle() -> None:
         status = compute.backend.status(info)
         assert (status.phase, status.reason) == ("gone", "Idle")
         assert "no calls for 1s, its inactivity_ttl" in status.message
+        said = compute.backend.state_dir / "ended" / "sleepy.term"  # its termination log
+        assert said.stat().st_mode & 0o777 == 0o600
+        assert said.parent.stat().st_mode & 0o777 == 0o700
         assert compute.backend.list() == []  # its record goes with it
 
         with pytest.warns(RuntimeWarning, match=r"was stopped for idleness \(no calls for 1s, "
@@ -260,3 +268,48 @@ def test_a_drop_in_the_middle_of_a_result_is_collected_exactly_once(
         assert proxy.accepted >= 2
     finally:
         conn.close()
+
+
+# ---------------------------------------------------------------- %%kt --retry-oom
+@pytest.fixture()
+def shell() -> Iterator[Any]:
+    from IPython.core.interactiveshell import InteractiveShell
+
+    ip = InteractiveShell.instance()
+    ip.run_line_magic("load_ext", "kubetorch_jupyter")
+    try:
+        yield ip
+    finally:
+        ip.run_line_magic("unload_ext", "kubetorch_jupyter")
+        InteractiveShell.clear_instance()
+
+
+def test_a_cell_with_retry_oom_runs_again_with_twice_the_memory(shell: Any) -> None:
+    from IPython.utils.capture import capture_output
+
+    cell = ("%%kt --name cellhog --memory 200Mi --retry-oom 2\n"
+            "import time\n"
+            "block = bytearray(300_000_000)\n"
+            "for i in range(0, len(block), 4096): block[i] = 1\n"
+            "time.sleep(1.0)\n"
+            "print('held', len(block))\n")
+    try:
+        with pytest.warns(RuntimeWarning, match=r"pod 'cellhog' ran out of memory \(limit "
+                          r"200Mi, peak .*restarting with 400Mi \(attempt 2/2\); its state "
+                          r"was lost"), capture_output() as io:
+            res = shell.run_cell(cell)
+        assert res.success, res.error_in_exec
+        assert "held 300000000" in io.stdout
+        assert kt.Compute.from_name("cellhog").memory == 400 * 2**20
+    finally:
+        with contextlib.suppress(kt.ComputeNotFoundError):
+            kt.Compute.from_name("cellhog").teardown()
+
+
+def test_retry_oom_flags_are_checked(shell: Any) -> None:
+    from IPython.core.error import UsageError
+
+    for line, expect in (("--retry-oom 0", r"--retry-oom N: the attempts in all"),
+                         ("--retry-oom --detach", r"--detach returns at once, so --retry-oom")):
+        with pytest.raises(UsageError, match=expect):
+            shell.run_cell_magic("kt", f"--name never {line}", "1\n")
