@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,31 +154,35 @@ def test_kill_9_of_a_pod_with_a_memory_limit_is_killed_not_out_of_memory() -> No
 # ---------------------------------------------------------------- SIGTERM grace
 def test_sigterm_lets_calls_finish_within_the_grace_and_fails_the_rest_as_preempted(
         tmp_path: Path) -> None:
-    compute = kt.Compute(name="drained", env={"KT_POD_TERM_GRACE": "4"})
+    compute = kt.Compute(name="drained", env={"KT_POD_TERM_GRACE": "6"})
     try:
         remote = kt.fn(started_then_sleep).to(compute)
         info = compute.pod
         short_flag, long_flag = tmp_path / "short", tmp_path / "long"
         long_call = remote.submit(str(long_flag), 600)
-        short_call = remote.submit(str(short_flag), 1.0)
+        short_call = remote.submit(str(short_flag), 2.0)
         wait_for(long_flag)
         wait_for(short_flag)
         assert info.pid is not None
         os.kill(info.pid, signal.SIGTERM)  # a node drain, kubectl delete, preemption
 
-        # While it drains: not ready, and a new call is refused with a clear reason.
-        status, _ = probe(info.url, "/ready")
-        assert status == 503
+        # While it drains: not ready (once the signal is handled), and a new call is
+        # refused with a clear reason.
+        for _ in range(int(timeout(600))):
+            if probe(info.url, "/ready")[0] == 503:
+                break
+            time.sleep(0.01)
+        assert probe(info.url, "/ready")[0] == 503
         with pytest.raises(messages.PodStoppingError, match=r"is stopping \(it got SIGTERM"):
             remote(str(tmp_path / "late"), 0)
-        assert short_call.result(timeout(60)) == 1.0  # finished within the grace
+        assert short_call.result(timeout(60)) == 2.0  # finished within the grace
 
         with pytest.raises(kt.PodDiedError) as died:
             long_call.result(timeout(60))
         err = died.value
         assert err.reason == "Preempted"
         assert ("was preempted: the pod got SIGTERM (a node drain, kubectl delete or "
-                "preemption); calls still running after the 4s grace were stopped; its state "
+                "preemption); calls still running after the 6s grace were stopped; its state "
                 "is lost") in str(err)
         assert wait_gone(info.pid, timeout(30))
         ended = compute.backend.status(info)
