@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from kernel_bridge import CallHandle, CallStats
 
 from .calls.remote import Cls, Fn, RemoteFn, RemoteInstance, RemoteMethod, cls, fn
+from .calls.retry import grow
 from .core.compute import Compute
 from .core.image import Image
 from .exceptions import (
@@ -33,6 +34,7 @@ from .exceptions import (
     ImageBuildError,
     KtError,
     PodDiedError,
+    PodOOMError,
     PodStartError,
     PodUnreachableError,
     ReloadError,
@@ -84,6 +86,7 @@ __all__ = [
     "ImageBuildError",
     "KtError",
     "PodDiedError",
+    "PodOOMError",
     "PodStartError",
     "PodUnreachableError",
     "ReloadError",
@@ -100,6 +103,7 @@ __all__ = [
     "__version__",
     "cls",
     "fn",
+    "grow",
 ]
 
 

@@ -22,7 +22,7 @@ from .server import PodServer
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run a pod until SIGTERM or the inactivity TTL."""
+    """Run a pod until SIGTERM (drained within ``KT_POD_TERM_GRACE``) or the inactivity TTL."""
     parser = argparse.ArgumentParser(prog="python -m pod_runtime", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=0, help="TCP port; 0 picks a free one")
@@ -67,18 +67,27 @@ def main(argv: list[str] | None = None) -> int:
         with os.fdopen(args.ready_fd, "w") as ready:
             ready.write(json.dumps({"port": port, "pid": os.getpid()}) + "\n")
 
-    stop = threading.Event()
+    stop = threading.Event()  # never set: the main loop runs cells until finish() exits
     terminating: list[int] = []
+
+    def finish(drain: bool) -> None:
+        # Off the main thread: a cell running there keeps running through the grace.
+        if drain:
+            server.drain(settings.get("KT_POD_TERM_GRACE"))
+        server.stop()  # (stopped already when the inactivity TTL ended it)
+        shm.clear_spares()  # os._exit below skips atexit handlers
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
     def on_term(signum: int, frame: object) -> None:
         # A second SIGTERM can arrive while the handler of the first runs on the main
-        # thread, inside stop.set(): entering it again would wait forever on the
-        # Event's own lock (a pod that never exits). The first one is enough.
+        # thread: entering it again could wait forever on a lock the first holds (a pod
+        # that never exits). The first one is enough.
         if terminating:
             return
         terminating.append(signum)
-        stop.set()
-        server.executor.stop_main_loop()
+        threading.Thread(target=finish, args=(signum != 0,), name="kt-stop").start()
 
     signal.signal(signal.SIGTERM, on_term)
 
@@ -89,11 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     threading.Thread(target=watch, name="kt-watch", daemon=True).start()
     signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)
     server.executor.run_main_loop(stop)
-    server.stop()
-    shm.clear_spares()  # os._exit below skips atexit handlers
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    threading.Event().wait()  # finish() ends the process
+    return 0
 
 
 if __name__ == "__main__":

@@ -254,6 +254,23 @@ class RemoteFn(Generic[T]):
             result = await _aresult(again, self)
         return result
 
+    def with_retry(self, *, on_oom: Any, max: int = 3) -> Any:
+        """This function, called again with more memory when its pod runs out of it.
+
+        Args:
+            on_oom: How to grow: ``kt.grow(memory=2.0)`` doubles the memory each time.
+            max: Attempts in all (3: the first and two retries).
+
+        Returns:
+            A :class:`~kubetorch_jupyter.calls.retry.RetryingFn`: call it as this one.
+
+        Example:
+            >>> safe = kt.fn(train).to(compute).with_retry(on_oom=kt.grow(memory=2.0))
+        """
+        from .retry import RetryingFn
+
+        return RetryingFn(self, on_oom, max)
+
     def teardown(self) -> None:
         """Stop the compute this function runs on."""
         self.compute.teardown()

@@ -18,7 +18,8 @@ from IPython.core.magic_arguments import MagicArgumentParser, argument, argument
 
 from ..cli.jobs import add_export_arguments
 
-__all__ = ["RESOURCE_ARGS", "TARGET_ARGS", "add_group", "group", "line_parser", "variable_names"]
+__all__ = ["RESOURCE_ARGS", "RETRY_ARGS", "TARGET_ARGS", "add_group", "group", "line_parser",
+           "retry_attempts", "variable_names"]
 
 TARGET_ARGS = [
     argument("--name", metavar="NAME",
@@ -31,6 +32,21 @@ RESOURCE_ARGS = [
     argument("--memory", metavar="M", help="memory: 16Gi, 512Mi"),
     argument("--image", metavar="VAR", help="a kt.Image variable: what the pod installs"),
 ]
+
+RETRY_ARGS = [
+    argument("--retry-oom", nargs="?", const="3", default=None, metavar="N",
+             help="if the pod runs out of memory, restart it with twice the memory and run "
+                  "the cell again, N attempts in all (default 3); the pod's state is lost"),
+]
+
+
+def retry_attempts(text: str | None) -> int | None:
+    """The attempts ``--retry-oom [N]`` asks for (None: no retry); a bad N is a UsageError."""
+    if text is None:
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise UsageError(f"--retry-oom N: the attempts in all, a whole number >= 1, got {text!r}")
+    return int(text)
 
 
 def group(title: str, args: list[Any]) -> Callable[[Any], Any]:

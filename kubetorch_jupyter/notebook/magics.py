@@ -26,6 +26,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 
 from .. import config
 from ..backends import get_backend
+from ..calls.retry import grow, run_with_oom_retry
 from ..core.compute import Compute
 from ..core.image import Image
 from ..core.resources import format_bytes, parse_duration
@@ -39,9 +40,11 @@ from . import cells as _cells
 from .cell_errors import boot_id, cell_count, explain
 from .magic_args import (
     RESOURCE_ARGS,
+    RETRY_ARGS,
     TARGET_ARGS,
     group,
     line_parser,
+    retry_attempts,
     strip_comment,
     variable_names,
 )
@@ -100,6 +103,7 @@ class KtMagics(Magics):
                       "always)"),
         argument("--autokt-cell", action="store_true", help=argparse.SUPPRESS),
     ])
+    @group("out of memory", RETRY_ARGS)
     def kt_cell(self, line: str, cell: str) -> Any:
         """Run this cell on a warm pod, as if it ran here.
 
@@ -145,6 +149,9 @@ class KtMagics(Magics):
             timeout = parse_duration(args.timeout) if args.timeout else None
             push = self._values(variable_names(args.push, "--push"), "--push")
             pull = variable_names(args.pull, "--pull")
+            retry = retry_attempts(args.retry_oom)
+            if args.detach and retry:
+                raise UsageError("--detach returns at once, so --retry-oom does not apply")
             if args.detach and (pull or timeout):
                 raise UsageError("--detach returns at once, so --pull and --timeout do not "
                                  "apply; use %kt pull after %kt attach RUN_ID")
@@ -167,9 +174,12 @@ class KtMagics(Magics):
             return None
         before = self._boots.get(compute.name)
         try:
-            pulled = _cells.run_cell(compute, cell, filename=filename, first_line=first_line,
-                                     push=push, pull=pull, timeout=timeout,
-                                     stats=args.stats or config.get("cell_stats"))
+            def run() -> dict[str, Any]:
+                return _cells.run_cell(compute, cell, filename=filename, first_line=first_line,
+                                       push=push, pull=pull, timeout=timeout,
+                                       stats=args.stats or config.get("cell_stats"))
+
+            pulled = run() if not retry else run_with_oom_retry(compute, run, grow(), retry)
         except Exception as exc:
             shown = explain(exc, compute, before)
             if shown is not exc:

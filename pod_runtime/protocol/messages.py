@@ -35,6 +35,7 @@ __all__ = [
     "LogsCall",
     "MethodCall",
     "NotCachedError",
+    "PodStoppingError",
     "QueuedEvent",
     "Result",
     "RunClient",
@@ -340,6 +341,13 @@ class NotCachedError(LookupError):
         # The message keeps the prefix older clients matched on.
         super().__init__(f"kt-not-cached:{key}")
         self.key = key
+
+
+class PodStoppingError(ConnectionError):
+    """The pod is draining after SIGTERM and refuses new calls (call again: a new pod serves).
+
+    Raised on the pod; it crosses by reference, so the client can catch this type.
+    """
 
 
 def import_type(module: str, qualname: str) -> type:
