@@ -158,6 +158,7 @@ def test_kt_list_logs_and_teardown_through_the_cli(backend: KubernetesBackend,
     name = fresh()
     compute = kt.Compute(name=name, backend=backend)
     assert kt.fn(double).to(compute)(4) == 8
+    assert kt.fn(print).to(compute)("printed on the pod") is None
     env = {"KT_BACKEND": "kubernetes", "KT_KUBECONFIG": str(k8s_cluster.kubeconfig_path),
            "KT_USERNAME": USER, "PATH": "/usr/bin:/bin"}
     import os
@@ -175,6 +176,8 @@ def test_kt_list_logs_and_teardown_through_the_cli(backend: KubernetesBackend,
     logs = kt_cli("logs", name, "-n", "50")
     assert logs.returncode == 0, logs.stderr
     assert "kt-bootstrap: starting runtime" in logs.stdout
+    # the pod logs JSON lines for the cluster's shipper; people read their text
+    assert "printed on the pod\n" in logs.stdout and '"stream"' not in logs.stdout
     down = kt_cli("teardown", name)
     assert down.returncode == 0, down.stderr
     assert owned(backend, name) == set()

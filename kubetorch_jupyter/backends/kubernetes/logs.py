@@ -9,6 +9,7 @@ socket down (closing the response there would wait for the reader's lock).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import socket
 import threading
@@ -20,12 +21,39 @@ from . import apply as _apply
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
 
-__all__ = ["LOG_TAIL_LINES", "abort_stream", "follow_log", "read_log"]
+__all__ = ["LOG_TAIL_LINES", "abort_stream", "follow_log", "plain_line", "read_log"]
 
 logger = logging.getLogger(__name__)
 
 #: Lines of a crashed container's log an error carries.
 LOG_TAIL_LINES = 30
+
+
+def plain_line(line: str) -> str:
+    """A line of the pod's log as people read it.
+
+    Pods on Kubernetes log JSON lines (``KT_POD_LOG_FORMAT=json``: for the cluster's log
+    shipper); what they print is the ``text`` of each, prefixed with the call it came
+    from when there is one. Any other line (the start script's, a crash's) is as it is.
+    """
+    body = line.rstrip("\n")
+    if not body.startswith("{"):
+        return line
+    try:
+        entry = json.loads(body)
+    except ValueError:
+        return line
+    if not isinstance(entry, dict) or not isinstance(entry.get("text"), str):
+        return line
+    text = entry["text"]
+    if entry.get("stream") == "log" and entry.get("level"):
+        text = f"{str(entry['level']).upper()} {entry.get('logger') or ''}: {text}".replace(
+            " : ", ": ")
+    return text + ("\n" if line.endswith("\n") else "")
+
+
+def _plain(text: str) -> str:
+    return "".join(plain_line(line) for line in text.splitlines(keepends=True))
 
 
 def _log_path(namespace: str, pod: str) -> str:
@@ -51,7 +79,7 @@ def read_log(api: ApiClient, namespace: str, pod: str, *, tail: int = LOG_TAIL_L
         return ""
     if not 200 <= int(response.status) <= 299:
         return ""
-    return data.decode("utf-8", "replace") if data else ""
+    return _plain(data.decode("utf-8", "replace")) if data else ""
 
 
 def abort_stream(response: Any) -> None:
@@ -102,11 +130,11 @@ def _lines(response: Any, stop: threading.Event) -> Iterator[str]:
             pending += chunk
             *lines, pending = pending.split(b"\n")
             for line in lines:
-                yield line.decode("utf-8", "replace") + "\n"
+                yield plain_line(line.decode("utf-8", "replace") + "\n")
             if stop.is_set():
                 return
         if pending:
-            yield pending.decode("utf-8", "replace")
+            yield plain_line(pending.decode("utf-8", "replace"))
     except Exception as exc:  # noqa: BLE001 - closed by stop, or the pod went
         logger.debug("log stream ended: %s", exc)
     finally:
