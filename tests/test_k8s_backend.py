@@ -36,6 +36,13 @@ def double(x: int) -> int:
     return 2 * x
 
 
+def hostname() -> str:
+    """The pod's own name, as its environment says."""
+    import os
+
+    return os.environ["HOSTNAME"]
+
+
 class Counter:
     def __init__(self, start: int = 0) -> None:
         import threading
@@ -181,6 +188,22 @@ def test_kt_list_logs_and_teardown_through_the_cli(backend: KubernetesBackend,
     missing = kt_cli("teardown", name)
     assert missing.returncode != 0 and name in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_two_computes_at_once_each_reach_their_own_pod(backend: KubernetesBackend) -> None:
+    """Both pods listen on the runtime port (each on its own address) and keep apart."""
+    import contextlib
+
+    first = kt.Compute(name=fresh(), cpus="0.5", backend=backend)
+    second = kt.Compute(name=fresh(), cpus="0.5", backend=backend)
+    try:
+        assert kt.fn(hostname).to(first)().startswith(f"{USER}-{first.name}-")
+        assert kt.fn(hostname).to(second)().startswith(f"{USER}-{second.name}-")
+        assert kt.fn(hostname).to(first)().startswith(f"{USER}-{first.name}-")
+    finally:
+        for compute in (first, second):
+            with contextlib.suppress(ComputeNotFoundError):
+                compute.teardown()
 
 
 # ---- failures at start --------------------------------------------------------------------

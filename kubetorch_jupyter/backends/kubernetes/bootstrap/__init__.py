@@ -137,6 +137,9 @@ def runtime_container(spec: ComputeSpec, *, username: str, namespace: str,
         {"name": "KT_RUNTIME_DIR", "value": RUNTIME_DIR},
         {"name": "KT_CACHE_DIR", "value": CACHE_DIR},
         {"name": "KT_RUNTIME_PORT", "value": str(RUNTIME_PORT)},
+        # every interface of the pod, said here rather than left to the start script's
+        # default: what the pod listens on is visible in its spec
+        {"name": "KT_POD_HOST", "value": "0.0.0.0"},
         {"name": "KT_IMAGE_STEPS", "value": json.dumps(steps, separators=(",", ":"))},
         {"name": "KT_IMAGE_HASH", "value": spec.image_hash},
         {"name": "KT_COMPUTE_ENV_NAMES", "value": ",".join(sorted(spec.env))},
