@@ -200,6 +200,15 @@ def test_two_computes_at_once_each_reach_their_own_pod(backend: KubernetesBacken
         assert kt.fn(hostname).to(first)().startswith(f"{USER}-{first.name}-")
         assert kt.fn(hostname).to(second)().startswith(f"{USER}-{second.name}-")
         assert kt.fn(hostname).to(first)().startswith(f"{USER}-{first.name}-")
+        first.teardown()  # the runtime ConfigMap both mount is the user's, not first's
+        shared, _ = apply.list_objects(backend.api, apply.Kind("v1", "ConfigMap", "configmaps"),
+                                       "default", identity.selector(USER, component="runtime"))
+        assert shared and all(identity.COMPUTE_LABEL not in c["metadata"]["labels"]
+                              for c in shared)
+        assert not [c for c in shared if c["metadata"].get("ownerReferences")]
+        third = kt.Compute(name=fresh(), cpus="0.5", backend=backend)
+        assert kt.fn(hostname).to(third)().startswith(f"{USER}-{third.name}-")
+        third.teardown()
     finally:
         for compute in (first, second):
             with contextlib.suppress(ComputeNotFoundError):
