@@ -458,3 +458,56 @@ def test_url_mode_reaches_the_configured_url_with_its_headers(
         assert "ingress-secret" not in repr(endpoint) and "s3cr3t" not in repr(endpoint)
     finally:
         be.close()
+
+
+# ---- distributed --------------------------------------------------------------------------
+
+def rank_env() -> dict[str, str]:
+    """What torch.distributed reads from the environment, as this pod sees it."""
+    import os
+
+    keys = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "HOSTNAME")
+    return {k: os.environ.get(k, "") for k in keys}
+
+
+def test_two_ranks_of_distributed_pytorch_come_up_each_with_its_rank(
+        backend: KubernetesBackend) -> None:
+    """``replicas=2, distributed='pytorch'``: a StatefulSet whose two pods are Ready, each
+    running the runtime with RANK/WORLD_SIZE of its own; calls go to rank 0, and rank 1
+    answers the same token through a port-forward to it."""
+    from kt_testing import fn_call
+
+    from kernel_bridge import Endpoint, PodConnection
+    from kubetorch_jupyter.backends.kubernetes.container import RUNTIME_PORT
+    from kubetorch_jupyter.backends.kubernetes.portforward import dial
+
+    name = fresh("dist")
+    compute = kt.Compute(name=name, cpus="0.5", replicas=2, distributed="pytorch",
+                         backend=backend)
+    try:
+        rank0 = kt.fn(rank_env).to(compute)()
+        assert rank0["RANK"] == "0" and rank0["WORLD_SIZE"] == "2", rank0
+        assert rank0["HOSTNAME"] == f"{USER}-{name}-0"
+        assert rank0["MASTER_ADDR"].startswith(f"{USER}-{name}-0.")  # the headless Service
+        pods = {p["metadata"]["name"]: p for p in pods_of(backend, name)}
+        assert sorted(pods) == [f"{USER}-{name}-0", f"{USER}-{name}-1"]
+        for pod in pods.values():
+            conditions = {c["type"]: c["status"] for c in pod["status"]["conditions"]}
+            assert conditions["Ready"] == "True", pod["status"]
+
+        token = backend.get(name).token
+        other = f"{USER}-{name}-1"
+        endpoint = Endpoint("ws://rank-1", token,
+                            dial=lambda t: dial(backend.api, "default", other, RUNTIME_PORT))
+        conn = PodConnection(endpoint, name=other, use_shm=False)
+        try:
+            body, buffers = fn_call(rank_env)
+            rank1 = conn.call(body, buffers, sink=lambda e: None).result(timeout(60))
+        finally:
+            conn.close()
+        assert rank1["RANK"] == "1" and rank1["WORLD_SIZE"] == "2", rank1
+        assert rank1["HOSTNAME"] == other and rank1["MASTER_ADDR"] == rank0["MASTER_ADDR"]
+        assert "kt-bootstrap: starting runtime" in backend.logs(name)
+    finally:
+        compute.teardown()
+    assert owned(backend, name) == set()
