@@ -460,6 +460,27 @@ def test_url_mode_reaches_the_configured_url_with_its_headers(
         be.close()
 
 
+def test_a_knative_compute_serves_calls_and_tears_down(backend: KubernetesBackend,
+                                                       k8s_cluster: Any) -> None:
+    """``autoscale={"min_scale": 1}``: a Knative Service whose revision's pod runs the
+    runtime (its probes name no port: Knative gives them the container's), reached by a
+    port-forward like any other."""
+    name = fresh("kn")
+    compute = kt.Compute(name=name, cpus="0.5", autoscale={"min_scale": 1}, backend=backend)
+    try:
+        assert kt.fn(double).to(compute)(4) == 8
+        counter = kt.cls(Counter).to(compute, init_args={"start": 1})
+        assert counter.add(1) == 2
+        ksvc = k8s_cluster.get("services", f"{USER}-{name}", group="serving.knative.dev")
+        ready = {c["type"]: c["status"] for c in ksvc["status"]["conditions"]}
+        assert ready["Ready"] == "True", ksvc["status"]
+        [pod] = pods_of(backend, name)
+        assert pod["metadata"]["labels"]["serving.knative.dev/service"] == f"{USER}-{name}"
+        assert "kt-bootstrap: starting runtime" in backend.logs(name)
+    finally:
+        compute.teardown()
+    assert owned(backend, name) == set()
+
 # ---- distributed --------------------------------------------------------------------------
 
 def rank_env() -> dict[str, str]:

@@ -168,6 +168,13 @@ def knative(store: Store, ks: Obj) -> None:
             env = {"PORT": port, "K_SERVICE": name, "K_CONFIGURATION": name,
                    "K_REVISION": revision}
             c["env"] = [{"name": k, "value": v} for k, v in env.items()] + (c.get("env") or [])
+            for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
+                # Knative's webhook gives a probe without a port the container's port (its
+                # queue-proxy probes the user container there); a kubelet needs one
+                action = (c.get(kind) or {}).get("httpGet") or (c.get(kind) or {}).get(
+                    "tcpSocket")
+                if action is not None and "port" not in action:
+                    action["port"] = int(port)
         store.create(DEPLOY, ns, {
             "metadata": {"name": f"{revision}-deployment", "labels": labels,
                          "annotations": {"kubetorch.double/template-hash": h},
