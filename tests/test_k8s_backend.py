@@ -460,13 +460,15 @@ def test_url_mode_reaches_the_configured_url_with_its_headers(
         be.close()
 
 
+@pytest.mark.parametrize("autoscale", [True, {"min_scale": 1}], ids=["to-zero", "min-1"])
 def test_a_knative_compute_serves_calls_and_tears_down(backend: KubernetesBackend,
-                                                       k8s_cluster: Any) -> None:
-    """``autoscale={"min_scale": 1}``: a Knative Service whose revision's pod runs the
-    runtime (its probes name no port: Knative gives them the container's), reached by a
-    port-forward like any other."""
+                                                       k8s_cluster: Any,
+                                                       autoscale: Any) -> None:
+    """``autoscale``: a Knative Service whose revision's pod (one at first, as Knative
+    starts a revision, even one that may scale to zero) runs the runtime (its probes name
+    no port: Knative gives them the container's), reached by a port-forward."""
     name = fresh("kn")
-    compute = kt.Compute(name=name, cpus="0.5", autoscale={"min_scale": 1}, backend=backend)
+    compute = kt.Compute(name=name, cpus="0.5", autoscale=autoscale, backend=backend)
     try:
         assert kt.fn(double).to(compute)(4) == 8
         counter = kt.cls(Counter).to(compute, init_args={"start": 1})

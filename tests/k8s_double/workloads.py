@@ -156,9 +156,13 @@ def knative(store: Store, ks: Obj) -> None:
         revision = f"{name}-{number:05d}"
         tmeta = template.setdefault("metadata", {})
         ann = tmeta.get("annotations") or {}
-        scale = ann.get("autoscaling.knative.dev/min-scale") or ann.get(
-            "autoscaling.knative.dev/minScale") or ann.get(
-            "autoscaling.knative.dev/initial-scale") or "1"
+        # a revision starts at its initial scale (Knative's default: 1), at least its
+        # minimum; a min-scale of 0 lets it scale to zero later, which the double never does
+        minimum = ann.get("autoscaling.knative.dev/min-scale") or ann.get(
+            "autoscaling.knative.dev/minScale") or "0"
+        initial = ann.get("autoscaling.knative.dev/initial-scale") or ann.get(
+            "autoscaling.knative.dev/initialScale") or "1"
+        scale = max(int(minimum), int(initial))
         labels = {**(tmeta.get("labels") or {}), "serving.knative.dev/service": name,
                   "serving.knative.dev/configuration": name,
                   "serving.knative.dev/revision": revision}
