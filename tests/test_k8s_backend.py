@@ -36,6 +36,13 @@ def double(x: int) -> int:
     return 2 * x
 
 
+def hostname() -> str:
+    """The pod's own name, as its environment says."""
+    import os
+
+    return os.environ["HOSTNAME"]
+
+
 class Counter:
     def __init__(self, start: int = 0) -> None:
         import threading
@@ -184,6 +191,31 @@ def test_kt_list_logs_and_teardown_through_the_cli(backend: KubernetesBackend,
     missing = kt_cli("teardown", name)
     assert missing.returncode != 0 and name in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_two_computes_at_once_each_reach_their_own_pod(backend: KubernetesBackend) -> None:
+    """Both pods listen on the runtime port (each on its own address) and keep apart."""
+    import contextlib
+
+    first = kt.Compute(name=fresh(), cpus="0.5", backend=backend)
+    second = kt.Compute(name=fresh(), cpus="0.5", backend=backend)
+    try:
+        assert kt.fn(hostname).to(first)().startswith(f"{USER}-{first.name}-")
+        assert kt.fn(hostname).to(second)().startswith(f"{USER}-{second.name}-")
+        assert kt.fn(hostname).to(first)().startswith(f"{USER}-{first.name}-")
+        first.teardown()  # the runtime ConfigMap both mount is the user's, not first's
+        shared, _ = apply.list_objects(backend.api, apply.Kind("v1", "ConfigMap", "configmaps"),
+                                       "default", identity.selector(USER, component="runtime"))
+        assert shared and all(identity.COMPUTE_LABEL not in c["metadata"]["labels"]
+                              for c in shared)
+        assert not [c for c in shared if c["metadata"].get("ownerReferences")]
+        third = kt.Compute(name=fresh(), cpus="0.5", backend=backend)
+        assert kt.fn(hostname).to(third)().startswith(f"{USER}-{third.name}-")
+        third.teardown()
+    finally:
+        for compute in (first, second):
+            with contextlib.suppress(ComputeNotFoundError):
+                compute.teardown()
 
 
 # ---- failures at start --------------------------------------------------------------------
@@ -431,3 +463,79 @@ def test_url_mode_reaches_the_configured_url_with_its_headers(
         assert "ingress-secret" not in repr(endpoint) and "s3cr3t" not in repr(endpoint)
     finally:
         be.close()
+
+
+@pytest.mark.parametrize("autoscale", [True, {"min_scale": 1}], ids=["to-zero", "min-1"])
+def test_a_knative_compute_serves_calls_and_tears_down(backend: KubernetesBackend,
+                                                       k8s_cluster: Any,
+                                                       autoscale: Any) -> None:
+    """``autoscale``: a Knative Service whose revision's pod (one at first, as Knative
+    starts a revision, even one that may scale to zero) runs the runtime (its probes name
+    no port: Knative gives them the container's), reached by a port-forward."""
+    name = fresh("kn")
+    compute = kt.Compute(name=name, cpus="0.5", autoscale=autoscale, backend=backend)
+    try:
+        assert kt.fn(double).to(compute)(4) == 8
+        counter = kt.cls(Counter).to(compute, init_args={"start": 1})
+        assert counter.add(1) == 2
+        ksvc = k8s_cluster.get("services", f"{USER}-{name}", group="serving.knative.dev")
+        ready = {c["type"]: c["status"] for c in ksvc["status"]["conditions"]}
+        assert ready["Ready"] == "True", ksvc["status"]
+        [pod] = pods_of(backend, name)
+        assert pod["metadata"]["labels"]["serving.knative.dev/service"] == f"{USER}-{name}"
+        assert "kt-bootstrap: starting runtime" in backend.logs(name)
+    finally:
+        compute.teardown()
+    assert owned(backend, name) == set()
+
+# ---- distributed --------------------------------------------------------------------------
+
+def rank_env() -> dict[str, str]:
+    """What torch.distributed reads from the environment, as this pod sees it."""
+    import os
+
+    keys = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "HOSTNAME")
+    return {k: os.environ.get(k, "") for k in keys}
+
+
+def test_two_ranks_of_distributed_pytorch_come_up_each_with_its_rank(
+        backend: KubernetesBackend) -> None:
+    """``replicas=2, distributed='pytorch'``: a StatefulSet whose two pods are Ready, each
+    running the runtime with RANK/WORLD_SIZE of its own; calls go to rank 0, and rank 1
+    answers the same token through a port-forward to it."""
+    from kt_testing import fn_call
+
+    from kernel_bridge import Endpoint, PodConnection
+    from kubetorch_jupyter.backends.kubernetes.container import RUNTIME_PORT
+    from kubetorch_jupyter.backends.kubernetes.portforward import dial
+
+    name = fresh("dist")
+    compute = kt.Compute(name=name, cpus="0.5", replicas=2, distributed="pytorch",
+                         backend=backend)
+    try:
+        rank0 = kt.fn(rank_env).to(compute)()
+        assert rank0["RANK"] == "0" and rank0["WORLD_SIZE"] == "2", rank0
+        assert rank0["HOSTNAME"] == f"{USER}-{name}-0"
+        assert rank0["MASTER_ADDR"].startswith(f"{USER}-{name}-0.")  # the headless Service
+        pods = {p["metadata"]["name"]: p for p in pods_of(backend, name)}
+        assert sorted(pods) == [f"{USER}-{name}-0", f"{USER}-{name}-1"]
+        for pod in pods.values():
+            conditions = {c["type"]: c["status"] for c in pod["status"]["conditions"]}
+            assert conditions["Ready"] == "True", pod["status"]
+
+        token = backend.get(name).token
+        other = f"{USER}-{name}-1"
+        endpoint = Endpoint("ws://rank-1", token,
+                            dial=lambda t: dial(backend.api, "default", other, RUNTIME_PORT))
+        conn = PodConnection(endpoint, name=other, use_shm=False)
+        try:
+            body, buffers = fn_call(rank_env)
+            rank1 = conn.call(body, buffers, sink=lambda e: None).result(timeout(60))
+        finally:
+            conn.close()
+        assert rank1["RANK"] == "1" and rank1["WORLD_SIZE"] == "2", rank1
+        assert rank1["HOSTNAME"] == other and rank1["MASTER_ADDR"] == rank0["MASTER_ADDR"]
+        assert "kt-bootstrap: starting runtime" in backend.logs(name)
+    finally:
+        compute.teardown()
+    assert owned(backend, name) == set()

@@ -511,6 +511,7 @@ def test_runtime_container_contract() -> None:
     assert json.loads(env["KT_IMAGE_STEPS"]) == [[k, list(p)] for k, p in img.steps]
     assert env["KT_IMAGE_HASH"] == spec.image_hash
     assert env["KT_RUNTIME_PORT"] == str(RUNTIME_PORT) == str(rc.port)
+    assert env["KT_POD_HOST"] == "0.0.0.0"  # every interface of the pod, said explicitly
     assert env["KT_COMPUTE_ENV_NAMES"] == "B,C" and env["KT_POD_NAME"] == "alice-dev"
     assert "KT_POD_TOKEN" not in env  # the renderer takes it from the compute's Secret
     # metrics and logs name the pod itself; logs are JSON lines for the log shipper

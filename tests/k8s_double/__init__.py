@@ -26,7 +26,8 @@ Simplified, on purpose (each module's docstring has the details):
   mounted; memory limits are not enforced (``oom_kill`` scripts an OOM); rollouts
   surge 100%; no ProgressDeadlineExceeded, preemption, exec or attach (a startupProbe
   holds the other probes back until it passes, as the kubelet does);
-  Knative never scales to zero; RayCluster pods run their commands as given.
+  Knative never scales to zero (a revision's probes without a port get the container's,
+  as Knative's webhook gives them); RayCluster pods run their commands as given.
 - Validation covers names, namespaces and workloads' selector/containers; schemas are
   checked elsewhere (``kubernetes-validate`` and the CRD schemas in the manifest tests).
 

@@ -156,9 +156,13 @@ def knative(store: Store, ks: Obj) -> None:
         revision = f"{name}-{number:05d}"
         tmeta = template.setdefault("metadata", {})
         ann = tmeta.get("annotations") or {}
-        scale = ann.get("autoscaling.knative.dev/min-scale") or ann.get(
-            "autoscaling.knative.dev/minScale") or ann.get(
-            "autoscaling.knative.dev/initial-scale") or "1"
+        # a revision starts at its initial scale (Knative's default: 1), at least its
+        # minimum; a min-scale of 0 lets it scale to zero later, which the double never does
+        minimum = ann.get("autoscaling.knative.dev/min-scale") or ann.get(
+            "autoscaling.knative.dev/minScale") or "0"
+        initial = ann.get("autoscaling.knative.dev/initial-scale") or ann.get(
+            "autoscaling.knative.dev/initialScale") or "1"
+        scale = max(int(minimum), int(initial))
         labels = {**(tmeta.get("labels") or {}), "serving.knative.dev/service": name,
                   "serving.knative.dev/configuration": name,
                   "serving.knative.dev/revision": revision}
@@ -168,6 +172,13 @@ def knative(store: Store, ks: Obj) -> None:
             env = {"PORT": port, "K_SERVICE": name, "K_CONFIGURATION": name,
                    "K_REVISION": revision}
             c["env"] = [{"name": k, "value": v} for k, v in env.items()] + (c.get("env") or [])
+            for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
+                # Knative's webhook gives a probe without a port the container's port (its
+                # queue-proxy probes the user container there); a kubelet needs one
+                action = (c.get(kind) or {}).get("httpGet") or (c.get(kind) or {}).get(
+                    "tcpSocket")
+                if action is not None and "port" not in action:
+                    action["port"] = int(port)
         store.create(DEPLOY, ns, {
             "metadata": {"name": f"{revision}-deployment", "labels": labels,
                          "annotations": {"kubetorch.double/template-hash": h},

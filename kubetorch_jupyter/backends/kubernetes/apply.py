@@ -265,14 +265,13 @@ def apply_compute(api: ApiClient, secret: dict[str, Any], objects: list[dict[str
     The workload (the first object of a workload kind) gets ``annotations`` (the spec,
     its hash, when it started); the objects labelled with compute ``name`` get the
     workload as their owner, so deleting the workload takes them too (the Secret and
-    the Service; the runtime's shared ConfigMap is nobody's, see :func:`_shared_runtime`).
+    the Service; the runtime's shared ConfigMap carries no compute label: nobody's).
     """
     apply(api, secret, namespace, timeout=timeout)
     workload_kinds = {(k.api_version, k.kind) for k in WORKLOAD_KINDS}
     before: list[dict[str, Any]] = [secret]
     owner: dict[str, Any] | None = None
     for obj in objects:
-        obj = _shared_runtime(obj)
         if (obj.get("apiVersion"), obj.get("kind")) in workload_kinds and owner is None:
             meta = {**obj.get("metadata", {})}
             meta["annotations"] = {**meta.get("annotations", {}), **annotations}
@@ -295,20 +294,6 @@ def apply_compute(api: ApiClient, secret: dict[str, Any], objects: list[dict[str
 def _owned(obj: dict[str, Any], name: str) -> bool:
     labels = (obj.get("metadata") or {}).get("labels") or {}
     return labels.get(identity.COMPUTE_LABEL) == name
-
-
-def _shared_runtime(obj: dict[str, Any]) -> dict[str, Any]:
-    """``obj`` without a compute label when it is a runtime object (shared, not owned).
-
-    The runtime ConfigMap is one per user and client version, mounted by every compute
-    of that user (see :mod:`.bootstrap`): tearing one compute down, which deletes by the
-    compute's label, must leave it to the others; no compute owns it.
-    """
-    labels = (obj.get("metadata") or {}).get("labels") or {}
-    if labels.get(identity.COMPONENT_LABEL) != "runtime" or identity.COMPUTE_LABEL not in labels:
-        return obj
-    kept = {k: v for k, v in labels.items() if k != identity.COMPUTE_LABEL}
-    return {**obj, "metadata": {**obj["metadata"], "labels": kept}}
 
 
 def _with_owner(obj: dict[str, Any], owner: dict[str, Any]) -> dict[str, Any]:

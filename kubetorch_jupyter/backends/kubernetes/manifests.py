@@ -165,16 +165,24 @@ def _check_namespace(options: KubernetesOptions, namespace: str) -> None:
 
 def _runtime_objects(runtime: RuntimeContainer, spec: ComputeSpec, options: KubernetesOptions,
                      username: str, namespace: str) -> list[dict[str, Any]]:
-    """The bootstrap's objects, in its order, with the namespace and identity labels."""
+    """The bootstrap's objects, in its order, with the namespace and the user's labels.
+
+    They carry no compute label: the runtime ConfigMap is one per user and client
+    version, mounted by every compute of that user (see :mod:`.bootstrap`), so tearing
+    one compute down (which deletes by the compute's label) leaves it to the others, and
+    no compute owns it.
+    """
     out = []
     for obj in runtime.objects:
         obj = {**obj, "metadata": dict(obj.get("metadata", {}))}
         meta = obj["metadata"]
         meta.setdefault("namespace", namespace)
         given = dict(meta.get("labels", {}))
+        given.pop(identity.COMPUTE_LABEL, None)
         component = given.get(identity.COMPONENT_LABEL, "runtime")
-        meta["labels"] = {**options.labels, **given,
-                          **identity.labels(spec.name, username, component)}
+        mine = identity.labels(spec.name, username, component)
+        del mine[identity.COMPUTE_LABEL]
+        meta["labels"] = {**options.labels, **given, **mine}
         out.append(obj)
     return out
 
