@@ -41,9 +41,9 @@ def exported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     ], params="lr = 0.1", compute=SPEC)
     assert main(["export", str(path), "--backend", "kubernetes", "--schedule", "0 3 * * 1-5",
                  "--timezone", "Europe/Paris", "-p", "lr=0.25", "--name", "nightly",
-                 "--namespace", "ml"]) == 0
+                 "--namespace", "ml", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "kubectl apply -f" in out and "namespace 'ml'" in out
+    assert "kubectl apply -f" in out and "namespace 'ml'" in out and "--dry-run" in out
     assert not (tmp_path / "crontab").exists()  # the schedule lives in the cluster
     return list(yaml.safe_load_all((jobs_dir() / "nightly" / "manifests.yaml").read_text()))
 
@@ -143,44 +143,3 @@ def test_bad_kubernetes_export_creates_nothing(tmp_path: Path, args: list[str], 
     assert not jobs_dir().exists() or not any(jobs_dir().iterdir())
 
 
-def test_the_cronjob_runs_the_notebook_on_the_test_cluster(
-        exported: list[dict[str, Any]]) -> None:
-    """The exported objects applied (server-side, one field manager) to the API-server
-    double, the CronJob's job started as its schedule would: its pod runs the notebook,
-    and the executed notebook lands on the runs claim."""
-    from k8s_double import K8sDouble
-
-
-    with K8sDouble(gpus=1) as cluster:  # the job asks for a GPU
-        _run_the_cronjob(cluster, exported)
-
-
-def _run_the_cronjob(k8s_cluster: Any, exported: list[dict[str, Any]]) -> None:
-    from k8s_testing import wait_for
-    from kubernetes import client, dynamic
-
-    from kubetorch_jupyter.backends.kubernetes.identity import FIELD_MANAGER
-
-    api = k8s_cluster.api_client()
-    client.CoreV1Api(api).create_namespace({"metadata": {"name": "ml"}})
-    dyn = dynamic.DynamicClient(api)
-    for obj in exported:
-        resource = dyn.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
-        resource.server_side_apply(body=obj, namespace=obj["metadata"].get("namespace"),
-                                   field_manager=FIELD_MANAGER, force_conflicts=True)
-    cronjob = exported[-1]
-    claim = next(o for o in exported if o["kind"] == "PersistentVolumeClaim")
-    k8s_cluster.trigger_cronjob(cronjob["metadata"]["name"], "ml")
-    job = wait_for(client.BatchV1Api(api).list_namespaced_job,
-                   lambda j: bool(j.status and (j.status.succeeded or j.status.failed)), "ml",
-                   seconds=180)
-    core = client.CoreV1Api(api)
-    pods = core.list_namespaced_pod("ml", label_selector=f"job-name={job.metadata.name}")
-    log = "\n".join(core.read_namespaced_pod_log(p.metadata.name, "ml") for p in pods.items)
-    assert job.status.succeeded == 1, log
-    runs = k8s_cluster.claim_path(claim["metadata"]["name"], "ml") / "jobs" / "nightly" / "runs"
-    (run,) = list(runs.iterdir())
-    record = json.loads((run / "run.json").read_text())
-    assert record["outcome"] == "succeeded" and record["trigger"] == "schedule", log
-    out = outputs(nbformat.read(run / "output.ipynb", as_version=4), "in the job pod")
-    assert "0.25" in out and "0.5" in out  # the injected parameter, and the cell's value

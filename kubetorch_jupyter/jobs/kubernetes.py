@@ -40,7 +40,8 @@ from ..core.spec import ComputeSpec
 from ..exceptions import ConfigError
 from .store import JobRecord
 
-__all__ = ["CONFIGMAP_LIMIT", "JOB_DIR", "STATE_DIR", "render_job"]
+__all__ = ["CONFIGMAP_LIMIT", "JOB_DIR", "STATE_DIR", "is_shared_runtime", "job_selector",
+           "namespace_of", "render_job"]
 
 #: Where the job's ConfigMap and runs claim are mounted in its pod.
 JOB_DIR = "/kt/job"
@@ -62,13 +63,13 @@ def _notebook_text(nb: nbformat.NotebookNode) -> str:
     return str(nbformat.writes(clean))
 
 
-def namespace_of(spec: ComputeSpec, given: str | None) -> str:
+def namespace_of(spec: ComputeSpec, given: str | None, default: str = "default") -> str:
     """The namespace the job goes in: ``given``, else the compute's own, else ``default``."""
     options = KubernetesOptions.from_spec(spec)
     if given and options.namespace and given != options.namespace:
         raise ConfigError(f"--namespace {given!r}: the compute {spec.name!r} asks for "
                           f"namespace {options.namespace!r}")
-    return given or options.namespace or "default"
+    return given or options.namespace or default
 
 
 def render_job(job: JobRecord, nb: nbformat.NotebookNode, *, username: str, namespace: str,
@@ -129,10 +130,44 @@ def render_job(job: JobRecord, nb: nbformat.NotebookNode, *, username: str, name
         objects=[*runtime.objects, *objects],
     )
     try:
-        return render_cronjob(
+        rendered = render_cronjob(
             spec, runtime=runtime, username=username, namespace=namespace,
             schedule=job.schedule, timezone=job.timezone, name=job.name,
             command=["/bin/sh", "-c", _SCRIPT.format(name=job.name)],
             history_limit=history_limit, starting_deadline_seconds=starting_deadline_seconds)
     except ValueError as exc:  # the renderer's namespace check
         raise ConfigError(str(exc)) from None
+    return [_with_job_label(obj, job.name) for obj in rendered]
+
+
+def is_shared_runtime(obj: dict[str, Any]) -> bool:
+    """Whether ``obj`` is the runtime's ConfigMap, shared by the user's computes and jobs."""
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    return labels.get(identity.COMPONENT_LABEL) == "runtime"
+
+
+def _with_job_label(obj: dict[str, Any], name: str) -> dict[str, Any]:
+    """``obj`` labelled as job ``name``'s (its CronJob's Jobs and pods too).
+
+    The runtime's ConfigMap is nobody's: it loses the compute label instead (as a
+    compute's does), so neither ``kt jobs rm`` nor a compute's teardown deletes it.
+    """
+    obj = json.loads(json.dumps(obj))
+    meta = obj.setdefault("metadata", {})
+    labels = meta.setdefault("labels", {})
+    if is_shared_runtime(obj):
+        labels.pop(identity.COMPUTE_LABEL, None)
+        return obj
+    labels[identity.JOB_LABEL] = name
+    if obj.get("kind") == "CronJob":
+        template = obj["spec"]["jobTemplate"]
+        template.setdefault("metadata", {}).setdefault("labels", {})[identity.JOB_LABEL] = name
+        pod = template["spec"]["template"]
+        pod.setdefault("metadata", {}).setdefault("labels", {})[identity.JOB_LABEL] = name
+    return obj
+
+
+def job_selector(username: str, name: str) -> str:
+    """The label selector of job ``name``'s objects (never the shared runtime ConfigMap)."""
+    return (f"{identity.selector(username, component='job')},"
+            f"{identity.JOB_LABEL}={name}")
