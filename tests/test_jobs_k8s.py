@@ -314,3 +314,44 @@ def test_a_failing_apply_creates_nothing(on_double: Any,
     cluster.clear()
     code, out, err = _kt(capsys, *argv, "--namespace", "ml")
     assert code == 0 and "applied" in out, err
+
+
+def test_replace_moves_the_job_and_leaves_no_old_cronjob(
+        on_double: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from kubernetes import client
+
+    cluster, path = on_double
+    api = cluster.api_client()
+    client.CoreV1Api(api).create_namespace({"metadata": {"name": "other"}})
+    argv = ["export", str(path), "--schedule", "@daily", "--name", "nightly"]
+    k8s = [*argv, "--backend", "kubernetes"]
+    assert _kt(capsys, *k8s, "--namespace", "ml")[0] == 0
+    assert _kt(capsys, *k8s, "--namespace", "ml", "--replace")[0] == 0  # the same: unchanged
+    assert _names(api, "ml", "kubetorch.dev/job=nightly")["CronJob"] == ["alice-nightly"]
+    code, _, err = _kt(capsys, *k8s, "--namespace", "other", "--replace")
+    assert code == 0, err
+    assert _names(api, "other", "kubetorch.dev/job=nightly")["CronJob"] == ["alice-nightly"]
+    assert _names(api, "ml", "kubetorch.dev/job=nightly") == {
+        "ConfigMap": [], "PersistentVolumeClaim": ["alice-nightly-runs"], "CronJob": [],
+        "Job": []}  # the old runs' claim stays, as kt jobs rm leaves it
+    code, _, err = _kt(capsys, *argv, "--replace")  # now a crontab line instead
+    assert code == 0, err
+    assert _names(api, "other", "kubetorch.dev/job=nightly")["CronJob"] == []
+
+
+def test_kt_jobs_run_exits_with_the_runs_outcome(on_double: Any, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    del on_double  # (the double, its kubeconfig in KT_KUBECONFIG)
+    cpu_only = ComputeSpec(name="cpu", cpus=1, backend="kubernetes",
+                           image={"base": "ghcr.io/example/kt-jobs:1", "steps": []})
+    path = notebook(tmp_path / "fails.ipynb", ["print('before')", "raise ValueError('boom')"],
+                    compute=cpu_only)
+    code, _, err = _kt(capsys, "export", str(path), "--backend", "kubernetes", "--schedule",
+                       "@daily", "--name", "fails", "--namespace", "ml")
+    assert code == 0, err
+    code, out, err = _kt(capsys, "jobs", "run", "fails")
+    assert code == 1, out + err
+    assert "before" in out and "ValueError" in out and "failed" in out, out
+    code, out, _ = _kt(capsys, "jobs", "list")
+    row = next(line for line in out.splitlines() if line.startswith("fails"))
+    assert "FAILED (alice-fails-manual-" in row, out

@@ -139,8 +139,37 @@ def export_notebook(
                     compute=spec.to_json() if spec is not None else None, created=time.time(),
                     env={k: os.environ[k] for k in _CARRIED if os.environ.get(k)})
     source.set_compute(nb, spec)
+    if replace:
+        _retire_cluster_objects(job_name, None)
     _write(job, nb, crontab, sched)
     return job
+
+
+def _retire_cluster_objects(name: str, now_in: str | None) -> None:
+    """Delete a replaced Kubernetes job's objects, unless the new job has them.
+
+    ``now_in`` is the new job's namespace (None: a local job). The old runs' claim
+    stays, as ``kt jobs rm`` leaves it.
+
+    Raises:
+        ConfigError: When the cluster it was applied to cannot be asked.
+    """
+    try:
+        old = JobRecord.load(name)
+    except ConfigError:
+        return
+    if old.backend != "kubernetes" or not old.cluster or not old.namespace:
+        return
+    if now_in == old.namespace and old.username == str(config.get("username")):
+        return
+    from . import cluster as _cluster
+
+    try:
+        target = _cluster.connect(old.namespace)
+        _cluster.remove_job_objects(target, name, old.namespace, username=old.username or "")
+    except ConfigError as exc:
+        raise ConfigError(f"job {name!r} being replaced has its CronJob in namespace "
+                          f"{old.namespace!r}, which cannot be removed ({exc})") from None
 
 
 def _export_kubernetes(path: Path, nb: Any, name: str, values: dict[str, Any],
@@ -190,6 +219,8 @@ def _export_kubernetes(path: Path, nb: Any, name: str, values: dict[str, Any],
         job.cluster = target.host
     job.cronjob = str(objects[-1]["metadata"]["name"])
     try:
+        if replace and target is not None:  # (--dry-run touches no cluster)
+            _retire_cluster_objects(name, ns)
         _write(job, nb, None, None, extra={"manifests.yaml": yaml.safe_dump_all(
             objects, sort_keys=False, width=1000)})
     except BaseException:
