@@ -1,7 +1,8 @@
 """A job on Kubernetes: a CronJob whose pod is the job's compute and runs the notebook.
 
-``kt export --backend kubernetes`` renders, with the renderer of
-:mod:`kubetorch_jupyter.backends.kubernetes.manifests` (``render_cronjob``), in apply order:
+``kt export --backend kubernetes`` renders (and :mod:`.cluster` applies), with the
+renderer of :mod:`kubetorch_jupyter.backends.kubernetes.manifests` (``render_cronjob``),
+in apply order:
 
 1. the runtime's ConfigMap (shared by the user's computes; the bootstrap's),
 2. ``{user}-{job}-notebook``: a ConfigMap with ``notebook.ipynb`` (outputs cleared: the
@@ -12,6 +13,10 @@
 4. the CronJob ``{user}-{job}``: the schedule and its ``timeZone``, ``concurrencyPolicy:
    Forbid``, history limits, a starting deadline; its pod has the compute spec's image,
    CPUs, memory and GPUs.
+
+Each but the first carries the job's label (``kubetorch.dev/job``, also on the Jobs and
+pods the CronJob makes; :func:`job_selector`); the runtime's ConfigMap carries no
+compute label either: it is shared, and neither ``kt jobs rm`` nor a teardown deletes it.
 
 The pod copies the notebook (``$KT_JOB_DIR``, ``/kt/job``) into
 ``$KT_STATE_DIR/jobs/<job>/`` on the claim (mounted at ``/kt/state``) and runs
