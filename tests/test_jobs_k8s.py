@@ -355,3 +355,28 @@ def test_kt_jobs_run_exits_with_the_runs_outcome(on_double: Any, tmp_path: Path,
     code, out, _ = _kt(capsys, "jobs", "list")
     row = next(line for line in out.splitlines() if line.startswith("fails"))
     assert "FAILED (alice-fails-manual-" in row, out
+
+
+def test_a_run_by_hands_job_name_fits_a_label() -> None:
+    import re
+
+    from kubetorch_jupyter.jobs.cluster import manual_job_name
+
+    longest = "alice-" + "n" * 46  # the CronJob's name is at most 52 characters
+    for cronjob in ("alice-nightly", longest, longest[:48] + "-x-y"):
+        name = manual_job_name(cronjob)
+        assert len(name) <= 63 and re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name), name
+        assert "-manual-" in name and name.startswith(cronjob[:40])
+
+
+def test_kt_jobs_of_a_kubernetes_job_without_a_cluster_say_what_to_set(
+        exported: list[dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("KT_KUBECONFIG", str(tmp_path / "missing"))
+    code, _, err = _kt(capsys, "jobs", "run", "nightly")
+    assert code == 1 and err.count("\n") == 1, err
+    assert "does not exist: point KT_KUBECONFIG" in err and "--here" in err, err
+    code, out, _ = _kt(capsys, "jobs", "list")  # --dry-run: nothing in a cluster to ask
+    assert code == 0 and "not applied" in out and "kubectl apply -f" in out, out
+    code, out, _ = _kt(capsys, "jobs", "rm", "nightly")
+    assert code == 0 and "kubectl delete -n ml" in out, out

@@ -218,7 +218,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if job.backend == "kubernetes" and not args.scheduled and not args.here:
         from ..jobs import cluster as _cluster
 
-        target = _cluster.connect(job.namespace)
+        target = _cluster.connect(job.namespace, hint=f"or kt jobs run {job.name} --here "
+                                  "runs it on this machine")
         try:
             return _cluster.run_now(target, job.cronjob or pod_name(args.name),
                                     job.namespace or target.namespace)

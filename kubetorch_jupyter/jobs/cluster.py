@@ -29,6 +29,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from ..backends.kubernetes import apply as _apply
 from ..backends.kubernetes import podstatus as _pods
+from ..backends.kubernetes.apply import ApiFailure
 from ..backends.kubernetes.client import Cluster, load
 from ..backends.kubernetes.logs import follow_log
 from ..exceptions import ConfigError
@@ -37,8 +38,9 @@ from .kubernetes import is_shared_runtime, job_selector
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
 
-__all__ = ["CRONJOBS", "INSTANTIATE_ANNOTATION", "CronJobState", "apply_job", "connect",
-           "cronjob_state", "remove_job_objects", "run_now"]
+__all__ = ["CRONJOBS", "INSTANTIATE_ANNOTATION", "CronJobState", "age_of", "apply_job",
+           "connect", "cronjob_state", "kept_claims", "manual_job", "manual_job_name",
+           "remove_job_objects", "run_now"]
 
 CRONJOBS = _apply.CRONJOB
 JOBS = _apply.Kind("batch/v1", "Job", "jobs")
@@ -63,10 +65,11 @@ def connect(namespace: str | None = None, *, hint: str = "") -> Cluster:
     """
     try:
         return load(namespace=namespace)
-    except ConfigError as exc:
-        if not hint:
-            raise
-        raise ConfigError(f"{str(exc).split('; KT_BACKEND=local')[0]}; {hint}") from None
+    except ApiFailure:
+        raise
+    except ConfigError as exc:  # (KT_BACKEND is about computes, not jobs)
+        text = str(exc).split("; KT_BACKEND=local")[0]
+        raise ConfigError(f"{text}; {hint}" if hint else text) from None
 
 
 def _kind(obj: dict[str, Any]) -> _apply.Kind:
@@ -208,6 +211,14 @@ def cronjob_state(cluster: Cluster, cronjob: str, name: str, namespace: str, *,
         latest_start=str(((latest or {}).get("status") or {}).get("startTime") or ""))
 
 
+def manual_job_name(cronjob: str) -> str:
+    """A new name for a run by hand of ``cronjob``: ``{cronjob}-manual-{6 hex}``.
+
+    At most 63 characters: a Job's name becomes its pods' ``job-name`` label.
+    """
+    return f"{cronjob[:63 - 14].rstrip('-')}-manual-{secrets.token_hex(3)}"
+
+
 def manual_job(cronjob: dict[str, Any], job_name: str) -> dict[str, Any]:
     """The Job ``kubectl create job JOB --from=cronjob/NAME`` makes of ``cronjob``.
 
@@ -274,13 +285,13 @@ def _watch_until(api: ApiClient, kind: _apply.Kind, namespace: str, selector: st
         except ConfigError:
             raise
         except Exception:  # noqa: BLE001 - a dropped watch: list and watch again
-            continue
+            stop.wait(1.0)  # (not at once: a server that drops every watch is not hammered)
         finally:
             stream.stop()
     return None
 
 
-def run_now(cluster: Cluster, cronjob: str, namespace: str, *, out: IO[str] = sys.stdout,
+def run_now(cluster: Cluster, cronjob: str, namespace: str, *, out: IO[str] | None = None,
             stop: threading.Event | None = None) -> int:
     """Start a Job from ``cronjob`` now, follow its pod's log, return the run's exit status.
 
@@ -292,12 +303,13 @@ def run_now(cluster: Cluster, cronjob: str, namespace: str, *, out: IO[str] = sy
     """
     api = cluster.api
     stop = stop or threading.Event()
+    out = out or sys.stdout  # (now: not the one at import)
     cj = _apply.get(api, CRONJOBS, namespace, cronjob, timeout=REQUEST_TIMEOUT)
     if cj is None:
         raise ConfigError(f"the CronJob {cronjob!r} is not in namespace {namespace!r} at "
                           f"{cluster.host}: kt export --replace --backend kubernetes puts it "
                           "back")
-    job_name = f"{cronjob[:63 - 13]}-manual-{secrets.token_hex(3)}"
+    job_name = manual_job_name(cronjob)
     created = _apply.request(api, "POST", JOBS.path(namespace), body=manual_job(cj, job_name),
                              content_type="application/json", timeout=REQUEST_TIMEOUT)
     job_name = _name(created) or job_name
