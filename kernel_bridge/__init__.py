@@ -14,10 +14,12 @@ from .errors import (
     CallLostError,
     KtError,
     PodDiedError,
+    PodOOMError,
     PodUnreachableError,
     RemoteError,
     SerializationError,
 )
+from .stats import CallStats, GpuStats
 from .status import PodState, StatusProbe
 
 __all__ = [
@@ -26,12 +28,15 @@ __all__ = [
     "CallCancelledError",
     "CallHandle",
     "CallLostError",
+    "CallStats",
     "Endpoint",
     "EndpointProvider",
     "EventSink",
+    "GpuStats",
     "KtError",
     "PodConnection",
     "PodDiedError",
+    "PodOOMError",
     "PodState",
     "PodUnreachableError",
     "RemoteError",

@@ -25,6 +25,7 @@ from pod_runtime import protocol
 from pod_runtime.protocol import shm
 
 from .errors import BridgeError, CallCancelledError, KtError, SerializationError, as_remote
+from .stats import CallStats
 
 if TYPE_CHECKING:
     from .connection import PodConnection
@@ -139,6 +140,20 @@ class CallHandle:
         self.started: float | None = None
         #: Called on the bridge's reader thread when the pod's answer arrives.
         self.on_answer: list[Callable[[], None]] = []
+        self._stats: Any = None  # the RESULT's stats, decoded when asked for
+
+    @property
+    def stats(self) -> CallStats | None:
+        """What the call cost on the pod: wall and CPU time, peak memory, GPUs.
+
+        Set once the result is here (after ``result()``); None before, or from a pod
+        that does not measure calls (``KT_POD_CALL_STATS=0``, or an older one).
+        """
+        raw = self._stats
+        if raw is None or isinstance(raw, CallStats):
+            return raw
+        self._stats = CallStats.from_wire(raw)
+        return self._stats
 
     def __repr__(self) -> str:
         state = "done" if self.done() else "running"
@@ -423,6 +438,7 @@ class CallHandle:
             )
             err.__cause__ = exc  # (a module missing here: the client names the versions)
             return False, err
+        self._stats = msg.get("stats")
         if msg["ok"]:
             return True, msg["value"]
         err = msg["error"]

@@ -39,7 +39,7 @@ import uuid
 from typing import Any
 
 from pod_runtime import protocol
-from pod_runtime.protocol import FrameType, handshake, shm, wire
+from pod_runtime.protocol import FrameType, ending, handshake, shm, wire
 
 from .calls import CallHandle, EventSink
 from .endpoint import Endpoint, EndpointProvider, as_provider, guarded_dial
@@ -131,6 +131,7 @@ class PodConnection:
         self._reconnecting = False  # an owner is connecting (only while _wire is None)
         self._closing = False
         self._probing = False
+        self._said: tuple[str, float | None] | None = None  # why the pod said it stopped
         self._swept = False  # shared memory of dead processes swept (once, on first use)
         self._writer = shm.ShmWriter()
         self._acks: list[int] = []
@@ -410,9 +411,11 @@ class PodConnection:
             _sweep_dead_owners()
         if restarted:
             self.known.clear()
+            said, self._said = self._said, None
             self._deliver_error(lost, PodDiedError(
                 f"pod {self.name!r} restarted while this call was in flight; its state is "
-                "lost", pod=self.name, exit_status=None))
+                "lost", pod=self.name, exit_status=None) if said is None else
+                died_error(self.name, _Gone(), said))
         if ws.closed:  # it dropped before we held it: the reader's on_close was ignored
             self._on_close(ws, None)
             return
@@ -427,6 +430,9 @@ class PodConnection:
                 self._acks_cv.notify()  # acknowledgements that waited for this connection
 
     def _on_close(self, ws: wire.WireConnection, exc: BaseException | None) -> None:
+        closed = ws.protocol.close_rcvd
+        if closed is not None and closed.code == 1001:  # the pod said why it stops
+            self._said = ending.parse_close_reason(closed.reason) or self._said
         with self._lock:
             if self._wire is not ws:
                 return
@@ -578,7 +584,7 @@ class PodConnection:
         if state is None:
             return False
         if not state.alive:
-            self._fail_all(died_error(self.name, state))
+            self._fail_all(died_error(self.name, state, self._said))
             return False
         log.info("pod %s has not answered for %.0fs but runs: busy in code that holds "
                  "the GIL? keeping the connection", self.name, silent)
@@ -591,7 +597,7 @@ class PodConnection:
         state = read_probe(self._status, self.name)
         if state is None or state.alive:
             return False
-        self._fail_all(died_error(self.name, state))
+        self._fail_all(died_error(self.name, state, self._said))
         return True
 
     def _start_probe(self) -> None:
@@ -637,6 +643,15 @@ class PodConnection:
                        ) -> None:
         for handle in (calls.values() if isinstance(calls, dict) else calls):
             handle._deliver("error", exc)
+
+
+class _Gone:
+    """The state of a pod that was replaced: gone, nothing else known."""
+
+    alive = False
+    exit_status = None
+    reason = None
+    message = ""
 
 
 def _sweep_dead_owners() -> None:

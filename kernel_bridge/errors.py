@@ -7,6 +7,7 @@ Hierarchy::
     │   ├── AuthenticationError     the pod refused our token, or could not prove its own
     │   ├── PodUnreachableError     could not connect (or reconnect) within the timeout
     │   ├── PodDiedError            the pod process ended while calls were in flight
+    │   │   └── PodOOMError         ... because it ran out of memory (limit, peak)
     │   └── CallLostError           the pod no longer knows a call (it restarted)
     ├── CallCancelledError          the call was cancelled (``handle.cancel()``)
     ├── SerializationError          an argument or result cannot be pickled / unpickled
@@ -30,6 +31,7 @@ __all__ = [
     "CallLostError",
     "KtError",
     "PodDiedError",
+    "PodOOMError",
     "PodUnreachableError",
     "RemoteError",
     "SerializationError",
@@ -78,6 +80,23 @@ class PodDiedError(BridgeError):
         super().__init__(message, pod=pod)
         self.exit_status = exit_status
         self.reason = reason
+
+
+class PodOOMError(PodDiedError):
+    """The pod was killed for using more memory than its limit (reason ``"OOMKilled"``).
+
+    Retry with more: ``remote_fn.with_retry(on_oom=kt.grow(memory=2.0))``.
+
+    Attributes:
+        limit: The memory limit in bytes, where known.
+        peak: The most memory the pod was seen using, in bytes, where known.
+    """
+
+    def __init__(self, message: str, *, pod: str | None = None, exit_status: int | None,
+                 limit: int | None = None, peak: int | None = None) -> None:
+        super().__init__(message, pod=pod, exit_status=exit_status, reason="OOMKilled")
+        self.limit = limit
+        self.peak = peak
 
 
 class CallLostError(BridgeError):

@@ -12,7 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from .errors import PodDiedError
+from pod_runtime.protocol import ending
+
+from .errors import PodDiedError, PodOOMError
 
 __all__ = ["PodState", "StatusProbe", "died_error", "read_probe"]
 
@@ -69,8 +71,19 @@ def read_probe(probe: StatusProbe, pod: str) -> PodState | None:
     return answer
 
 
-def died_error(pod: str, state: PodState) -> PodDiedError:
-    """The error for calls in flight on a pod that ``state`` says has ended."""
+#: What to tell of a pod that ended: the calls' state is lost, the next call starts one.
+_AFTER = "its state is lost. The next .to() or %%kt starts a fresh pod"
+
+
+def died_error(pod: str, state: PodState,
+               said: tuple[str, float | None] | None = None) -> PodDiedError:
+    """The error for calls in flight on a pod that ``state`` says has ended.
+
+    ``said``: the ending the pod announced when it closed the connection (see
+    :mod:`pod_runtime.protocol.ending`), used when ``state`` knows no reason.
+    An ``OOMKilled`` state gives a :class:`PodOOMError` (``memory_limit`` and
+    ``memory_peak`` attributes of the state, where it has them, become its figures).
+    """
     status = state.exit_status
     if status is None:
         how = "exit status unknown"
@@ -85,6 +98,21 @@ def died_error(pod: str, state: PodState) -> PodDiedError:
             f"pod {pod!r} was {detail if detail.startswith('torn down') else 'torn down'} "
             "while calls were in flight; its state is lost. The next .to() or %%kt starts "
             "a fresh pod", pod=pod, exit_status=status, reason=reason)
+    if reason == "OOMKilled":
+        detail = detail.removeprefix("out of memory: ")
+        return PodOOMError(
+            f"pod {pod!r} ran out of memory ({detail}) and was killed while calls were in "
+            f"flight; {_AFTER}. Ask for more memory, or retry with more: "
+            "remote_fn.with_retry(on_oom=kt.grow(memory=2.0)) (%%kt --retry-oom)",
+            pod=pod, exit_status=status, limit=getattr(state, "memory_limit", None),
+            peak=getattr(state, "memory_peak", None))
+    if reason is None and said is not None:
+        reason, detail = said[0], ending.describe(*said)
+    if reason in ending.REASONS:
+        what = (f"was preempted: {detail}" if reason == ending.PREEMPTED
+                else f"was stopped for idleness ({detail})")
+        return PodDiedError(f"pod {pod!r} {what}; {_AFTER}", pod=pod, exit_status=status,
+                            reason=reason)
     if reason and reason.lower() not in detail.lower():
         detail = f"{reason}: {detail}"
     return PodDiedError(

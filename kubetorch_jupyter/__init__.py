@@ -17,9 +17,10 @@ subpackages stay importable by their full names, ``kubetorch_jupyter.config``).
 
 from typing import TYPE_CHECKING
 
-from kernel_bridge import CallHandle
+from kernel_bridge import CallHandle, CallStats
 
 from .calls.remote import Cls, Fn, RemoteFn, RemoteInstance, RemoteMethod, cls, fn
+from .calls.retry import grow
 from .core.compute import Compute
 from .core.image import Image
 from .exceptions import (
@@ -33,6 +34,7 @@ from .exceptions import (
     ImageBuildError,
     KtError,
     PodDiedError,
+    PodOOMError,
     PodStartError,
     PodUnreachableError,
     ReloadError,
@@ -73,6 +75,7 @@ __all__ = [
     "CallCancelledError",
     "CallHandle",
     "CallLostError",
+    "CallStats",
     "Cls",
     "Compute",
     "ComputeInUseError",
@@ -83,6 +86,7 @@ __all__ = [
     "ImageBuildError",
     "KtError",
     "PodDiedError",
+    "PodOOMError",
     "PodStartError",
     "PodUnreachableError",
     "ReloadError",
@@ -99,6 +103,7 @@ __all__ = [
     "__version__",
     "cls",
     "fn",
+    "grow",
 ]
 
 

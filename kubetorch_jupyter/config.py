@@ -152,6 +152,9 @@ SETTINGS: dict[str, Setting] = {
                 "Show progress bars for pod start, image builds and sync."),
         Setting("sync", "KT_SYNC", lambda: True, _bool,
                 "Sync the project's files to pods before each call (%kt sync works either way)."),
+        Setting("cell_stats", "KT_CELL_STATS", lambda: False, _bool,
+                "Print what each %%kt cell cost (wall and CPU time, peak memory, GPUs) under "
+                "its output, as %%kt --stats does."),
         Setting("python", "KT_PYTHON", lambda: "", str,
                 "Python interpreter for local pods whose image has no install steps.",
                 shown="the client's own"),

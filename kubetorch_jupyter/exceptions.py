@@ -10,7 +10,7 @@ Hierarchy (the bridge's part is in :mod:`kernel_bridge.errors`)::
     ├── ImageBuildError             an Image's pip_install / run_bash step failed
     ├── PodStartError               a pod did not come up; carries its log tail
     ├── BridgeError                 (AuthenticationError, PodUnreachableError,
-    │                                PodDiedError, CallLostError)
+    │                                PodDiedError > PodOOMError, CallLostError)
     ├── CallCancelledError          the call was cancelled (handle.cancel())
     ├── SerializationError
     │   └── VersionMismatchError    this Python and the pod's cannot exchange pickles
@@ -35,6 +35,7 @@ from kernel_bridge.errors import (
     CallLostError,
     KtError,
     PodDiedError,
+    PodOOMError,
     PodUnreachableError,
     RemoteError,
     SerializationError,
@@ -52,6 +53,7 @@ __all__ = [
     "ImageBuildError",
     "KtError",
     "PodDiedError",
+    "PodOOMError",
     "PodStartError",
     "PodUnreachableError",
     "ReloadError",

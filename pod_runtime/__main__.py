@@ -16,13 +16,13 @@ import signal
 import sys
 import threading
 
-from . import settings
+from . import podlog, settings
 from .protocol import shm
 from .server import PodServer
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run a pod until SIGTERM or the inactivity TTL."""
+    """Run a pod until SIGTERM (drained within ``KT_POD_TERM_GRACE``) or the inactivity TTL."""
     parser = argparse.ArgumentParser(prog="python -m pod_runtime", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=0, help="TCP port; 0 picks a free one")
@@ -38,8 +38,11 @@ def main(argv: list[str] | None = None) -> int:
         print("pod_runtime: KT_POD_TOKEN is not set; refusing to serve without a token",
               file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, stream=sys.__stderr__,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        podlog.configure(args.name)  # logging records: plain on stderr, or JSON lines
+    except ValueError as exc:  # a KT_POD_... variable its parser rejects
+        print(f"pod_runtime: {exc}", file=sys.stderr)
+        return 2
     logging.getLogger("websockets").setLevel(logging.WARNING)
     swept = shm.sweep_dead_owners()  # files of clients and pods killed by SIGKILL
     if swept:
@@ -51,8 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     # (The executor clears the mask while a call's own code runs: see Executor._run.)
     handled = {signal.SIGTERM, signal.SIGINT}
     signal.pthread_sigmask(signal.SIG_BLOCK, handled)
-    server = PodServer(token, name=args.name, host=args.host, port=args.port,
-                       inactivity_ttl=args.inactivity_ttl, max_workers=args.max_workers)
+    try:
+        server = PodServer(token, name=args.name, host=args.host, port=args.port,
+                           inactivity_ttl=args.inactivity_ttl, max_workers=args.max_workers)
+    except ValueError as exc:
+        print(f"pod_runtime: {exc}", file=sys.stderr)
+        return 2
     port = server.start_in_thread()
     logging.getLogger("kubetorch.pod").info("pod %s listening on %s:%d (pid %d)",
                                             args.name, args.host, port, os.getpid())
@@ -60,18 +67,27 @@ def main(argv: list[str] | None = None) -> int:
         with os.fdopen(args.ready_fd, "w") as ready:
             ready.write(json.dumps({"port": port, "pid": os.getpid()}) + "\n")
 
-    stop = threading.Event()
+    stop = threading.Event()  # never set: the main loop runs cells until finish() exits
     terminating: list[int] = []
+
+    def finish(drain: bool) -> None:
+        # Off the main thread: a cell running there keeps running through the grace.
+        if drain:
+            server.drain(settings.get("KT_POD_TERM_GRACE"))
+        server.stop()  # (stopped already when the inactivity TTL ended it)
+        shm.clear_spares()  # os._exit below skips atexit handlers
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
     def on_term(signum: int, frame: object) -> None:
         # A second SIGTERM can arrive while the handler of the first runs on the main
-        # thread, inside stop.set(): entering it again would wait forever on the
-        # Event's own lock (a pod that never exits). The first one is enough.
+        # thread: entering it again could wait forever on a lock the first holds (a pod
+        # that never exits). The first one is enough.
         if terminating:
             return
         terminating.append(signum)
-        stop.set()
-        server.executor.stop_main_loop()
+        threading.Thread(target=finish, args=(signum != 0,), name="kt-stop").start()
 
     signal.signal(signal.SIGTERM, on_term)
 
@@ -82,11 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     threading.Thread(target=watch, name="kt-watch", daemon=True).start()
     signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)
     server.executor.run_main_loop(stop)
-    server.stop()
-    shm.clear_spares()  # os._exit below skips atexit handlers
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    threading.Event().wait()  # finish() ends the process
+    return 0
 
 
 if __name__ == "__main__":

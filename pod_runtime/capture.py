@@ -19,6 +19,9 @@ descriptors directly (C code, subprocesses) follows at the next rotation. Rotati
 the pod rather than in the backend at start bounds a flood within one run too; a pipe
 (a cluster's container log) is left to its runtime.
 
+Each write also goes to the pod's log history (:mod:`.podlog`), which with
+``KT_POD_LOG_FORMAT=json`` tees JSON lines to stdout in place of the raw text.
+
 Threads the user starts inside a call are not bound to it. Their output goes to the only
 call in flight when there is exactly one, and otherwise only to the pod's log, rather
 than to a call that did not produce it.
@@ -36,6 +39,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from . import podlog
+
 __all__ = ["RoutingStream", "bind", "current", "flush_tee", "install"]
 
 #: Seconds teed output may wait before it is written to the pod's log.
@@ -47,6 +52,8 @@ _local = threading.local()
 #: Calls in flight, in start order; maintained by the executor.
 _in_flight: dict[int, Any] = {}
 _in_flight_lock = threading.Lock()
+#: The process's pod log, once :func:`install` ran.
+_plog: podlog.PodLog | None = None
 
 
 def bind(record: Any | None) -> None:
@@ -66,6 +73,8 @@ def unbind(record: Any) -> None:
     _local.record = None
     with _in_flight_lock:
         _in_flight.pop(record.call_id, None)
+    if _plog is not None:
+        _plog.flush_call(record.call_id)  # a last line without its newline
     if _tee.waiting():
         _tee.flush()
 
@@ -232,6 +241,10 @@ class RoutingStream(io.TextIOBase):
         rec = current()
         if rec is not None:
             self._emit(rec, self.name, text)
+        if _plog is not None:
+            _plog.printed(self.name, rec.call_id if rec is not None else None, text)
+            if _plog.json_lines:
+                return len(text)  # the log has it as JSON lines instead
         if self._tee is not None:
             _tee.add(self._tee, text)
         return len(text)
@@ -261,6 +274,10 @@ class RoutingStream(io.TextIOBase):
 
 def install(emit: Callable[[Any, str, str], None]) -> None:
     """Replace ``sys.stdout``/``sys.stderr`` with routing streams (once, at pod start)."""
+    global _plog
+    _plog = podlog.get_log()
+    _plog.write_out = _tee.add  # its lines join the teed output, in order, batched
+    _plog.flush_out = _tee.flush
     if not isinstance(sys.stdout, RoutingStream):
         sys.stdout = RoutingStream("stdout", sys.__stdout__, emit)
     if not isinstance(sys.stderr, RoutingStream):

@@ -35,7 +35,8 @@ from typing import Any, cast
 
 import cloudpickle
 
-from . import aio, capture, protocol, settings
+from . import aio, capture, gpu, protocol, settings
+from .metrics import CallMeter
 from .protocol import messages, shm
 from .records import CallRecord
 from .registry import HANDLERS, register
@@ -88,6 +89,7 @@ class Executor:
         self.retained_bytes = 0  # results finished and not yet acknowledged
         #: Calls whose results were dropped unacknowledged: id -> the setting that did it.
         self.lost: collections.OrderedDict[int, str] = collections.OrderedDict()
+        self.meter = CallMeter(gpu.default_reader())  # counts calls, measures each
         capture.install(self._emit_stream)
 
     # ----------------------------------------------------------------- events
@@ -160,7 +162,8 @@ class Executor:
         state = record.state if record.state != "done" else (record.outcome or "done")
         return {"run": record.call_id, "state": state, "label": record.label,
                 "created": record.created, "started": record.started or None,
-                "finished": record.finished or None, "events": record.seq, "client": client}
+                "finished": record.finished or None, "events": record.seq, "client": client,
+                "stats": record.stats}
 
     def fail(self, record: CallRecord, exc: BaseException) -> None:
         """Finish an admitted call with ``exc`` without running it."""
@@ -277,6 +280,7 @@ class Executor:
                 self.emit(record, dict(started))
         capture.bind(record)
         self.calls_total += 1
+        run, stats = self.meter.begin(), None
         try:
             if cancelled:
                 protocol.release_buffers(buffers)
@@ -313,10 +317,14 @@ class Executor:
                         _set_async_exc(record.thread_id or 0, None)  # a late one: drop it
                 if saved_mask is not None:
                     signal.pthread_sigmask(signal.SIG_SETMASK, saved_mask)
-            result = _pack_ok(value)
+            stats = self.meter.end(run, record.kind, "ok")
+            result = _pack_ok(value, stats)
         except BaseException as exc:  # noqa: BLE001 - everything goes back to the caller
             self.calls_failed += 1
-            result = _pack_error_safely(exc, self.pod_name)
+            if stats is None:
+                stats = self.meter.end(run, record.kind, "cancelled" if record.cancelled and
+                                       isinstance(exc, KeyboardInterrupt) else "error")
+            result = _pack_error_safely(exc, self.pod_name, stats)
         finally:
             if on_main:
                 self._main_record = None
@@ -324,6 +332,7 @@ class Executor:
             capture.unbind(record)
         with record.lock:
             record.result = result
+            record.stats = stats
             record.state = "done"
             record.finished = time.time()
         self.last_activity = time.monotonic()
@@ -429,10 +438,11 @@ def _set_async_exc(thread_id: int, exc: type[BaseException] | None) -> None:
         ctypes.c_ulong(thread_id), ctypes.py_object(exc) if exc is not None else None)
 
 
-def _pack_error_safely(exc: BaseException, pod: str) -> tuple[bytes, list[memoryview]]:
+def _pack_error_safely(exc: BaseException, pod: str, stats: messages.CallStats | None = None
+                       ) -> tuple[bytes, list[memoryview]]:
     """:func:`_pack_error`, which must not fail: a call always gets a result."""
     try:
-        return _pack_error(exc, pod)
+        return _pack_error(exc, pod, stats=stats)
     except BaseException:  # noqa: BLE001 - e.g. an exception whose __str__ raises
         typ = type(exc)
         error: messages.ErrorInfo = {"type": f"{typ.__module__}.{typ.__qualname__}",
@@ -465,9 +475,12 @@ def _not_importable(exc: ModuleNotFoundError) -> ModuleNotFoundError:
     return err
 
 
-def _pack_ok(value: Any) -> tuple[bytes, list[memoryview]]:
+def _pack_ok(value: Any, stats: messages.CallStats | None = None
+             ) -> tuple[bytes, list[memoryview]]:
     try:
         ok: messages.Result = {"ok": True, "value": value}
+        if stats is not None:
+            ok["stats"] = stats
         return protocol.dumps(ok)
     except Exception as exc:  # noqa: BLE001
         err = TypeError(
@@ -475,7 +488,7 @@ def _pack_ok(value: Any) -> tuple[bytes, list[memoryview]]:
             f"cannot be pickled: {exc}. Return plain data (numbers, arrays, dicts) or keep "
             "the object on the pod with kt.cls"
         )
-        return _pack_error(err, None, kind=messages.ErrorKind.SERIALIZATION)
+        return _pack_error(err, None, kind=messages.ErrorKind.SERIALIZATION, stats=stats)
 
 
 _INTERNAL = os.path.dirname(os.path.abspath(__file__))
@@ -495,8 +508,8 @@ def _plain(exc: BaseException) -> bool:
     return sum(len(repr(a)) for a in exc.args) < 100_000
 
 
-def _pack_error(exc: BaseException, pod: str | None,
-                kind: messages.ErrorKind | None = None) -> tuple[bytes, list[memoryview]]:
+def _pack_error(exc: BaseException, pod: str | None, kind: messages.ErrorKind | None = None,
+                stats: messages.CallStats | None = None) -> tuple[bytes, list[memoryview]]:
     exc.__traceback__ = _user_frames(exc.__traceback__)
     tb_text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     typ = type(exc)
@@ -529,6 +542,8 @@ def _pack_error(exc: BaseException, pod: str | None,
         "category": kind.value if kind is not None else None,
     }
     result: messages.Result = {"ok": False, "error": error}
+    if stats is not None:
+        result["stats"] = stats
     return protocol.dumps(result)
 
 

@@ -60,6 +60,7 @@ class CallRecord:
         self.dropped_by = ""
         self.result: tuple[bytes, list[memoryview]] | None = None
         self.result_bytes = 0
+        self.stats: Any = None  # the CallStats its RESULT carries, once it finished
         self.created = time.time()
         self.started = 0.0
         self.finished = 0.0

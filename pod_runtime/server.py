@@ -28,10 +28,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import cells as _cells  # noqa: F401 - registers the notebook cell call kinds
-from . import protocol, settings
+from . import gpu, protocol, settings
+from . import podlog as _podlog  # noqa: F401 - registers the "logs" call kind
 from . import sync as _sync  # noqa: F401 - registers the "sync" call kind
 from .executor import Executor
-from .protocol import FrameType, handshake, shm, wire
+from .metrics import PodMetrics
+from .protocol import FrameType, ending, handshake, messages, shm, wire
 from .records import CallRecord
 
 __all__ = ["PodServer"]
@@ -135,6 +137,11 @@ class _Conn:
                 if self._queue or self._dirty or self._ended:
                     self._cv.notify()
 
+    def flushed(self) -> bool:
+        """Whether nothing waits to be written (used while the pod drains)."""
+        with self._cv:
+            return self._ended or not (self._queue or self._dirty or self._busy or self._direct)
+
     def mark(self, record: CallRecord) -> None:
         """The record has output to send on this connection (coalesced)."""
         with self._cv:
@@ -233,11 +240,6 @@ class _Outbound:
     finish: Callable[[], None] | None = None  # writes the rest of a begun message
 
 
-def _label_value(text: str) -> str:
-    """Escape a Prometheus label value (text format: backslash, double quote, newline)."""
-    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
 def _events_frame(call_id: int, events: list[dict[str, Any]]) -> list[bytes | memoryview]:
     return protocol.encode_frame(FrameType.EVENTS, call_id,
                                  protocol.dump_json({"events": events}))
@@ -251,7 +253,8 @@ class PodServer:
         name: The pod's name, shown in errors and WELCOME.
         host: Interface to listen on (127.0.0.1 for local pods; 0.0.0.0 in a container).
         port: TCP port; 0 picks a free one (see :attr:`port` once started).
-        inactivity_ttl: Seconds without calls or connections after which the pod stops.
+        inactivity_ttl: Seconds without calls after which the pod stops, connected
+            clients or not (a running call, a detached run included, keeps it up).
         max_workers: Threads for concurrent function and method calls.
     """
 
@@ -279,6 +282,15 @@ class PodServer:
         self._listener: socket.socket | None = None
         self._conns: set[_Conn] = set()
         self._versions = protocol.package_versions()
+        self.metrics = PodMetrics(name, settings.get("KT_POD_INSTANCE") or name,
+                                  executor=self.executor, connections=lambda: len(self._conns),
+                                  started=self.started, gpu=gpu.default_reader())
+        # connections still in their handshake, oldest first (see _admit_pending)
+        self._pending: dict[socket.socket, None] = {}
+        self._pending_lock = threading.Lock()
+        self.draining = threading.Event()  # SIGTERM: finishing what runs, taking nothing new
+        self._drain_cv = threading.Condition()
+        self._close_reason = "pod stopping"
 
     # ------------------------------------------------------------ lifecycle
     def start_in_thread(self) -> int:
@@ -294,10 +306,12 @@ class PodServer:
             threading.Thread(target=target, name=name, daemon=True).start()
         return self.port
 
-    def stop(self) -> None:
-        """Stop accepting, close every connection, stop the executor."""
+    def stop(self, reason: str | None = None) -> None:
+        """Stop accepting, close every connection (code 1001, ``reason``), stop the executor."""
         if self.stopped.is_set():
             return
+        if reason is not None:
+            self._close_reason = reason
         self.stopped.set()
         if self._listener is not None:
             with contextlib.suppress(OSError):
@@ -306,7 +320,7 @@ class PodServer:
                 self._listener.close()
         for conn in list(self._conns):
             if conn.wire is not None:
-                conn.wire.close(1001, "pod stopping")
+                conn.wire.close(1001, self._close_reason)
             conn.shm_writer.cleanup()  # results nobody claimed: tmpfs is memory
         self.executor.shutdown()
 
@@ -319,10 +333,55 @@ class PodServer:
             self.executor.expire()
             if self.inactivity_ttl is None:
                 continue
+            # Activity is calls (a sync is one), not connections: an open notebook
+            # that makes none must not hold the pod (and its GPUs) forever.
             idle = time.monotonic() - self.executor.last_activity
-            if idle > self.inactivity_ttl and not self._conns and not self.executor.busy():
-                log.warning("no activity for %.0fs: pod %s stops", idle, self.name)
-                self.stop()
+            if (idle > self.inactivity_ttl and not self.executor.busy()
+                    and not self.draining.is_set()):
+                log.warning("no calls for %.0fs (inactivity TTL %gs): pod %s stops, "
+                            "%d idle client(s) connected", idle, self.inactivity_ttl,
+                            self.name, len(self._conns))
+                self.end(ending.IDLE, self.inactivity_ttl)
+
+    def end(self, reason: str, value: float) -> None:
+        """Stop for ``reason`` (an :mod:`~.protocol.ending`): say why, then :meth:`stop`.
+
+        The termination log gets the reason first (a backend reads it once the process
+        is gone), then every connection closes with it.
+        """
+        path = settings.get("KT_POD_TERMINATION_LOG")
+        ending.write_termination_log(path, ending.termination_log(reason, value),
+                                     create="KT_POD_TERMINATION_LOG" in os.environ)
+        self.stop(ending.close_reason(reason, value))
+
+    def drain(self, grace: float) -> None:
+        """SIGTERM: let running calls finish within ``grace`` seconds, then stop as preempted.
+
+        Meanwhile ``/ready`` answers 503 and new calls are refused (:class:`~.protocol.
+        messages.PodStoppingError`); results that finish go out before the connections
+        close. Calls still running at the end are abandoned with the process: their
+        clients read "Preempted" in the close and in the termination log.
+        """
+        self.draining.set()
+        deadline = time.monotonic() + grace
+        running = sum(1 for r in list(self.executor.records.values()) if r.state != "done")
+        log.warning("SIGTERM: pod %s stops; %d call(s) running get %gs (KT_POD_TERM_GRACE) "
+                    "to finish, new calls are refused", self.name, running, grace)
+        with self._drain_cv:
+            while self.executor.busy():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._drain_cv.wait(left)
+        left_over = sum(1 for r in list(self.executor.records.values()) if r.state != "done")
+        if left_over:
+            log.warning("%d call(s) still running after the %gs grace are stopped",
+                        left_over, grace)
+        flush_by = time.monotonic() + 2.0  # results that finished: out before the close
+        while (any(not c.flushed() for c in list(self._conns))
+               and not self.stopped.wait(0.02) and time.monotonic() < flush_by):
+            pass
+        self.end(ending.PREEMPTED, grace)
 
     # --------------------------------------------------------------- accept
     def _accept_loop(self) -> None:
@@ -332,26 +391,54 @@ class PodServer:
                 sock, _ = self._listener.accept()
             except OSError:
                 return
+            self._admit_pending(sock)
             threading.Thread(target=self._serve_socket, args=(sock,), name="kt-conn",
                              daemon=True).start()
 
+    def _admit_pending(self, sock: socket.socket) -> None:
+        """Count a new connection as in its handshake; past the cap, drop the oldest.
+
+        Threads per unauthenticated peer are bounded this way, and a peer that holds
+        a token gets in even during a flood: its handshake takes a round trip, while
+        the ones it pushes out have been waiting longest (slow senders, idle sockets).
+        """
+        cap = settings.get("KT_POD_MAX_PENDING_CONNECTIONS")
+        with self._pending_lock:
+            self._pending[sock] = None
+            excess = len(self._pending) - cap
+            dropped = list(self._pending)[:max(0, excess)]
+            for old in dropped:
+                del self._pending[old]
+        for old in dropped:
+            with contextlib.suppress(OSError):
+                old.shutdown(socket.SHUT_RDWR)  # its thread's read ends; that thread closes it
+        if dropped:
+            log.warning("over KT_POD_MAX_PENDING_CONNECTIONS=%d connections in their "
+                        "handshake: dropped the oldest %d", cap, len(dropped))
+
     def _serve_socket(self, sock: socket.socket) -> None:
         try:
-            proto, request = handshake.read_request(sock)
-        except OSError:
-            sock.close()
-            return
-        if request is None:
-            sock.close()
+            proto, request = handshake.read_request(
+                sock, settings.get("KT_POD_HANDSHAKE_TIMEOUT"),
+                max_size=settings.get("KT_POD_MAX_MESSAGE_BYTES"))
+        except (OSError, TimeoutError):  # slow, too large, or dropped for newer ones
+            request = None
+        with self._pending_lock:
+            admitted = self._pending.pop(sock, 0) is None
+        if request is None or not admitted:
+            with contextlib.suppress(OSError):
+                sock.close()
             return
         path = request.path.split("?", 1)[0]
         if path == "/healthz":
             return handshake.respond(sock, proto, 200, "ok\n")
         if path == "/ready":
+            if self.draining.is_set() or self.stopped.is_set():
+                return handshake.respond(sock, proto, 503, "stopping\n")
             return handshake.respond(sock, proto, 200, "ready\n")
         if path == "/metrics":
-            return handshake.respond(sock, proto, 200, self._metrics(),
-                                {"Content-Type": "text/plain; version=0.0.4"})
+            return handshake.respond(sock, proto, 200, self.metrics.exposition(),
+                                     {"Content-Type": self.metrics.content_type})
         if path != protocol.BRIDGE_PATH:
             return handshake.respond(sock, proto, 404, f"no such endpoint: {path}\n")
         presented = protocol.presented_token(request.headers.get(protocol.POD_TOKEN_HEADER),
@@ -384,7 +471,6 @@ class PodServer:
             return
         conn.start(ws)
         self._conns.add(conn)
-        self.executor.last_activity = time.monotonic()
         welcome = {
             "pod": self.name,
             "pid": os.getpid(),
@@ -406,23 +492,6 @@ class PodServer:
             for rec in list(self.executor.records.values()):
                 if rec.owner is conn:
                     rec.owner = None
-            self.executor.last_activity = time.monotonic()
-
-    def _metrics(self) -> str:
-        ex = self.executor
-        running = sum(1 for r in list(ex.records.values()) if r.state != "done")
-        labels = f'{{pod="{_label_value(self.name)}"}}'
-        rows = [
-            ("kt_calls_total", "counter", ex.calls_total),
-            ("kt_calls_failed_total", "counter", ex.calls_failed),
-            ("kt_calls_in_flight", "gauge", running),
-            ("kt_connections", "gauge", len(self._conns)),
-            ("kt_uptime_seconds", "gauge", round(time.time() - self.started, 3)),
-            # wall time of the last call or connection change: listings show idle time
-            ("kt_last_activity_timestamp_seconds", "gauge",
-             round(time.time() - (time.monotonic() - ex.last_activity), 3)),
-        ]
-        return "".join(f"# TYPE {n} {t}\n{n}{labels} {v}\n" for n, t, v in rows)
 
     # --------------------------------------------------------------- frames
     def _on_message(self, conn: _Conn, parts: list[bytes]) -> None:
@@ -441,6 +510,12 @@ class PodServer:
             record, existed = self.executor.admit(frame.call_id, conn)
             if existed:  # a resend after a reconnect: just re-subscribe
                 self._subscribe(conn, record, 0)
+                return
+            if self.draining.is_set():
+                self.executor.fail(record, messages.PodStoppingError(
+                    f"pod {self.name!r} is stopping (it got SIGTERM: a node drain, kubectl "
+                    "delete or preemption) and takes no new calls; call again: the compute "
+                    "starts again on the next call"))
                 return
             try:
                 buffers = protocol.claim_buffers(frame.buffers, shm.claim)
@@ -500,6 +575,9 @@ class PodServer:
 
         Never writes to a socket: only the connection's writer does.
         """
+        if self.draining.is_set():
+            with self._drain_cv:
+                self._drain_cv.notify_all()
         conn = record.owner
         if conn is None or conn.closed or record.result is None:
             return

@@ -26,10 +26,24 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise ValueError("must be 0 or more")
+    return value
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if value <= 0:
         raise ValueError("must be positive")
+    return value
+
+
+def _log_format(text: str) -> str:
+    value = text.strip().lower()
+    if value not in ("plain", "json"):
+        raise ValueError("must be 'plain' or 'json'")
     return value
 
 
@@ -66,7 +80,11 @@ POD_SETTINGS: dict[str, PodSetting] = {
         PodSetting("KT_POD_TOKEN", "", str,
                    "The token clients must present (required; removed from the environment "
                    "once read, so code on the pod never sees it)."),
-        PodSetting("KT_POD_NAME", "pod", str, "The pod's name in messages and metrics."),
+        PodSetting("KT_POD_NAME", "pod", str,
+                   "The pod's name in messages; the `compute` label of its metrics and logs."),
+        PodSetting("KT_POD_INSTANCE", "", str,
+                   "The `pod` label of its metrics and logs: the Kubernetes pod's own name "
+                   "(the manifests set it from the downward API); empty: KT_POD_NAME."),
         PodSetting("KT_STATE_DIR", "", str,
                    "State directory; synced trees go under <KT_STATE_DIR>/sync/<pod>."),
         PodSetting("KT_SYNC_DIR", "", str,
@@ -88,9 +106,43 @@ POD_SETTINGS: dict[str, PodSetting] = {
                    "Bytes of results queued for one client that is not reading them; past "
                    "this the pod closes that client's connection (it reconnects and "
                    "collects: results are kept)."),
+        PodSetting("KT_POD_TERM_GRACE", 25.0, _non_negative_float,
+                   "Seconds a pod that got SIGTERM (a node drain, kubectl delete, "
+                   "preemption) lets running calls finish; /ready answers 503 meanwhile "
+                   "and new calls are refused; what still runs then fails as preempted. "
+                   "Keep it under the pod's terminationGracePeriodSeconds (30 s)."),
+        PodSetting("KT_POD_TERMINATION_LOG", "/dev/termination-log", str,
+                   "File the pod writes why it stopped to (\"Preempted: ...\", "
+                   "\"Idle: ...\"), as Kubernetes' terminationMessagePath. The default "
+                   "is written only where it exists (Kubernetes mounts it); a path set "
+                   "here is created."),
+        PodSetting("KT_POD_HANDSHAKE_TIMEOUT", 10.0, _positive_float,
+                   "Seconds a new connection has to send its whole upgrade request; a "
+                   "slower one is dropped before it is authenticated."),
+        PodSetting("KT_POD_MAX_PENDING_CONNECTIONS", 64, _positive_int,
+                   "Connections still in their handshake (not authenticated) held at "
+                   "once; past this the oldest is dropped, so a flood cannot starve "
+                   "clients that hold the token."),
+        PodSetting("KT_POD_MAX_MESSAGE_BYTES", 4 * 1024**3, byte_size,
+                   "Largest message an authenticated client may send (arguments that "
+                   "do not go through shared memory); a larger one closes its "
+                   "connection with code 1009."),
         PodSetting("KT_POD_LOG_MAX_BYTES", 10 * 1024**2, byte_size,
                    "Size at which the pod's log file (its stdout, when that is a file) is "
                    "rotated to <log>.1; one rotated file is kept."),
+        PodSetting("KT_POD_LOG_FORMAT", "plain", _log_format,
+                   "What the pod writes to its stdout: `plain` text as printed (the local "
+                   "backend's log), or `json` lines with time, compute, pod, call, stream, "
+                   "level and text (set by the Kubernetes manifests, for a log shipper)."),
+        PodSetting("KT_POD_LOG_HISTORY", 10_000, _positive_int,
+                   "Lines of recent output and logging the pod keeps for `kt logs --call` "
+                   "and the notebook's log view."),
+        PodSetting("KT_POD_CALL_STATS", True, _flag,
+                   "Measure what each call costs (wall and CPU time, peak memory, GPUs) and "
+                   "send it with the result (0: off; the call metrics stay)."),
+        PodSetting("KT_POD_STATS_INTERVAL", 0.05, _positive_float,
+                   "Seconds between the samples of memory (and GPU) taken while calls run, "
+                   "for each call's peak figures."),
     ]
 }
 

@@ -456,6 +456,9 @@ def _run_sync(ex: Executor, body: dict[str, Any], record: CallRecord) -> Any:
     op = msg.get("op")
     record.label = f"sync {op}"
     tgt = target(ex.pod_name)
+    blobs = msg if msg["op"] == "blobs" else msg.get("blobs")
+    if blobs and blobs.get("data") is not None:  # kt_sync_bytes_total
+        ex.meter.synced(memoryview(blobs["data"]).nbytes)
     if msg["op"] == "blobs":
         return tgt.store(msg["index"], msg["data"])
     if msg["op"] == "apply":

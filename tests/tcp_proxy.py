@@ -23,6 +23,8 @@ class TcpProxy:
         self._socks: list[socket.socket] = []
         self._lock = threading.Lock()
         self.accepted = 0
+        self._cut_after: int | None = None  # bytes from the target, then cut (see cut_after)
+        self.was_cut = threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()
 
     @property
@@ -42,12 +44,27 @@ class TcpProxy:
             upstream = socket.create_connection(("127.0.0.1", self.target_port))
             with self._lock:
                 self._socks += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            for a, b, down in ((client, upstream, False), (upstream, client, True)):
+                threading.Thread(target=self._pipe, args=(a, b, down), daemon=True).start()
 
-    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+    def cut_after(self, nbytes: int) -> None:
+        """Cut every connection (as :meth:`cut`) once ``nbytes`` more came from the target.
+
+        For a drop in the middle of a large result: :attr:`was_cut` is set then.
+        """
+        self.was_cut.clear()
+        self._cut_after = nbytes
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, down: bool = False) -> None:
         with contextlib.suppress(OSError):
-            while data := src.recv(1 << 20):
+            while data := src.recv(1 << 16 if self._cut_after is not None else 1 << 20):
+                if down and self._cut_after is not None:
+                    self._cut_after -= len(data)
+                    if self._cut_after <= 0:
+                        self._cut_after = None
+                        self.cut()
+                        self.was_cut.set()
+                        return
                 dst.sendall(data)
         for s in (src, dst):
             with contextlib.suppress(OSError):

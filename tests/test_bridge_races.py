@@ -17,6 +17,7 @@ from kernel_bridge import (
     CallHandle,
     PodConnection,
     PodDiedError,
+    PodOOMError,
     PodUnreachableError,
 )
 from pod_runtime.protocol import shm
@@ -103,7 +104,8 @@ def test_pod_died_error_carries_the_reason(proxied: tuple[RawPod, TcpProxy]) -> 
             handle.result(timeout(30))
         assert info.value.reason == "OOMKilled"
         assert info.value.exit_status == 137
-        assert "pod 'dev' died (OOMKilled: the container used more than its 1Gi limit)" in str(
+        assert isinstance(info.value, PodOOMError)  # OOMKilled: its own subclass
+        assert "pod 'dev' ran out of memory (the container used more than its 1Gi limit)" in str(
             info.value)
     finally:
         conn.close()

@@ -102,12 +102,19 @@ def mount_configmap(configmap: dict[str, Any], where: Path) -> Path:
     return where
 
 
+def container_env(rc: RuntimeContainer, pod: str) -> dict[str, str]:
+    """``rc.env`` as the kubelet gives it to the container (``pod``: the pod's name)."""
+    fields = {"metadata.name": pod}
+    return {e["name"]: e["value"] if "value" in e else fields[e["valueFrom"]["fieldRef"][
+        "fieldPath"]] for e in rc.env}
+
+
 def start_container(rc: RuntimeContainer, spec: ComputeSpec, tmp: Path, path: str, *,
                     cache: Path | None = None, extra: dict[str, str] | None = None,
                     wait: bool = True) -> Container:
     """Run ``rc.command`` with a container's environment (nothing of this process's)."""
     mount = mount_configmap(rc.objects[0], tmp / "mount")
-    env = {e["name"]: e["value"] for e in rc.env}
+    env = container_env(rc, "alice-dev-abc12")
     assert env["KT_RUNTIME_DIR"] == RUNTIME_DIR and env["KT_CACHE_DIR"] == CACHE_DIR
     token = secrets.token_urlsafe(32)
     env.update(KT_RUNTIME_DIR=str(mount), KT_CACHE_DIR=str(cache or tmp / "cache"),
@@ -500,12 +507,15 @@ def test_runtime_container_contract() -> None:
     img = Image().pip_install(["numpy"]).set_env_vars({"A": "1"})
     spec = spec_of(img, env={"B": "2", "C": "3"})
     rc = runtime_container(spec, username=USER, namespace="team")
-    env = {e["name"]: e["value"] for e in rc.env}
+    env = container_env(rc, "alice-dev-7d4b9-x2x9q")
     assert json.loads(env["KT_IMAGE_STEPS"]) == [[k, list(p)] for k, p in img.steps]
     assert env["KT_IMAGE_HASH"] == spec.image_hash
     assert env["KT_RUNTIME_PORT"] == str(RUNTIME_PORT) == str(rc.port)
     assert env["KT_COMPUTE_ENV_NAMES"] == "B,C" and env["KT_POD_NAME"] == "alice-dev"
     assert "KT_POD_TOKEN" not in env  # the renderer takes it from the compute's Secret
+    # metrics and logs name the pod itself; logs are JSON lines for the log shipper
+    assert env["KT_POD_INSTANCE"] == "alice-dev-7d4b9-x2x9q"
+    assert env["KT_POD_LOG_FORMAT"] == "json"
     assert rc.readiness_path == "/ready"
     [configmap] = rc.objects
     name = configmap["metadata"]["name"]

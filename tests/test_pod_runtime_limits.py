@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import os
 import pickle
-import re
 import socket
 import struct
 import sys
@@ -273,33 +272,10 @@ def test_processes_started_by_calls_get_a_normal_signal_mask(pod: RawPod, tmp_pa
 
 
 # ------------------------------------------------------------------------ metrics
-_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)\{(.*)\} (\S+)$')
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"(,|$)')
-
-
-def _parse_exposition(text: str) -> list[tuple[str, dict[str, str], float]]:
-    """A strict reader of the Prometheus text format (the subset the pod writes)."""
-    samples = []
-    for line in text.splitlines():
-        if line.startswith("# TYPE ") or not line:
-            continue
-        match = _SAMPLE.match(line)
-        assert match, f"not a sample line: {line!r}"
-        name, body, value = match.groups()
-        labels, pos = {}, 0
-        while pos < len(body):
-            label = _LABEL.match(body, pos)
-            assert label, f"bad labels in {line!r}"
-            raw = label.group(2)
-            labels[label.group(1)] = re.sub(
-                r"\\(.)", lambda m: "\n" if m.group(1) == "n" else m.group(1), raw)
-            pos = label.end()
-        samples.append((name, labels, float(value)))
-    return samples
-
-
 def test_metrics_label_values_are_escaped(tmp_path: Path) -> None:
     import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
 
     name = 'we"ird\\name\nwith a newline'
     pod = start_raw_pod(tmp_path, "--name", name)
@@ -309,9 +285,10 @@ def test_metrics_label_values_are_escaped(tmp_path: Path) -> None:
             text = response.read().decode()
     finally:
         pod.stop()
-    samples = _parse_exposition(text)
-    assert {s[0] for s in samples} >= {"kt_calls_total", "kt_connections"}
-    assert all(labels == {"pod": name} for _, labels, _ in samples)
+    samples = [s for family in text_string_to_metric_families(text) for s in family.samples]
+    assert {s.name for s in samples} >= {"kt_connections", "kt_calls_in_flight",
+                                        "process_resident_memory_bytes"}
+    assert all(s.labels == {"compute": name, "pod": name} for s in samples)
 
 
 # ------------------------------------------------------------------ shared memory

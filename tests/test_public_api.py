@@ -11,12 +11,12 @@ import kubetorch_jupyter as kt
 DOCUMENTED = {
     # describe and run
     "Compute", "Image", "fn", "cls", "Fn", "Cls", "RemoteFn", "RemoteInstance", "RemoteMethod",
-    "CallHandle",
+    "CallHandle", "CallStats", "grow",
     # errors
     "KtError", "ConfigError", "ComputeNotFoundError", "ComputeInUseError",
     "ResourceUnavailableError", "ImageBuildError", "PodStartError", "BridgeError",
     "AuthenticationError",
-    "PodUnreachableError", "PodDiedError", "CallLostError", "CallCancelledError",
+    "PodUnreachableError", "PodDiedError", "PodOOMError", "CallLostError", "CallCancelledError",
     "SerializationError", "RemoteError",
     "SyncError", "SyncLimitError", "ReloadError", "VersionMismatchError", "VersionMismatchWarning",
     "__version__",

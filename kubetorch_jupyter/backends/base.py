@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from kernel_bridge import Endpoint
+from pod_runtime.protocol import ending
 
 from ..exceptions import KtError
 
@@ -82,15 +83,23 @@ class PodStatus:
             ``"ImagePullBackOff"``, ``"Evicted"``, ``"Killed"`` (by a signal; the message
             names it), ``"Error"`` (a non-zero exit; the message has the code),
             ``"Completed"`` (exit status 0), ``"TornDown"`` (stopped on purpose: the
-            message says by whom); None when there is nothing to say.
-        message: A line for people, e.g. ``"killed by SIGKILL"``.
+            message says by whom), ``"Preempted"`` (it got SIGTERM: a node drain,
+            ``kubectl delete``, preemption), ``"Idle"`` (its inactivity TTL stopped it);
+            None when there is nothing to say. An ``OOMKilled`` pod's calls fail with
+            :class:`~kubetorch_jupyter.PodOOMError`.
+        message: A line for people, e.g. ``"killed by SIGKILL"``,
+            ``"out of memory: limit 512Mi, peak 530Mi"``.
         exit_status: The process exit status (negative: killed by that signal), when known.
+        memory_limit: For ``OOMKilled``: the limit in bytes, where known.
+        memory_peak: For ``OOMKilled``: the most memory seen in use, in bytes, where known.
     """
 
     phase: Phase
     reason: str | None = None
     message: str = ""
     exit_status: int | None = None
+    memory_limit: int | None = None
+    memory_peak: int | None = None
 
     def __post_init__(self) -> None:
         if self.phase not in PHASES:
@@ -120,6 +129,21 @@ class PodStatus:
                 sig = f"signal {-exit_status}"
             return cls("failed", "Killed", f"killed by {sig}", exit_status)
         return cls("failed", "Error", f"exit status {exit_status}", exit_status)
+
+    @classmethod
+    def from_termination_log(cls, text: str, exit_status: int | None = None
+                             ) -> PodStatus | None:
+        """The status of a pod that said why it stopped (``"Preempted: ..."``, ``"Idle: ..."``).
+
+        ``text`` is what the pod wrote to its termination log (Kubernetes: the container
+        status' ``terminated.message``); None when it is not such a line.
+        """
+        said = ending.parse_termination_log(text)
+        if said is None:
+            return None
+        reason, detail = said
+        return cls("failed" if reason == ending.PREEMPTED else "gone", reason, detail,
+                   exit_status)
 
 
 #: ``Backend.up(replacing=ANY_POD)``: replace whatever pod of that name runs.

@@ -5,6 +5,8 @@
     remote_train = kt.fn(train).to(compute)
     remote_train(10, lr=0.5)                  # blocks; output streams back live
     handle = remote_train.submit(10)          # returns at once; handle.result() later
+    handle.stats                              # what it cost on the pod (CallStats)
+    remote_train.last_stats                   # the same, for the last blocking call
     await remote_train.acall(10)              # from async code
     await kt.fn(async_fetch).to(compute)(url) # async def: awaited on the pod, as locally
 
@@ -21,7 +23,7 @@ from collections.abc import Callable, Mapping
 from types import CodeType, FunctionType
 from typing import Any, Generic, TypeVar
 
-from kernel_bridge import CallHandle, PodConnection
+from kernel_bridge import CallHandle, CallStats, PodConnection
 from pod_runtime.protocol import messages
 
 from ..core import connections as _connections
@@ -85,8 +87,12 @@ def _invoke(compute: Compute, msg: _Call, label: str, blob: tuple[str, bytes] | 
     return handle
 
 
-def _result(handle: CallHandle) -> Any:
-    """``handle.result()``; a module one side lacks for a version mismatch says so."""
+def _result(handle: CallHandle, keep: Any = None) -> Any:
+    """``handle.result()``; a module one side lacks for a version mismatch says so.
+
+    ``keep``: an object whose ``last_stats`` becomes the call's :class:`CallStats`
+    (:func:`_last_stats`).
+    """
     try:
         return handle.result()
     except (ModuleNotFoundError, SerializationError) as exc:
@@ -94,9 +100,12 @@ def _result(handle: CallHandle) -> Any:
         if better is exc:
             raise
         raise better from None
+    finally:
+        if keep is not None:
+            keep._last_stats = handle._stats  # decoded only if asked for
 
 
-async def _aresult(handle: CallHandle) -> Any:
+async def _aresult(handle: CallHandle, keep: Any = None) -> Any:
     """:func:`_result` for async callers."""
     try:
         return await handle.aresult()
@@ -105,18 +114,31 @@ async def _aresult(handle: CallHandle) -> Any:
         if better is exc:
             raise
         raise better from None
+    finally:
+        if keep is not None:
+            keep._last_stats = handle._stats  # decoded only if asked for
 
 
-def _retrying(send: Callable[[bool], CallHandle]) -> Callable[[CallHandle], Any]:
+def _retrying(send: Callable[[bool], CallHandle], keep: Any = None
+              ) -> Callable[[CallHandle], Any]:
     """Wait for a handle; if the pod lost its cache of our function, send it again."""
 
     def wait(handle: CallHandle) -> Any:
         try:
-            return _result(handle)
+            return _result(handle, keep)
         except messages.NotCachedError:  # the pod lost its copy: send it with the blob
-            return _result(send(True))
+            return _result(send(True), keep)
 
     return wait
+
+
+def _last_stats(owner: Any) -> CallStats | None:
+    """The figures :func:`_result` kept on ``owner``, decoded (once) now."""
+    raw = owner._last_stats
+    if raw is None or isinstance(raw, CallStats):
+        return raw
+    owner._last_stats = stats = CallStats.from_wire(raw)
+    return stats
 
 
 class Fn(Generic[T]):
@@ -142,11 +164,15 @@ class Fn(Generic[T]):
 
 
 class RemoteFn(Generic[T]):
-    """A function bound to a compute; calling it runs it on the pod."""
+    """A function bound to a compute; calling it runs it on the pod.
+
+    ``last_stats`` is what the last call through it cost on the pod.
+    """
 
     def __init__(self, func: Callable[..., T], compute: Compute) -> None:
         self.func = func
         self.compute = compute
+        self._last_stats: Any = None
         self._cached: tuple[tuple[Any, ...], Any, tuple[str, bytes]] | None = None
         self._is_async = inspect.iscoroutinefunction(func)  # asked on every call
         self.__name__ = getattr(func, "__name__", "fn")
@@ -155,6 +181,16 @@ class RemoteFn(Generic[T]):
 
     def __repr__(self) -> str:
         return f"<remote {self.__qualname__} on {self.compute.name!r}>"
+
+    @property
+    def last_stats(self) -> CallStats | None:
+        """What the last call through it cost on the pod (None before the first).
+
+        Set by ``remote(...)`` and ``await remote.acall(...)``: wall and CPU time, peak
+        RSS, per-GPU peak memory and utilisation (:class:`CallStats`). A ``submit()``
+        handle has its own, ``handle.stats``.
+        """
+        return _last_stats(self)
 
     def submit(self, *args: Any, **kwargs: Any) -> CallHandle:
         """Start a call and return at once; ``handle.result()`` waits for it."""
@@ -202,7 +238,7 @@ class RemoteFn(Generic[T]):
         if self._is_async:
             return self.acall(*args, **kwargs)  # type: ignore[return-value]
         handle = self.submit(*args, **kwargs)
-        return _retrying(lambda force: self._send(args, kwargs, force_blob=force))(handle)
+        return _retrying(lambda force: self._send(args, kwargs, force_blob=force), self)(handle)
 
     async def acall(self, *args: Any, **kwargs: Any) -> T:
         """Run on the pod without blocking the caller's event loop.
@@ -212,11 +248,28 @@ class RemoteFn(Generic[T]):
         """
         handle = await asyncio.to_thread(self.submit, *args, **kwargs)
         try:
-            result: T = await _aresult(handle)
+            result: T = await _aresult(handle, self)
         except messages.NotCachedError:  # the pod lost its copy: send it with the blob
             again = await asyncio.to_thread(self._send, args, kwargs, force_blob=True)
-            result = await _aresult(again)
+            result = await _aresult(again, self)
         return result
+
+    def with_retry(self, *, on_oom: Any, max: int = 3) -> Any:
+        """This function, called again with more memory when its pod runs out of it.
+
+        Args:
+            on_oom: How to grow: ``kt.grow(memory=2.0)`` doubles the memory each time.
+            max: Attempts in all (3: the first and two retries).
+
+        Returns:
+            A :class:`~kubetorch_jupyter.calls.retry.RetryingFn`: call it as this one.
+
+        Example:
+            >>> safe = kt.fn(train).to(compute).with_retry(on_oom=kt.grow(memory=2.0))
+        """
+        from .retry import RetryingFn
+
+        return RetryingFn(self, on_oom, max)
 
     def teardown(self) -> None:
         """Stop the compute this function runs on."""
@@ -343,21 +396,25 @@ class RemoteMethod:
         """Run the method on the pod and return its result (an awaitable for an async one)."""
         if inspect.iscoroutinefunction(getattr(self.owner.klass, self.method, None)):
             return self.acall(*args, **kwargs)
-        return _result(self.submit(*args, **kwargs))
+        return _result(self.submit(*args, **kwargs), self.owner)
 
     async def acall(self, *args: Any, **kwargs: Any) -> Any:
         """Run the method without blocking the caller's event loop (sending on a thread)."""
         handle = await asyncio.to_thread(self.submit, *args, **kwargs)
-        return await _aresult(handle)
+        return await _aresult(handle, self.owner)
 
 
 class RemoteInstance:
-    """A class instance living on a pod. Methods run there; state stays there."""
+    """A class instance living on a pod. Methods run there; state stays there.
+
+    ``last_stats`` is what its last method call cost on the pod.
+    """
 
     def __init__(self, klass: type, compute: Compute, instance: str) -> None:
         self.klass = klass
         self.compute = compute
         self.instance = instance
+        self._last_stats: Any = None
         #: The pod process the instance lives in: it is gone with it.
         self._boot = compute.connection().welcome.get("boot_id")
 
@@ -384,6 +441,14 @@ class RemoteInstance:
     def __repr__(self) -> str:
         return f"<remote {self.klass.__qualname__} {self.instance!r} on {self.compute.name!r}>"
 
+    @property
+    def last_stats(self) -> CallStats | None:
+        """What its last blocking or awaited method call cost on the pod (a :class:`CallStats`).
+
+        None before the first; a ``submit()`` handle has its own, ``handle.stats``.
+        """
+        return _last_stats(self)
+
     def __getattr__(self, name: str) -> RemoteMethod:
         if name.startswith("__") and name.endswith("__"):
             raise AttributeError(name)
@@ -395,7 +460,8 @@ class RemoteInstance:
         _sync.ensure(self.compute, self.klass)
         msg: messages.MethodCall = {"kind": "method", "instance": self.instance,
                                     "method": name, "get_attr": True}
-        return _result(_invoke(self.compute, msg, f"{self.klass.__qualname__}.{name}", None))
+        return _result(_invoke(self.compute, msg, f"{self.klass.__qualname__}.{name}", None),
+                       self)
 
     def teardown(self) -> None:
         """Stop the compute this instance lives on."""

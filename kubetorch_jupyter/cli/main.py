@@ -7,6 +7,7 @@ Examples::
     kt teardown --all            # stop every pod
     kt logs dev -n 50            # the last 50 lines the pod printed
     kt logs dev --follow         # and keep printing until Ctrl-C
+    kt logs dev --call 3f9a0c2e  # what one call or run printed and logged (the pod's history)
     kt config                    # every setting, its variable, value and default
     kt demo                      # a guided tour on a local pod
     kt export NB.ipynb --schedule "0 3 * * *"   # a notebook as a nightly job (kt jobs ...)
@@ -24,7 +25,7 @@ from collections.abc import Sequence
 from .. import __version__, config
 from ..exceptions import KtError
 from ..manager import ComputeManager
-from ..manager.table import render, table
+from ..manager.table import log_text, parse_call_id, render, table
 from . import jobs
 
 __all__ = ["main"]
@@ -63,6 +64,13 @@ def _cmd_teardown(args: argparse.Namespace) -> int:
 
 def _cmd_logs(args: argparse.Namespace) -> int:
     manager = ComputeManager()
+    if args.call is not None:
+        if args.follow:
+            print("kt: --follow follows the pod's whole log; with --call, drop --follow to "
+                  "print what the pod holds of that call", file=sys.stderr)
+            return 1
+        sys.stdout.write(log_text(manager.pod_logs(args.name, call=args.call, tail=args.tail)))
+        return 0
     if not args.follow:
         sys.stdout.write(manager.logs(args.name, tail=args.tail))
         return 0
@@ -112,6 +120,13 @@ def _lines(text: str) -> int:
     return value
 
 
+def _call_id(text: str) -> int:
+    try:
+        return parse_call_id(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kt", description="Manage kubetorch-jupyter pods.",
@@ -135,6 +150,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="how many of the last lines to print (default 200)")
     p.add_argument("-f", "--follow", action="store_true",
                    help="keep printing new lines until Ctrl-C")
+    p.add_argument("--call", type=_call_id, metavar="ID",
+                   help="only what this call or run printed and logged (its hex id, or the "
+                        "run id NAME:HEX), from the pod's recent history (KT_POD_LOG_HISTORY)")
     p.set_defaults(func=_cmd_logs)
 
     p = sub.add_parser("config", help="show every setting and its environment variable")

@@ -13,10 +13,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kernel_bridge import PodConnection, PodUnreachableError
+from kernel_bridge.status import died_error
 
 from .. import config
 from ..backends import get_backend
-from ..backends.base import Backend, PodChanged, PodInfo
+from ..backends.base import Backend, PodChanged, PodInfo, PodStatus
 from ..backends.kubernetes.options import KubernetesOptions
 from ..exceptions import ComputeNotFoundError, ConfigError
 from ..warn import user_stacklevel
@@ -298,8 +299,9 @@ class Compute:
         died = connections.take_dead(backend, info)
         status = None if died is not None else backend.status(info)
         if died is not None or (status is not None and not status.alive):
-            why = (str(died).split(" while calls")[0] if died is not None else
-                   f"pod {info.name!r} ended ({status.describe() if status else 'gone'})")
+            why = (_first_clause(str(died)) if died is not None else
+                   _ended(info.name, status) if status is not None else
+                   f"pod {info.name!r} ended (gone)")
             _warn_restart(why, info.name)
             connections.drop(info.name, backend.name)  # the old pod's, not yet marked dead
             info = self._start_again()
@@ -316,7 +318,7 @@ class Compute:
                 raise
             # It died just now: start it again, once, and say so as above (which of the
             # two ways a dead pod is noticed depends only on timing).
-            _warn_restart(f"pod {info.name!r} ended ({settled.describe()})", info.name)
+            _warn_restart(_ended(info.name, settled), info.name)
             connections.drop(info.name, backend.name)
             info = self._start_again()
             return connections.pooled(backend, info)
@@ -342,6 +344,18 @@ class Compute:
         except LookupError:
             return False
         return self.backend.status(info).alive
+
+
+def _first_clause(message: str) -> str:
+    """What happened, from a PodDiedError's message (without what it means for calls)."""
+    return message.split(" while calls")[0].split("; its state is lost")[0]
+
+
+def _ended(name: str, status: PodStatus) -> str:
+    """How a pod ended, as its PodDiedError would say it for the reasons with own words."""
+    if status.reason in ("OOMKilled", "Preempted", "Idle"):
+        return _first_clause(str(died_error(name, status)))
+    return f"pod {name!r} ended ({status.describe()})"
 
 
 def _warn_restart(why: str, name: str) -> None:

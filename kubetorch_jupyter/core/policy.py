@@ -77,13 +77,18 @@ def requested_changes(running: ComputeSpec, wanted: ComputeSpec) -> bool:
     """Whether ``wanted`` asks for something ``running`` does not give.
 
     A field at its default (cpus, memory, ttl None; gpus 0; no image; no env) asks for
-    nothing; a set one asks for exactly its value; env and kubernetes keys ask one by one
-    (the pod may have more).
+    nothing; a set one asks for exactly its value (memory: at least its value); env and
+    kubernetes keys ask one by one (the pod may have more).
     """
-    for name in ("cpus", "memory", "inactivity_ttl"):
+    for name in ("cpus", "inactivity_ttl"):
         want = getattr(wanted, name)
         if want is not None and want != getattr(running, name):
             return True
+    # Memory is a floor: a pod with more (one grown after running out of memory, see
+    # calls/retry.py) serves a client that asks for less instead of being shrunk back.
+    want_memory, have_memory = wanted.memory, running.memory
+    if want_memory is not None and (have_memory is None or want_memory > have_memory):
+        return True
     if wanted.gpus and wanted.gpus != running.gpus:
         return True
     empty = ComputeSpec(name=wanted.name).image

@@ -7,7 +7,7 @@ import re
 
 from ..exceptions import ConfigError
 
-__all__ = ["format_bytes", "parse_cpus", "parse_duration", "parse_memory"]
+__all__ = ["format_bytes", "format_measured", "parse_cpus", "parse_duration", "parse_memory"]
 
 _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50}
 _DECIMAL = {"k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15}
@@ -107,3 +107,10 @@ def format_bytes(n: int | None) -> str:
         if n >= _BINARY[unit]:
             return f"{n / _BINARY[unit]:.1f}{unit}"
     return str(n)
+
+
+def format_measured(n: int) -> str:
+    """A measured size, rounded as people read it: ``354Mi``, ``1.2Gi``."""
+    if n >= 2**30:
+        return f"{n / 2**30:.1f}Gi"
+    return f"{round(n / 2**20)}Mi"

@@ -20,7 +20,10 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from kernel_bridge import CallStats
+from kernel_bridge.stats import format_bytes
 from pod_runtime import protocol
+from pod_runtime.protocol import messages
 
 from ..backends import backend_names, get_backend
 from ..backends.base import Backend, PodInfo, PodStatus
@@ -54,6 +57,7 @@ class RunSummary:
         started: Unix time it began to run, or None.
         client: Who follows it: ``this`` connection, an ``other`` one, nobody because it
             is ``detached``, or nobody because its client is ``gone`` (an orphan).
+        stats: What it cost on the pod, once it finished (None before).
     """
 
     id: str
@@ -64,10 +68,21 @@ class RunSummary:
     events: int
     started: float | None = None
     client: str = ""
+    stats: CallStats | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict."""
-        return asdict(self)
+        out = asdict(self)
+        out["stats"] = self.stats.to_json() if self.stats is not None else None
+        return out
+
+    def cost(self) -> str:
+        """``2.31 s, peak 1.2 GiB``: its wall time and peak RSS, or ``-`` before it ends."""
+        s = self.stats
+        if s is None:
+            return "-"
+        peak = f", peak {format_bytes(s.peak_rss_bytes)}" if s.peak_rss_bytes else ""
+        return f"{s.wall_s:.2f} s{peak}"
 
 
 class ComputeManager:
@@ -214,8 +229,30 @@ class ComputeManager:
         return [RunSummary(id=RunId.make(name, int(r["run"])), state=str(r["state"]),
                            label=str(r.get("label") or ""), created=float(r["created"]),
                            finished=r.get("finished"), events=int(r.get("events") or 0),
-                           started=r.get("started"), client=str(r.get("client") or ""))
+                           started=r.get("started"), client=str(r.get("client") or ""),
+                           stats=CallStats.from_wire(r.get("stats")))
                 for r in runs]
+
+    def pod_logs(self, name: str, *, call: int | None = None, tail: int | None = None,
+                 after: int | None = None, backend: str | Backend | None = None,
+                 ) -> builtins.list[messages.LogEntry]:
+        """The recent log history the compute's pod keeps, over the bridge.
+
+        Lines of one ``call`` (or run) only, past the entry ``after`` (a ``seq``), the
+        last ``tail`` of them; each a :class:`~pod_runtime.protocol.messages.LogEntry`
+        (time, compute, pod, call, stream, level, text). The pod keeps the last
+        ``KT_POD_LOG_HISTORY`` lines.
+
+        Raises:
+            ComputeNotFoundError: When it does not run.
+        """
+        be, _ = self._backend(name, backend)
+        conn = Compute.from_name(name, backend=be).connection()
+        msg: messages.LogsCall = {"kind": "logs", "call": call, "tail": tail, "after": after}
+        body, buffers = protocol.dumps(msg)
+        entries: builtins.list[messages.LogEntry] = conn.call(
+            body, buffers, label="logs").result()
+        return entries
 
     # ---- async twins ----------------------------------------------------------------
 

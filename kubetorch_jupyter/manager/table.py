@@ -3,12 +3,41 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from ..core.resources import format_bytes
 from .summary import ComputeSummary
 
-__all__ = ["COLUMNS", "age", "render", "table"]
+__all__ = ["COLUMNS", "age", "log_text", "parse_call_id", "render", "table"]
+
+
+def log_text(entries: Sequence[Mapping[str, Any]]) -> str:
+    """A pod's log history as text: printed lines as printed, records with their level."""
+    out = []
+    for e in entries:
+        if e.get("stream") == "log":
+            out.append(f"{str(e.get('level', '')).upper()} {e.get('logger', '')}: {e['text']}\n")
+        else:
+            out.append(f"{e['text']}\n")
+    return "".join(out)
+
+
+def parse_call_id(text: str) -> int:
+    """A call or run id as ``kt logs --call`` takes it: ``3f9a0c2e1b7d4a55`` or ``NAME:HEX``.
+
+    Raises:
+        ValueError: When it is neither (the message says what one looks like).
+    """
+    raw = text.strip().rpartition(":")[2]
+    try:
+        value = int(raw, 16)
+    except ValueError:
+        value = -1
+    if value < 0 or not raw:
+        raise ValueError(f"{text!r} is not a call id: give the hex id %kt runs shows "
+                         "(NAME:3f9a0c2e1b7d4a55, or just 3f9a0c2e1b7d4a55)")
+    return value
 
 
 def age(seconds: float) -> str:

@@ -144,8 +144,12 @@ def run_cell(
     pull: Iterable[str] = (),
     timeout: float | None = None,
     sink: EventSink = event_sink,
+    stats: bool = False,
 ) -> dict[str, Any]:
     """Run ``source`` on ``compute``'s pod as a notebook cell; return the pulled variables.
+
+    ``stats``: print what the cell cost on the pod (:meth:`CallStats.line`) after its
+    output, also when it failed.
 
     Output, display data and the cell's result go to ``sink`` on this thread while the
     cell runs. Ctrl-C (a kernel interrupt) interrupts the cell on the pod and raises a
@@ -205,7 +209,16 @@ def run_cell(
         if remote is not None:
             raise remote from None
         raise
+    finally:
+        if stats:
+            show_stats(handle)
     return (value or {}).get("pulled") or {}
+
+
+def show_stats(handle: CallHandle) -> None:
+    """Print the ``kt: ... wall · ... CPU · peak ...`` line of a finished call, if it has one."""
+    if handle.stats is not None:
+        print(handle.stats.line(), flush=True)
 
 
 class CellInterrupted(KeyboardInterrupt):
@@ -369,10 +382,10 @@ class Detached(Exception):
 
 
 def attach(run_id: str, *, sink: EventSink = event_sink,
-           on_start: Callable[[], None] | None = None) -> dict[str, Any]:
+           on_start: Callable[[], None] | None = None, stats: bool = False) -> dict[str, Any]:
     """Follow a detached run from here: replay what it printed, stream the rest, get its result.
 
-    Returns the run's value (``{"pulled": ...}``).
+    Returns the run's value (``{"pulled": ...}``); ``stats``: print what the run cost.
 
     Raises:
         ComputeNotFoundError: The run's pod is not running (the run is lost with it).
@@ -401,6 +414,9 @@ def attach(run_id: str, *, sink: EventSink = event_sink,
                 f"pod {name!r} holds no run {run_id}: its result was collected already (a "
                 "run's result is given to the first attach that receives it), it finished "
                 "more than 24 hours ago, or the pod restarted", pod=name) from None
+        finally:
+            if stats:
+                show_stats(handle)
     finally:
         conn.close()
 

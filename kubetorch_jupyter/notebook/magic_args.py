@@ -18,7 +18,8 @@ from IPython.core.magic_arguments import MagicArgumentParser, argument, argument
 
 from ..cli.jobs import add_export_arguments
 
-__all__ = ["RESOURCE_ARGS", "TARGET_ARGS", "add_group", "group", "line_parser", "variable_names"]
+__all__ = ["RESOURCE_ARGS", "RETRY_ARGS", "TARGET_ARGS", "add_group", "group", "line_parser",
+           "retry_attempts", "variable_names"]
 
 TARGET_ARGS = [
     argument("--name", metavar="NAME",
@@ -31,6 +32,21 @@ RESOURCE_ARGS = [
     argument("--memory", metavar="M", help="memory: 16Gi, 512Mi"),
     argument("--image", metavar="VAR", help="a kt.Image variable: what the pod installs"),
 ]
+
+RETRY_ARGS = [
+    argument("--retry-oom", nargs="?", const="3", default=None, metavar="N",
+             help="if the pod runs out of memory, restart it with twice the memory and run "
+                  "the cell again, N attempts in all (default 3); the pod's state is lost"),
+]
+
+
+def retry_attempts(text: str | None) -> int | None:
+    """The attempts ``--retry-oom [N]`` asks for (None: no retry); a bad N is a UsageError."""
+    if text is None:
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise UsageError(f"--retry-oom N: the attempts in all, a whole number >= 1, got {text!r}")
+    return int(text)
 
 
 def group(title: str, args: list[Any]) -> Callable[[Any], Any]:
@@ -71,6 +87,7 @@ def line_parser() -> MagicArgumentParser:
     logs = sub.add_parser("logs", help="print what a pod printed")
     logs.add_argument("name", nargs="?", metavar="NAME")
     logs.add_argument("-n", "--tail", type=int, default=100, metavar="LINES")
+    logs.add_argument("--call", metavar="ID", help="only what this call or run printed")
     for cmd in ("push", "pull"):
         p = sub.add_parser(cmd, help=f"{cmd} variables between the notebook and the pod")
         p.add_argument("variables", nargs="+", metavar="VAR")

@@ -24,7 +24,9 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
+from .. import config
 from ..backends import get_backend
+from ..calls.retry import grow, run_with_oom_retry
 from ..core.compute import Compute
 from ..core.image import Image
 from ..core.resources import format_bytes, parse_duration
@@ -32,15 +34,17 @@ from ..exceptions import ComputeNotFoundError, ConfigError
 from ..jobs import in_kernel as _job
 from ..manager import ComputeManager
 from ..manager.table import age as _age
-from ..manager.table import render
+from ..manager.table import log_text, parse_call_id, render
 from ..manager.table import table as _table
 from . import cells as _cells
 from .cell_errors import boot_id, cell_count, explain
 from .magic_args import (
     RESOURCE_ARGS,
+    RETRY_ARGS,
     TARGET_ARGS,
     group,
     line_parser,
+    retry_attempts,
     strip_comment,
     variable_names,
 )
@@ -94,8 +98,12 @@ class KtMagics(Magics):
                  help="interrupt the cell after this long (90, 30s, 5m); the pod survives"),
         argument("--detach", action="store_true",
                  help="start the cell and return at once with a run id (see %%kt attach)"),
+        argument("--stats", action="store_true",
+                 help="print what the cell cost on the pod under its output (KT_CELL_STATS=1: "
+                      "always)"),
         argument("--autokt-cell", action="store_true", help=argparse.SUPPRESS),
     ])
+    @group("out of memory", RETRY_ARGS)
     def kt_cell(self, line: str, cell: str) -> Any:
         """Run this cell on a warm pod, as if it ran here.
 
@@ -127,6 +135,9 @@ class KtMagics(Magics):
 
             %%kt --detach
             train(epochs=100)             # returns at once: %kt attach RUN_ID follows it
+
+            %%kt --stats                  # under the output, what the cell cost on the pod:
+            train(epochs=1)               # kt: 2.31 s wall · 2.05 s CPU · peak 1.2 GiB RSS
         """
         try:
             args = parse_argstring(self.kt_cell, strip_comment(line))
@@ -138,6 +149,9 @@ class KtMagics(Magics):
             timeout = parse_duration(args.timeout) if args.timeout else None
             push = self._values(variable_names(args.push, "--push"), "--push")
             pull = variable_names(args.pull, "--pull")
+            retry = retry_attempts(args.retry_oom)
+            if args.detach and retry:
+                raise UsageError("--detach returns at once, so --retry-oom does not apply")
             if args.detach and (pull or timeout):
                 raise UsageError("--detach returns at once, so --pull and --timeout do not "
                                  "apply; use %kt pull after %kt attach RUN_ID")
@@ -160,8 +174,12 @@ class KtMagics(Magics):
             return None
         before = self._boots.get(compute.name)
         try:
-            pulled = _cells.run_cell(compute, cell, filename=filename, first_line=first_line,
-                                     push=push, pull=pull, timeout=timeout)
+            def run() -> dict[str, Any]:
+                return _cells.run_cell(compute, cell, filename=filename, first_line=first_line,
+                                       push=push, pull=pull, timeout=timeout,
+                                       stats=args.stats or config.get("cell_stats"))
+
+            pulled = run() if not retry else run_with_oom_retry(compute, run, grow(), retry)
         except Exception as exc:
             shown = explain(exc, compute, before)
             if shown is not exc:
@@ -183,7 +201,7 @@ class KtMagics(Magics):
             %kt status [NAME]            the compute, its pod, its Python and packages
             %kt list                     running pods (* marks the current compute)
             %kt teardown [NAME ...]      stop pods (default: the current compute; --all)
-            %kt logs [NAME] [-n LINES]   what the pod printed
+            %kt logs [NAME] [-n LINES]   what the pod printed (--call ID: one call's lines)
             %kt push VAR [VAR ...]       copy notebook variables into the pod's namespace
             %kt pull VAR [VAR ...]       copy pod variables into the notebook
             %kt runs [NAME]              cell runs: queued, running, detached, orphaned
@@ -340,6 +358,13 @@ class KtMagics(Magics):
 
     def _cmd_logs(self, args: argparse.Namespace) -> None:
         name = args.name or self._current().name
+        if args.call:
+            try:
+                call = parse_call_id(args.call)
+            except ValueError as exc:
+                raise UsageError(f"%kt logs: {exc}") from None
+            sys.stdout.write(log_text(ComputeManager().pod_logs(name, call=call, tail=args.tail)))
+            return
         sys.stdout.write(ComputeManager().logs(name, tail=args.tail))
 
     def _cmd_push(self, args: argparse.Namespace) -> None:
@@ -360,13 +385,13 @@ class KtMagics(Magics):
                 print("no running pods, so no runs")
                 return
         now = time.time()
-        rows = [["RUN", "STATE", "SINCE", "OUTPUT", "CLIENT", "CELL"]]
+        rows = [["RUN", "STATE", "SINCE", "OUTPUT", "CLIENT", "COST", "CELL"]]
         for name in names:
             for run in manager.runs(name):
                 rows.append([run.id, run.state,
                              f"{_age(now - (run.started or run.created))} ago",
                              f"{run.events} events", _CLIENT.get(run.client, run.client),
-                             run.label])
+                             run.cost(), run.label])
         if len(rows) == 1:
             print(f"no runs on {', '.join(map(repr, names))}")
             return
@@ -384,7 +409,7 @@ class KtMagics(Magics):
 
     def _cmd_attach(self, args: argparse.Namespace) -> None:
         try:
-            pulled = _cells.attach(self._run_id(args))
+            pulled = _cells.attach(self._run_id(args), stats=config.get("cell_stats"))
         except _cells.Detached as exc:
             print(exc)
             return

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -25,7 +26,9 @@ from websockets.uri import parse_uri
 from .wire import WireConnection
 
 __all__ = [
+    "MAX_REQUEST_BYTES",
     "HandshakeRejected",
+    "RequestTooLarge",
     "client_handshake",
     "header",
     "is_protocol_error",
@@ -115,17 +118,46 @@ def client_handshake(
         raise
 
 
-def read_request(sock: socket.socket, timeout: float = 10.0) -> tuple[ServerProtocol,
-                                                                       Request | None]:
-    """Read an HTTP request from a freshly accepted socket (for the server)."""
-    sock.settimeout(timeout)
-    proto = ServerProtocol(max_size=None)
+#: Bytes an upgrade request may take (request line and headers): websockets' own parser
+#: allows 128 headers of 8 KiB each; nobody's bridge request comes near this.
+MAX_REQUEST_BYTES = 64 * 1024
+
+
+class RequestTooLarge(ConnectionError):
+    """The peer sent more than :data:`MAX_REQUEST_BYTES` without completing its request."""
+
+
+def read_request(sock: socket.socket, timeout: float = 10.0, *,
+                 max_size: int | None = None) -> tuple[ServerProtocol, Request | None]:
+    """Read an HTTP request from a freshly accepted socket (for the server).
+
+    Args:
+        sock: The accepted socket.
+        timeout: Seconds for the whole request (a deadline, not per read: a peer that
+            sends a byte now and then is dropped all the same).
+        max_size: Bytes of messages the websocket may receive later (None: no limit).
+
+    Raises:
+        TimeoutError: The request was not complete within ``timeout``.
+        RequestTooLarge: It passed :data:`MAX_REQUEST_BYTES`.
+        OSError: The socket failed.
+    """
+    deadline = time.monotonic() + timeout
+    proto = ServerProtocol(max_size=max_size)
     request = None
+    received = 0
     while request is None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no complete request within {timeout:g}s")
+        sock.settimeout(left)
         data = sock.recv(65536)
         if not data:
             proto.receive_eof()
             break
+        received += len(data)
+        if received > MAX_REQUEST_BYTES:
+            raise RequestTooLarge(f"request over {MAX_REQUEST_BYTES} bytes")
         proto.receive_data(data)
         for event in proto.events_received():
             if isinstance(event, Request):

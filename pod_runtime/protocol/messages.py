@@ -19,6 +19,7 @@ from typing import Any, Literal, NotRequired, TypedDict
 
 __all__ = [
     "CallBody",
+    "CallStats",
     "CellCall",
     "CellRunsCall",
     "CellVarsCall",
@@ -28,9 +29,13 @@ __all__ = [
     "ErrorKind",
     "Event",
     "FnCall",
+    "GpuStats",
     "InitCall",
+    "LogEntry",
+    "LogsCall",
     "MethodCall",
     "NotCachedError",
+    "PodStoppingError",
     "QueuedEvent",
     "Result",
     "RunClient",
@@ -141,6 +146,7 @@ class RunInfo(TypedDict):
     finished: float | None
     events: int
     client: RunClient
+    stats: NotRequired[CallStats | None]  # what it cost, once it finished
 
 
 class SyncBlobsCall(TypedDict):
@@ -180,12 +186,25 @@ class SyncApplyCall(TypedDict):
     blobs: NotRequired[SyncBlobs]
 
 
+class LogsCall(TypedDict):
+    """Read the pod's recent log history (see :class:`LogEntry`).
+
+    ``call`` keeps the lines of one call or run; ``after`` those past a ``seq`` a
+    poller saw last; ``tail`` the last N (after the other filters).
+    """
+
+    kind: Literal["logs"]
+    call: NotRequired[int | None]
+    after: NotRequired[int | None]
+    tail: NotRequired[int | None]
+
+
 #: A code-sync CALL body.
 SyncCall = SyncBlobsCall | SyncApplyCall
 
 #: Any CALL body.
 CallBody = (FnCall | InitCall | MethodCall | CellCall | CellVarsCall | CellRunsCall
-            | SyncBlobsCall | SyncApplyCall)
+            | SyncBlobsCall | SyncApplyCall | LogsCall)
 
 
 # ----------------------------------------------------------------------- events
@@ -253,12 +272,59 @@ class ErrorInfo(TypedDict):
     category: str | None
 
 
+class GpuStats(TypedDict):
+    """One GPU's figures over a call (None: NVML did not give that figure)."""
+
+    index: int  # the GPU's position among the pod's (cuda:<index>)
+    peak_memory_bytes: int | None  # GPU memory in use, by any process
+    mean_utilization: float | None  # percent, the mean of the samples
+
+
+class CallStats(TypedDict):
+    """What a call cost on the pod (see :mod:`pod_runtime.callstats`).
+
+    CPU time and RSS are the process's: concurrent calls overlap. ``samples`` counts
+    the sampler's readings during the call (0 for a call shorter than one interval:
+    the peak is then the larger of the start and end values, which are the latest
+    readings there, at most one interval old).
+    """
+
+    wall_s: float
+    cpu_s: float
+    rss_start_bytes: int | None
+    rss_end_bytes: int | None
+    peak_rss_bytes: int | None
+    samples: int
+    gpus: list[GpuStats]
+
+
 class Result(TypedDict):
-    """A RESULT body: ``value`` when ``ok``, else ``error``."""
+    """A RESULT body: ``value`` when ``ok``, else ``error``; ``stats``: what it cost."""
 
     ok: bool
     value: NotRequired[Any]
     error: NotRequired[ErrorInfo]
+    stats: NotRequired[CallStats]
+
+
+class LogEntry(TypedDict):
+    """One line of the pod's log history, and of its JSON log (``KT_POD_LOG_FORMAT``).
+
+    ``stream`` is ``stdout`` or ``stderr`` for what code printed, ``log`` for a
+    ``logging`` record; ``level`` is the record's (lower case), ``info`` for stdout and
+    ``error`` for stderr. ``call`` is the call's or run's id in hex (``%kt runs``
+    shows runs as ``NAME:HEX``), None for lines outside any call.
+    """
+
+    seq: int
+    time: float
+    compute: str
+    pod: str
+    call: str | None
+    stream: Literal["stdout", "stderr", "log"]
+    level: str
+    text: str
+    logger: NotRequired[str]
 
 
 # ------------------------------------------------------------------- exceptions
@@ -275,6 +341,13 @@ class NotCachedError(LookupError):
         # The message keeps the prefix older clients matched on.
         super().__init__(f"kt-not-cached:{key}")
         self.key = key
+
+
+class PodStoppingError(ConnectionError):
+    """The pod is draining after SIGTERM and refuses new calls (call again: a new pod serves).
+
+    Raised on the pod; it crosses by reference, so the client can catch this type.
+    """
 
 
 def import_type(module: str, qualname: str) -> type:

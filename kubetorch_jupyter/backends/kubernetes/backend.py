@@ -433,9 +433,8 @@ class KubernetesBackend(Backend):
                 last = (cs.get("lastState") or {}).get("terminated") or last
             reason = str(last.get("reason") or "Restarted")
             if reason == "OOMKilled":
-                return PodStatus("failed", "OOMKilled", f"pod {attached.pod} ran out of memory "
-                                 f"(limit {_pods.memory_limit(pod) or 'none set'}) and was "
-                                 "restarted", _pods.exit_status(last))
+                return _pods.oom_status(pod, f"pod {attached.pod} was OOM-killed and its "
+                                        "container restarted", _pods.exit_status(last))
             return PodStatus("failed", reason, f"the container of pod {attached.pod} restarted "
                              f"(exit status {last.get('exitCode')})", _pods.exit_status(last))
         return status

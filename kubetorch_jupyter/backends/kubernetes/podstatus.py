@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...core.resources import parse_memory
 from ..base import PodStatus
 
 __all__ = ["IMAGE_FAILURES", "as_dict", "asked", "container_restarts", "exit_status",
@@ -87,6 +88,17 @@ def memory_limit(pod: dict[str, Any], container: str | None = None) -> str | Non
     return None
 
 
+def oom_status(pod: dict[str, Any], what: str, code: int | None) -> PodStatus:
+    """An ``OOMKilled`` status naming the memory limit (the peak is not known here)."""
+    limit = memory_limit(pod)
+    try:
+        limit_bytes = parse_memory(limit) if limit else None
+    except ValueError:  # a quantity we do not read: the text still names it
+        limit_bytes = None
+    return PodStatus("failed", "OOMKilled", f"{what}: limit {limit or 'none set'}", code,
+                     memory_limit=limit_bytes)
+
+
 def asked(pod: dict[str, Any]) -> str:
     """What the pod's containers request, e.g. ``"1 nvidia.com/gpu, cpu 4, memory 16Gi"``."""
     total: dict[str, list[str]] = {}
@@ -142,9 +154,7 @@ def _terminated(pod: dict[str, Any], term: dict[str, Any], what: str) -> PodStat
     reason = str(term.get("reason") or "Error")
     code = exit_status(term)
     if reason == "OOMKilled":
-        limit = memory_limit(pod)
-        return PodStatus("failed", "OOMKilled", f"{what} ran out of memory (limit "
-                         f"{limit or 'none set'})", code)
+        return oom_status(pod, f"{what} was killed by the kernel's OOM killer", code)
     if reason == "Completed" or code == 0:
         return PodStatus("gone", "Completed", f"{what} exited with status 0", 0)
     how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit status {code}"

@@ -14,7 +14,13 @@ Resources:
 - **cpus**: when fewer than the cores this process may use, the pod is pinned to the
   first ``ceil(cpus)`` of them and ``OMP/MKL/OPENBLAS_NUM_THREADS`` are set (unless the
   compute's env sets them).
-- **memory**: recorded, not enforced.
+- **memory**: enforced by a watchdog process that SIGKILLs the pod (and what it
+  started) past the limit and records why (see :mod:`.memory`); its calls fail with
+  :class:`~kubetorch_jupyter.PodOOMError` and ``status`` says ``OOMKilled``.
+
+A pod that stops by itself says why in ``<state_dir>/ended/<name>.term`` (its
+termination log: ``Preempted`` after a SIGTERM, ``Idle`` after its inactivity TTL),
+which ``status`` reports.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ from ...core.spec import ComputeSpec
 from ...exceptions import ComputeNotFoundError, ConfigError, PodStartError, ResourceUnavailableError
 from ..base import ANY_POD, Backend, PodChanged, PodInfo, PodStatus
 from . import gpus as _gpus
-from . import teardowns, venvs
+from . import memory, teardowns, venvs
 from .process import follow, make_private_dir, probe, read_line, source_root, wait_gone
 from .process import tail as read_tail
 
@@ -324,8 +330,10 @@ class LocalBackend(Backend):
         The exit status (a signal: ``failed``, reason ``Killed``; a non-zero code:
         ``failed``, reason ``Error``) is known for pods this process started; of others
         only that they are ``gone``. A pod that :meth:`down` stopped is ``gone``, reason
-        ``TornDown``, its message naming the process that did it. (A SIGKILL from the
-        kernel's OOM killer cannot be told apart from any other SIGKILL here.)
+        ``TornDown``, its message naming the process that did it. A pod its memory
+        watchdog killed is ``failed``, reason ``OOMKilled`` (limit and peak in the message
+        and in ``memory_limit`` / ``memory_peak``); one that stopped by itself says why
+        (``Preempted``, ``Idle``: its termination log).
         """
         if self._alive(info):
             return PodStatus("running")
@@ -334,7 +342,22 @@ class LocalBackend(Backend):
         torn = teardowns.who_tore_down(self.state_dir, info.name, info.pid)
         if torn is not None:
             return PodStatus("gone", "TornDown", torn, code)
-        return PodStatus.from_exit(code)
+        oom = memory.oom_status(self.state_dir, info.name, info.pid, code)
+        if oom is not None:
+            return oom
+        said = self._termination_log(info)
+        ended = PodStatus.from_termination_log(said, code) if said else None
+        return ended if ended is not None else PodStatus.from_exit(code)
+
+    def _termination_log(self, info: PodInfo) -> str | None:
+        """What the pod wrote to its termination log (only if it was this pod process)."""
+        path = self.state_dir / "ended" / f"{info.name}.term"
+        try:
+            if path.stat().st_mtime < info.started_at - 1:
+                return None
+            return path.read_text()
+        except OSError:
+            return None
 
     def settle(self, info: PodInfo, timeout: float) -> PodStatus:
         """The status once the pod's exit is visible, waiting up to ``timeout`` seconds for it.
@@ -472,6 +495,8 @@ class LocalBackend(Backend):
         env["KT_POD_TOKEN"] = token
         env["KT_POD_NAME"] = spec.name
         env["KT_STATE_DIR"] = str(self.state_dir)  # absolute: the pod runs elsewhere
+        env["KT_POD_TERMINATION_LOG"] = str(make_private_dir(self.state_dir / "ended")
+                                             / f"{spec.name}.term")
         return env
 
     def _start(self, spec: ComputeSpec, python: str, spec_hash: str, *,
@@ -482,6 +507,9 @@ class LocalBackend(Backend):
         pin = cores[:want] if want < len(cores) else None
         indices = _gpus.allocate(state, name, spec.gpus, discover=self._discover)
         teardowns.clear(state, name)
+        memory.clear(state, name)
+        with contextlib.suppress(OSError):
+            (state / "ended" / f"{name}.term").unlink()
         proc = None
         try:
             token = secrets.token_urlsafe(32)
@@ -535,6 +563,8 @@ class LocalBackend(Backend):
                            spec=spec.to_json(), spec_hash=spec_hash, log_path=str(log_path))
             if indices:
                 _gpus.assign(state, name, pid)
+            if spec.memory is not None:
+                memory.start_watchdog(state, name, pid, spec.memory)
             self._write(info)
             return info
         except BaseException:

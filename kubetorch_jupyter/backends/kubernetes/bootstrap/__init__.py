@@ -133,14 +133,22 @@ def runtime_container(spec: ComputeSpec, *, username: str, namespace: str,
     bundle = runtime_bundle()
     image = spec.build_image()
     steps = [[kind, list(payload)] for kind, payload in image.steps]
-    env = [
+    env: list[dict[str, Any]] = [
         {"name": "KT_RUNTIME_DIR", "value": RUNTIME_DIR},
         {"name": "KT_CACHE_DIR", "value": CACHE_DIR},
         {"name": "KT_RUNTIME_PORT", "value": str(RUNTIME_PORT)},
+        # Every interface of the pod: a port-forward dials the pod's localhost, a Service
+        # its IP. Spelled out (not left to the start script's default) so that whatever
+        # runs the container sees where it binds.
+        {"name": "KT_POD_HOST", "value": "0.0.0.0"},
         {"name": "KT_IMAGE_STEPS", "value": json.dumps(steps, separators=(",", ":"))},
         {"name": "KT_IMAGE_HASH", "value": spec.image_hash},
         {"name": "KT_COMPUTE_ENV_NAMES", "value": ",".join(sorted(spec.env))},
         {"name": "KT_POD_NAME", "value": pod_name(spec.name, username)},
+        # the `pod` label of metrics and logs: this pod's own name (downward API)
+        {"name": "KT_POD_INSTANCE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        # JSON lines on stdout, for the cluster's log shipper (Loki labels)
+        {"name": "KT_POD_LOG_FORMAT", "value": "json"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
     cache: dict[str, Any] = ({"persistentVolumeClaim": {"claimName": cache_claim}}

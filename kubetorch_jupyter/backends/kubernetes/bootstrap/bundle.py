@@ -1,8 +1,9 @@
 """The runtime bundle: this client's ``pod_runtime`` and its dependencies, as one zip.
 
 What a container of any image needs to run the pod runtime, beside a Python >= 3.11:
-the ``pod_runtime`` package this client was installed with, ``websockets`` and
-``cloudpickle`` (what it imports beyond the standard library), each with a minimal
+the ``pod_runtime`` package this client was installed with, ``websockets``,
+``cloudpickle`` and ``prometheus_client`` (what it imports beyond the standard library;
+all pure Python), each with a minimal
 ``dist-info`` so that ``importlib.metadata`` on the pod reports the versions the client
 compares with its own. Sources only, plus the client's compiled ``websockets.speedups``
 when it has one: its file name carries the ABI tag, so an image whose Python differs

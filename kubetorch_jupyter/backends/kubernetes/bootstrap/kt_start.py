@@ -58,7 +58,7 @@ EXIT_SETUP = 2
 EXIT_STEP = 3
 EXIT_RUNTIME = 4
 #: The packages the bundle carries besides ``pod_runtime`` (their versions are checked).
-DEPENDENCIES = ("websockets", "cloudpickle")
+DEPENDENCIES = ("websockets", "cloudpickle", "prometheus_client")
 
 
 def say(message: str) -> None:
