@@ -266,7 +266,8 @@ def test_export_applies_the_job_and_kt_jobs_runs_lists_and_removes_it(
 
     code, out, err = _kt(capsys, "jobs", "rm", "nightly")
     assert code == 0, err
-    assert "CronJob/alice-nightly" in out and "claim alice-nightly-runs kept" in out, out
+    assert f"CronJob/alice-nightly, Job/{job.metadata.name}, ConfigMap/alice-nightly-notebook" \
+        in out and "claim alice-nightly-runs kept" in out, out
     assert _names(api, "ml", "kubetorch.dev/job=nightly") == {
         "ConfigMap": [], "PersistentVolumeClaim": ["alice-nightly-runs"], "CronJob": [],
         "Job": []}

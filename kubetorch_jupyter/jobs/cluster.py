@@ -138,13 +138,13 @@ def remove_job_objects(cluster: Cluster, name: str, namespace: str, *, username:
     api = cluster.api
     selector = job_selector(username, name)
     kinds = [CRONJOBS, JOBS, _CONFIGMAPS, *([_CLAIMS] if purge else [])]
-    out = []
-    for kind in kinds:
-        items, _ = _apply.list_objects(api, kind, namespace, selector, timeout=REQUEST_TIMEOUT)
-        for item in items:
-            if _apply.delete(api, kind, namespace, _name(item), timeout=REQUEST_TIMEOUT):
-                out.append(f"{kind.kind}/{_name(item)}")
-    return out
+    # (all listed first: deleting the CronJob takes its Jobs with it)
+    found = [(kind, _name(item)) for kind in kinds
+             for item in _apply.list_objects(api, kind, namespace, selector,
+                                             timeout=REQUEST_TIMEOUT)[0]]
+    for kind, obj_name in found:
+        _apply.delete(api, kind, namespace, obj_name, timeout=REQUEST_TIMEOUT)
+    return [f"{kind.kind}/{obj_name}" for kind, obj_name in found]
 
 
 def kept_claims(cluster: Cluster, name: str, namespace: str, *, username: str) -> list[str]:
