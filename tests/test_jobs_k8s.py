@@ -249,7 +249,7 @@ def test_export_applies_the_job_and_kt_jobs_runs_lists_and_removes_it(
     runs = cluster.claim_path("alice-nightly-runs", "ml") / "jobs" / "nightly" / "runs"
     (run,) = list(runs.iterdir())
     record = json.loads((run / "run.json").read_text())
-    assert record["outcome"] == "succeeded", record
+    assert record["outcome"] == "succeeded" and record["trigger"] == "manual", record
     out_nb = outputs(nbformat.read(run / "output.ipynb", as_version=4), "in the job pod")
     assert "0.25" in out_nb and "0.5" in out_nb  # the injected parameter, the cell's value
 

@@ -227,7 +227,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(f"stopped following; the run goes on in the cluster (kubectl get jobs -n "
                   f"{job.namespace} -l kubetorch.dev/job={job.name})", file=sys.stderr)
             return 130
-    trigger = "schedule" if args.scheduled else "manual"
+    trigger = (args.trigger or "schedule") if args.scheduled else "manual"
     # (in a CronJob's pod the progress is the pod's log: kubectl logs, kt jobs run follow it)
     echo = sys.stdout if not args.scheduled or job.backend == "kubernetes" else None
     return run_job(args.name, trigger=trigger, echo=echo)
@@ -379,6 +379,7 @@ def add_parsers(sub: Any) -> None:
                                     "from its CronJob, its log followed)")
     q.add_argument("name", metavar="NAME")
     q.add_argument("--scheduled", action="store_true", help=argparse.SUPPRESS)
+    q.add_argument("--trigger", choices=["schedule", "manual"], help=argparse.SUPPRESS)
     q.add_argument("--here", action="store_true",
                    help="a Kubernetes job: run it on this machine instead")
     q.set_defaults(func=_cmd_run)

@@ -19,6 +19,7 @@ latest of its Jobs for ``kt jobs list``, and :func:`run_now` does what
 from __future__ import annotations
 
 import contextlib
+import json
 import secrets
 import sys
 import threading
@@ -33,7 +34,7 @@ from ..backends.kubernetes.apply import ApiFailure
 from ..backends.kubernetes.client import Cluster, load
 from ..backends.kubernetes.logs import follow_log
 from ..exceptions import ConfigError
-from .kubernetes import is_shared_runtime, job_selector
+from .kubernetes import TRIGGER_ANNOTATION, is_shared_runtime, job_selector
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -224,7 +225,9 @@ def manual_job(cronjob: dict[str, Any], job_name: str) -> dict[str, Any]:
 
     Its metadata and spec are the CronJob's ``jobTemplate``, annotated
     ``cronjob.kubernetes.io/instantiate: manual`` and owned by the CronJob (so deleting
-    the CronJob takes it, and the CronJob controller counts it among its Jobs).
+    the CronJob takes it, and the CronJob controller counts it among its Jobs); its pod
+    template also gets :data:`.kubernetes.TRIGGER_ANNOTATION` ``manual``, which the
+    container reads (``KT_JOB_TRIGGER``) so that the run's record says who started it.
     """
     template = cronjob.get("spec", {}).get("jobTemplate") or {}
     meta = dict(template.get("metadata") or {})
@@ -238,8 +241,11 @@ def manual_job(cronjob: dict[str, Any], job_name: str) -> dict[str, Any]:
                              "name": cj_meta.get("name"), "uid": cj_meta.get("uid"),
                              "controller": True, "blockOwnerDeletion": True}],
     })
-    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta,
-            "spec": template.get("spec") or {}}
+    spec = json.loads(json.dumps(template.get("spec") or {}))
+    pod_meta = spec.setdefault("template", {}).setdefault("metadata", {})
+    pod_meta["annotations"] = {**(pod_meta.get("annotations") or {}),
+                               TRIGGER_ANNOTATION: "manual"}  # (its run.json says so)
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": spec}
 
 
 def _watch_until(api: ApiClient, kind: _apply.Kind, namespace: str, selector: str,

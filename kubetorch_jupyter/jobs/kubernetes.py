@@ -45,7 +45,8 @@ from ..core.spec import ComputeSpec
 from ..exceptions import ConfigError
 from .store import JobRecord
 
-__all__ = ["CONFIGMAP_LIMIT", "JOB_DIR", "STATE_DIR", "is_shared_runtime", "job_selector",
+__all__ = ["CONFIGMAP_LIMIT", "JOB_DIR", "STATE_DIR", "TRIGGER_ANNOTATION", "is_shared_runtime",
+           "job_selector",
            "namespace_of", "render_job"]
 
 #: Where the job's ConfigMap and runs claim are mounted in its pod.
@@ -57,7 +58,10 @@ CONFIGMAP_LIMIT = 1024 * 1024 - 16 * 1024
 #: The job container's script: the notebook from the ConfigMap to the claim, then a run.
 _SCRIPT = ('set -e; d="$KT_STATE_DIR/jobs/{name}"; mkdir -p "$d"; '
            'cp "$KT_JOB_DIR/job.json" "$KT_JOB_DIR/notebook.ipynb" "$d/"; cd "$d"; '
-           'exec python3 -m kubetorch_jupyter.cli jobs run {name} --scheduled')
+           'exec python3 -m kubetorch_jupyter.cli jobs run {name} --scheduled '
+           '--trigger "${{KT_JOB_TRIGGER:-schedule}}"')
+#: The pod annotation a run by hand sets (``kt jobs run``): its record says ``manual``.
+TRIGGER_ANNOTATION = "kubetorch.dev/trigger"
 
 
 def _notebook_text(nb: nbformat.NotebookNode) -> str:
@@ -125,7 +129,9 @@ def render_job(job: JobRecord, nb: nbformat.NotebookNode, *, username: str, name
              {"name": "KT_JOB_DIR", "value": JOB_DIR},
              {"name": "KT_JOB_COMPUTE", "value": spec.name},
              {"name": "KT_JOB_SPEC", "value": json.dumps(spec.to_json(), sort_keys=True)},
-             {"name": "KT_USERNAME", "value": username}],
+             {"name": "KT_USERNAME", "value": username},
+             {"name": "KT_JOB_TRIGGER", "valueFrom": {"fieldRef": {
+                 "fieldPath": f"metadata.annotations['{TRIGGER_ANNOTATION}']"}}}],
         volumes=[*runtime.volumes,
                  {"name": "kt-job", "configMap": {"name": config_name, "defaultMode": 0o444}},
                  {"name": "kt-job-runs", "persistentVolumeClaim": {"claimName": claim}}],
