@@ -253,6 +253,11 @@ def test_export_applies_the_job_and_kt_jobs_runs_lists_and_removes_it(
     out_nb = outputs(nbformat.read(run / "output.ipynb", as_version=4), "in the job pod")
     assert "0.25" in out_nb and "0.5" in out_nb  # the injected parameter, the cell's value
 
+    code, out, _ = _kt(capsys, "jobs", "logs", "nightly")  # the latest Job's pod log
+    assert code == 0 and "in the job pod" in out and "(manual)" in out and "succeeded" in out, out
+    code, _, err = _kt(capsys, "jobs", "output", "nightly")
+    assert code == 1 and "on its runs' claim" in err and err.count("\n") == 1, err
+
     wait_for(batch.list_namespaced_cron_job, lambda c: bool(
         c.metadata.name == "alice-nightly" and c.status and c.status.last_successful_time),
         "ml", seconds=60)
@@ -353,6 +358,8 @@ def test_kt_jobs_run_exits_with_the_runs_outcome(on_double: Any, tmp_path: Path,
     code, out, err = _kt(capsys, "jobs", "run", "fails")
     assert code == 1, out + err
     assert "before" in out and "ValueError" in out and "failed" in out, out
+    code, out, _ = _kt(capsys, "jobs", "logs", "fails", "-f")
+    assert code == 1 and "ValueError" in out, out
     code, out, _ = _kt(capsys, "jobs", "list")
     row = next(line for line in out.splitlines() if line.startswith("fails"))
     assert "FAILED (alice-fails-manual-" in row, out

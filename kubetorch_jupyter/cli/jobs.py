@@ -238,6 +238,18 @@ def _cmd_logs(args: argparse.Namespace) -> int:
     from ..jobs.store import JobRecord, RunRecord
 
     job = JobRecord.load(args.name)
+    if job.backend == "kubernetes" and not job.runs():  # (its runs are on its claim)
+        from ..jobs import cluster as _cluster
+
+        if args.run:
+            raise ConfigError(f"job {args.name!r} runs in the cluster: its runs' records are "
+                              "on its claim; kt jobs logs shows the latest Job's pod log")
+        target = _cluster.connect(job.namespace)
+        try:
+            return _cluster.latest_log(target, job.name, str(job.namespace),
+                                       username=job.username or "", follow=args.follow)
+        except KeyboardInterrupt:
+            return 0
     run = job.run(args.run)
     if not args.follow:
         sys.stdout.write(run.log.read_text() if run.log.exists() else "")
@@ -265,7 +277,13 @@ def _cmd_output(args: argparse.Namespace) -> int:
     require()
     from ..jobs.store import JobRecord
 
-    run = JobRecord.load(args.name).run(args.run)
+    job = JobRecord.load(args.name)
+    if job.backend == "kubernetes" and not job.runs():
+        raise ConfigError(f"job {args.name!r} runs in the cluster: its executed notebooks are "
+                          f"on its runs' claim ({job.cronjob}-runs unless --runs-claim named "
+                          f"one), under jobs/{job.name}/runs/RUN_ID/output.ipynb (kubectl cp "
+                          "from a pod that mounts it)")
+    run = job.run(args.run)
     if not run.output.exists():
         raise ConfigError(f"run {run.run_id} of {args.name!r} wrote no notebook (it failed "
                           f"before its first cell: kt jobs logs {args.name} --run {run.run_id})")

@@ -40,7 +40,8 @@ if TYPE_CHECKING:
     from kubernetes.client import ApiClient
 
 __all__ = ["CRONJOBS", "INSTANTIATE_ANNOTATION", "CronJobState", "age_of", "apply_job",
-           "connect", "cronjob_state", "kept_claims", "manual_job", "manual_job_name",
+           "connect", "cronjob_state", "kept_claims", "latest_log", "manual_job",
+           "manual_job_name",
            "remove_job_objects", "run_now"]
 
 CRONJOBS = _apply.CRONJOB
@@ -367,6 +368,41 @@ def run_now(cluster: Cluster, cronjob: str, namespace: str, *, out: IO[str] | No
     print(f"job {job_name} failed" + (f" (exit {code})" if code is not None else ""),
           file=out, flush=True)
     return code or 1
+
+
+def latest_log(cluster: Cluster, name: str, namespace: str, *, username: str,
+               follow: bool = False, out: IO[str] | None = None) -> int:
+    """Write the pod log of job ``name``'s latest Job to ``out``; 0 unless that Job failed.
+
+    With ``follow``, the log as it grows, until it ends.
+
+    Raises:
+        ConfigError: When the job has no Job in the cluster (none ran, or the history
+            limit dropped it).
+    """
+    api = cluster.api
+    out = out or sys.stdout
+    jobs, _ = _apply.list_objects(api, JOBS, namespace, job_selector(username, name),
+                                  timeout=REQUEST_TIMEOUT)
+    latest = max(jobs, default=None, key=lambda j: str(
+        (j.get("metadata") or {}).get("creationTimestamp") or ""))
+    pods = [] if latest is None else _apply.list_objects(
+        api, _PODS, namespace, f"job-name={_name(latest)}", timeout=REQUEST_TIMEOUT)[0]
+    if latest is None or not pods:
+        raise ConfigError(f"job {name!r} has no run in namespace {namespace!r} to show "
+                          f"(kt jobs run {name} starts one)")
+    pod = _pods.pod_name(max(pods, key=lambda p: str(
+        (p.get("metadata") or {}).get("creationTimestamp") or "")))
+    if follow:
+        for line in follow_log(api, namespace, pod, tail=100_000):
+            out.write(line)
+            out.flush()
+        latest = _apply.get(api, JOBS, namespace, _name(latest), timeout=REQUEST_TIMEOUT) or latest
+    else:
+        from ..backends.kubernetes.logs import read_log
+
+        out.write(read_log(api, namespace, pod, tail=100_000))
+    return 1 if _outcome(latest) == "failed" else 0
 
 
 def _selector_of(job: dict[str, Any]) -> str:
