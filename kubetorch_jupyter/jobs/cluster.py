@@ -335,7 +335,8 @@ def run_now(cluster: Cluster, cronjob: str, namespace: str, *, out: IO[str] | No
             note = f"{state.reason or _pods.stage(pod)}: {state.message}".rstrip(": ")
             if state.reason and note not in said:
                 said.add(note)
-                print(f"waiting for the pod: {note}", file=out, flush=True)
+                print(f"waiting for the pod: {note} (Ctrl-C stops waiting; the Job stays)",
+                      file=out, flush=True)
         return None
 
     selector = f"job-name={job_name}"
