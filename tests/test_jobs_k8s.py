@@ -41,9 +41,9 @@ def exported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     ], params="lr = 0.1", compute=SPEC)
     assert main(["export", str(path), "--backend", "kubernetes", "--schedule", "0 3 * * 1-5",
                  "--timezone", "Europe/Paris", "-p", "lr=0.25", "--name", "nightly",
-                 "--namespace", "ml"]) == 0
+                 "--namespace", "ml", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "kubectl apply -f" in out and "namespace 'ml'" in out
+    assert "kubectl apply -f" in out and "namespace 'ml'" in out and "--dry-run" in out
     assert not (tmp_path / "crontab").exists()  # the schedule lives in the cluster
     return list(yaml.safe_load_all((jobs_dir() / "nightly" / "manifests.yaml").read_text()))
 
@@ -143,44 +143,248 @@ def test_bad_kubernetes_export_creates_nothing(tmp_path: Path, args: list[str], 
     assert not jobs_dir().exists() or not any(jobs_dir().iterdir())
 
 
-def test_the_cronjob_runs_the_notebook_on_the_test_cluster(
-        exported: list[dict[str, Any]]) -> None:
-    """The exported objects applied (server-side, one field manager) to the API-server
-    double, the CronJob's job started as its schedule would: its pod runs the notebook,
-    and the executed notebook lands on the runs claim."""
+def test_without_a_cluster_config_export_says_what_to_set_and_creates_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.kube/config
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.delenv("KT_KUBECONFIG", raising=False)
+    path = notebook(tmp_path / "nb.ipynb", ["x = 1"])
+    assert main(["export", str(path), "--backend", "kubernetes", "--schedule", "@daily"]) == 1
+    err = capsys.readouterr().err
+    assert "found no cluster: set KT_KUBECONFIG" in err and "--dry-run" in err, err
+    assert err.count("\n") == 1, err
+    assert not jobs_dir().exists() or not any(jobs_dir().iterdir())
+
+
+# ---- on the API-server double, through kt export / kt jobs -------------------------------
+
+def _kt(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    got = capsys.readouterr()
+    return code, got.out, got.err
+
+
+def _names(api: Any, ns: str, selector: str) -> dict[str, list[str]]:
+    """The objects ``selector`` picks in ``ns``, by kind."""
+    from kubernetes import client
+
+    core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
+    return {kind: sorted(o.metadata.name for o in lister(ns, label_selector=selector).items)
+            for kind, lister in (("ConfigMap", core.list_namespaced_config_map),
+                                 ("PersistentVolumeClaim",
+                                  core.list_namespaced_persistent_volume_claim),
+                                 ("CronJob", batch.list_namespaced_cron_job),
+                                 ("Job", batch.list_namespaced_job))}
+
+
+@pytest.fixture
+def on_double(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A double with one GPU (the job's compute asks for one), its kubeconfig in
+    KT_KUBECONFIG, namespace ``ml``, and the notebook to export."""
     from k8s_double import K8sDouble
+    from kubernetes import client
+
+    monkeypatch.setenv("KT_USERNAME", "alice")
+    monkeypatch.setenv("KT_CRONTAB_FILE", str(tmp_path / "crontab"))
+    path = notebook(tmp_path / "train.ipynb", [
+        "%load_ext kubetorch_jupyter",
+        "%%kt --name trainer\nimport os\nprint('in the job pod', os.getpid(), lr)\nlr * 2",
+    ], params="lr = 0.1", compute=SPEC)
+    with K8sDouble(gpus=1) as cluster:
+        monkeypatch.setenv("KT_KUBECONFIG", str(cluster.kubeconfig_path))
+        client.CoreV1Api(cluster.api_client()).create_namespace({"metadata": {"name": "ml"}})
+        yield cluster, path
+        assert not cluster.errors, cluster.errors
 
 
-    with K8sDouble(gpus=1) as cluster:  # the job asks for a GPU
-        _run_the_cronjob(cluster, exported)
-
-
-def _run_the_cronjob(k8s_cluster: Any, exported: list[dict[str, Any]]) -> None:
+def test_export_applies_the_job_and_kt_jobs_runs_lists_and_removes_it(
+        on_double: Any, capsys: pytest.CaptureFixture[str]) -> None:
     from k8s_testing import wait_for
-    from kubernetes import client, dynamic
+    from kubernetes import client
 
-    from kubetorch_jupyter.backends.kubernetes.identity import FIELD_MANAGER
+    from kubetorch_jupyter.backends.kubernetes.backend import KubernetesBackend
+    from kubetorch_jupyter.exceptions import ComputeNotFoundError
 
-    api = k8s_cluster.api_client()
-    client.CoreV1Api(api).create_namespace({"metadata": {"name": "ml"}})
-    dyn = dynamic.DynamicClient(api)
-    for obj in exported:
-        resource = dyn.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
-        resource.server_side_apply(body=obj, namespace=obj["metadata"].get("namespace"),
-                                   field_manager=FIELD_MANAGER, force_conflicts=True)
-    cronjob = exported[-1]
-    claim = next(o for o in exported if o["kind"] == "PersistentVolumeClaim")
-    k8s_cluster.trigger_cronjob(cronjob["metadata"]["name"], "ml")
-    job = wait_for(client.BatchV1Api(api).list_namespaced_job,
-                   lambda j: bool(j.status and (j.status.succeeded or j.status.failed)), "ml",
-                   seconds=180)
-    core = client.CoreV1Api(api)
-    pods = core.list_namespaced_pod("ml", label_selector=f"job-name={job.metadata.name}")
-    log = "\n".join(core.read_namespaced_pod_log(p.metadata.name, "ml") for p in pods.items)
-    assert job.status.succeeded == 1, log
-    runs = k8s_cluster.claim_path(claim["metadata"]["name"], "ml") / "jobs" / "nightly" / "runs"
+    cluster, path = on_double
+    api = cluster.api_client()
+    core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
+    core.create_namespaced_config_map("ml", {"metadata": {"name": "someone-elses"}})
+    for name in ("nightly", "weekly"):
+        code, out, err = _kt(capsys, "export", str(path), "--backend", "kubernetes",
+                             "--schedule", "0 3 * * 1-5", "-p", "lr=0.25", "--name", name,
+                             "--namespace", "ml")
+        assert code == 0, err
+        assert f"applied   to {cluster.url}" in out and "kubectl" not in out, out
+    written = list(yaml.safe_load_all((jobs_dir() / "nightly" / "manifests.yaml").read_text()))
+    assert _names(api, "ml", "kubetorch.dev/job=nightly") == {
+        "ConfigMap": ["alice-nightly-notebook"], "PersistentVolumeClaim": ["alice-nightly-runs"],
+        "CronJob": ["alice-nightly"], "Job": []}
+    assert {o["metadata"]["name"] for o in written[1:]} == {
+        "alice-nightly-notebook", "alice-nightly-runs", "alice-nightly"}
+    runtime = written[0]["metadata"]["name"]
+    live = core.read_namespaced_config_map(runtime, "ml")
+    assert live.metadata.labels["kubetorch.dev/component"] == "runtime"
+    assert "kubetorch.dev/compute" not in live.metadata.labels  # shared, nobody's
+    cj = batch.read_namespaced_cron_job("alice-nightly", "ml")
+    assert cj.spec.schedule == "0 3 * * 1-5"
+    assert any(f.manager == "kubetorch-jupyter" and f.operation == "Apply"
+               for f in cj.metadata.managed_fields)
+
+    # the compute's teardown leaves the job alone (it is kt jobs rm's)
+    with pytest.raises(ComputeNotFoundError):
+        KubernetesBackend(namespace="ml").down("trainer")
+    assert _names(api, "ml", "kubetorch.dev/job=nightly")["CronJob"] == ["alice-nightly"]
+
+    code, out, err = _kt(capsys, "jobs", "run", "nightly")
+    assert code == 0, out + err
+    assert "started job alice-nightly-manual-" in out and "from cronjob/alice-nightly" in out
+    assert "in the job pod" in out and "succeeded" in out, out  # the pod's log, followed
+    (job,) = batch.list_namespaced_job("ml", label_selector="kubetorch.dev/job=nightly").items
+    assert job.metadata.annotations["cronjob.kubernetes.io/instantiate"] == "manual"
+    (owner,) = job.metadata.owner_references
+    assert (owner.kind, owner.name, owner.uid) == ("CronJob", "alice-nightly", cj.metadata.uid)
+    assert job.spec.template.spec.containers[0].command == (
+        cj.spec.job_template.spec.template.spec.containers[0].command)
+    runs = cluster.claim_path("alice-nightly-runs", "ml") / "jobs" / "nightly" / "runs"
     (run,) = list(runs.iterdir())
     record = json.loads((run / "run.json").read_text())
-    assert record["outcome"] == "succeeded" and record["trigger"] == "schedule", log
-    out = outputs(nbformat.read(run / "output.ipynb", as_version=4), "in the job pod")
-    assert "0.25" in out and "0.5" in out  # the injected parameter, and the cell's value
+    assert record["outcome"] == "succeeded" and record["trigger"] == "manual", record
+    out_nb = outputs(nbformat.read(run / "output.ipynb", as_version=4), "in the job pod")
+    assert "0.25" in out_nb and "0.5" in out_nb  # the injected parameter, the cell's value
+
+    code, out, _ = _kt(capsys, "jobs", "logs", "nightly")  # the latest Job's pod log
+    assert code == 0 and "in the job pod" in out and "(manual)" in out and "succeeded" in out, out
+    code, _, err = _kt(capsys, "jobs", "output", "nightly")
+    assert code == 1 and "on its runs' claim" in err and err.count("\n") == 1, err
+
+    wait_for(batch.list_namespaced_cron_job, lambda c: bool(
+        c.metadata.name == "alice-nightly" and c.status and c.status.last_successful_time),
+        "ml", seconds=60)
+    code, out, err = _kt(capsys, "jobs", "list")
+    assert code == 0, err
+    row = next(line for line in out.splitlines() if line.startswith("nightly"))
+    assert "in the cluster" in row and f"ok ({job.metadata.name})" in row, out
+    note = next(line for line in out.splitlines() if line.startswith("nightly: cronjob/"))
+    assert "last scheduled never" in note and "last succeeded" in note, note
+    assert "last succeeded never" not in note, note
+
+    code, out, err = _kt(capsys, "jobs", "rm", "nightly")
+    assert code == 0, err
+    assert f"CronJob/alice-nightly, Job/{job.metadata.name}, ConfigMap/alice-nightly-notebook" \
+        in out and "claim alice-nightly-runs kept" in out, out
+    assert _names(api, "ml", "kubetorch.dev/job=nightly") == {
+        "ConfigMap": [], "PersistentVolumeClaim": ["alice-nightly-runs"], "CronJob": [],
+        "Job": []}
+    assert _names(api, "ml", "kubetorch.dev/job=weekly") == {
+        "ConfigMap": ["alice-weekly-notebook"], "PersistentVolumeClaim": ["alice-weekly-runs"],
+        "CronJob": ["alice-weekly"], "Job": []}
+    left = {c.metadata.name for c in core.list_namespaced_config_map("ml").items}
+    assert {"someone-elses", runtime} <= left
+    assert not (jobs_dir() / "nightly" / "job.json").exists()
+
+    code, out, err = _kt(capsys, "jobs", "rm", "weekly", "--purge")
+    assert code == 0, err
+    assert _names(api, "ml", "kubetorch.dev/job=weekly") == {
+        "ConfigMap": [], "PersistentVolumeClaim": [], "CronJob": [], "Job": []}
+    assert runtime in {c.metadata.name for c in core.list_namespaced_config_map("ml").items}
+
+
+def test_a_failing_apply_creates_nothing(on_double: Any,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from kubernetes import client
+
+    cluster, path = on_double
+    api = cluster.api_client()
+    argv = ["export", str(path), "--backend", "kubernetes", "--schedule", "@daily", "--name",
+            "nightly"]
+    code, _, err = _kt(capsys, *argv, "--namespace", "nope")
+    assert code == 1 and err.count("\n") == 1, err
+    assert "namespace 'nope' does not exist" in err and "nothing was created" in err, err
+    assert not jobs_dir().exists() or not any(jobs_dir().iterdir())
+
+    cluster.forbid("cronjobs")  # RBAC lets this user make ConfigMaps and claims, not CronJobs
+    code, _, err = _kt(capsys, *argv, "--namespace", "ml")
+    assert code == 1 and err.count("\n") == 1, err
+    assert 'cronjobs.batch "alice-nightly" is forbidden' in err, err
+    assert ("removed again what it had created (ConfigMap/alice-nightly-notebook, "
+            "PersistentVolumeClaim/alice-nightly-runs)") in err, err
+    assert _names(api, "ml", "kubetorch.dev/user=alice") == {
+        "ConfigMap": [next(c.metadata.name for c in client.CoreV1Api(api)
+                           .list_namespaced_config_map("ml").items)],
+        "PersistentVolumeClaim": [], "CronJob": [], "Job": []}
+    (kept,) = client.CoreV1Api(api).list_namespaced_config_map("ml").items
+    assert kept.metadata.labels["kubetorch.dev/component"] == "runtime"  # shared: kept
+    assert not jobs_dir().exists() or not any(jobs_dir().iterdir())
+
+    cluster.clear()
+    code, out, err = _kt(capsys, *argv, "--namespace", "ml")
+    assert code == 0 and "applied" in out, err
+
+
+def test_replace_moves_the_job_and_leaves_no_old_cronjob(
+        on_double: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from kubernetes import client
+
+    cluster, path = on_double
+    api = cluster.api_client()
+    client.CoreV1Api(api).create_namespace({"metadata": {"name": "other"}})
+    argv = ["export", str(path), "--schedule", "@daily", "--name", "nightly"]
+    k8s = [*argv, "--backend", "kubernetes"]
+    assert _kt(capsys, *k8s, "--namespace", "ml")[0] == 0
+    assert _kt(capsys, *k8s, "--namespace", "ml", "--replace")[0] == 0  # the same: unchanged
+    assert _names(api, "ml", "kubetorch.dev/job=nightly")["CronJob"] == ["alice-nightly"]
+    code, _, err = _kt(capsys, *k8s, "--namespace", "other", "--replace")
+    assert code == 0, err
+    assert _names(api, "other", "kubetorch.dev/job=nightly")["CronJob"] == ["alice-nightly"]
+    assert _names(api, "ml", "kubetorch.dev/job=nightly") == {
+        "ConfigMap": [], "PersistentVolumeClaim": ["alice-nightly-runs"], "CronJob": [],
+        "Job": []}  # the old runs' claim stays, as kt jobs rm leaves it
+    code, _, err = _kt(capsys, *argv, "--replace")  # now a crontab line instead
+    assert code == 0, err
+    assert _names(api, "other", "kubetorch.dev/job=nightly")["CronJob"] == []
+
+
+def test_kt_jobs_run_exits_with_the_runs_outcome(on_double: Any, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    del on_double  # (the double, its kubeconfig in KT_KUBECONFIG)
+    cpu_only = ComputeSpec(name="cpu", cpus=1, backend="kubernetes",
+                           image={"base": "ghcr.io/example/kt-jobs:1", "steps": []})
+    path = notebook(tmp_path / "fails.ipynb", ["print('before')", "raise ValueError('boom')"],
+                    compute=cpu_only)
+    code, _, err = _kt(capsys, "export", str(path), "--backend", "kubernetes", "--schedule",
+                       "@daily", "--name", "fails", "--namespace", "ml")
+    assert code == 0, err
+    code, out, err = _kt(capsys, "jobs", "run", "fails")
+    assert code == 1, out + err
+    assert "before" in out and "ValueError" in out and "failed" in out, out
+    code, out, _ = _kt(capsys, "jobs", "logs", "fails", "-f")
+    assert code == 1 and "ValueError" in out, out
+    code, out, _ = _kt(capsys, "jobs", "list")
+    row = next(line for line in out.splitlines() if line.startswith("fails"))
+    assert "FAILED (alice-fails-manual-" in row, out
+
+
+def test_a_run_by_hands_job_name_fits_a_label() -> None:
+    import re
+
+    from kubetorch_jupyter.jobs.cluster import manual_job_name
+
+    longest = "alice-" + "n" * 46  # the CronJob's name is at most 52 characters
+    for cronjob in ("alice-nightly", longest, longest[:48] + "-x-y"):
+        name = manual_job_name(cronjob)
+        assert len(name) <= 63 and re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name), name
+        assert "-manual-" in name and name.startswith(cronjob[:40])
+
+
+def test_kt_jobs_of_a_kubernetes_job_without_a_cluster_say_what_to_set(
+        exported: list[dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("KT_KUBECONFIG", str(tmp_path / "missing"))
+    code, _, err = _kt(capsys, "jobs", "run", "nightly")
+    assert code == 1 and err.count("\n") == 1, err
+    assert "does not exist: point KT_KUBECONFIG" in err and "--here" in err, err
+    code, out, _ = _kt(capsys, "jobs", "list")  # --dry-run: nothing in a cluster to ask
+    assert code == 0 and "not applied" in out and "kubectl apply -f" in out, out
+    code, out, _ = _kt(capsys, "jobs", "rm", "nightly")
+    assert code == 0 and "kubectl delete -n ml" in out, out

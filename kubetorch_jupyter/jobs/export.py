@@ -103,7 +103,9 @@ def export_notebook(
         timezone: IANA zone of the schedule (default: this machine's).
         replace: Replace a job of the same name instead of refusing.
         kubernetes: For ``backend="kubernetes"``: ``namespace``, ``runs_claim`` (an
-            existing PersistentVolumeClaim for the runs), ``runs_size`` (of a new one).
+            existing PersistentVolumeClaim for the runs), ``runs_size`` (of a new one),
+            ``apply`` (default True: apply the objects to the configured cluster; False:
+            only write them, ``--dry-run``).
 
     Raises:
         ConfigError: Any bad input (see the module docstring); nothing is created.
@@ -137,36 +139,95 @@ def export_notebook(
                     compute=spec.to_json() if spec is not None else None, created=time.time(),
                     env={k: os.environ[k] for k in _CARRIED if os.environ.get(k)})
     source.set_compute(nb, spec)
+    if replace:
+        _retire_cluster_objects(job_name, None)
     _write(job, nb, crontab, sched)
     return job
+
+
+def _retire_cluster_objects(name: str, now_in: str | None) -> None:
+    """Delete a replaced Kubernetes job's objects, unless the new job has them.
+
+    ``now_in`` is the new job's namespace (None: a local job). The old runs' claim
+    stays, as ``kt jobs rm`` leaves it.
+
+    Raises:
+        ConfigError: When the cluster it was applied to cannot be asked.
+    """
+    try:
+        old = JobRecord.load(name)
+    except ConfigError:
+        return
+    if old.backend != "kubernetes" or not old.cluster or not old.namespace:
+        return
+    if now_in == old.namespace and old.username == str(config.get("username")):
+        return
+    from . import cluster as _cluster
+
+    try:
+        target = _cluster.connect(old.namespace)
+        _cluster.remove_job_objects(target, name, old.namespace, username=old.username or "")
+    except ConfigError as exc:
+        raise ConfigError(f"job {name!r} being replaced has its CronJob in namespace "
+                          f"{old.namespace!r}, which cannot be removed ({exc})") from None
 
 
 def _export_kubernetes(path: Path, nb: Any, name: str, values: dict[str, Any],
                        sched: Schedule | None, spec: ComputeSpec | None, *, replace: bool,
                        namespace: str | None = None, runs_claim: str | None = None,
-                       runs_size: str = "1Gi") -> JobRecord:
-    """Render the job's objects, then write the job with ``manifests.yaml`` beside it.
+                       runs_size: str = "1Gi", apply: bool = True) -> JobRecord:
+    """Render the job's objects, apply them (unless not ``apply``), write the job.
 
-    Rendering checks everything first: nothing is written when it fails.
+    The job's folder gets ``manifests.yaml`` beside ``job.json``.
+
+    Rendering checks everything first and the cluster's configuration is loaded before
+    anything is applied: nothing is written or created when either fails; an apply that
+    fails removes what it created (see :mod:`.cluster`), and so does a failed write.
     """
     import yaml
 
     from . import kubernetes
 
     spec = spec or ComputeSpec(name=name, backend="kubernetes")
-    ns = kubernetes.namespace_of(spec, namespace)
     if (jobs_dir() / name / "job.json").is_file() and not replace:
         raise ConfigError(f"the name {name!r} is taken (a job of that name exists): pass "
                           f"--name, --replace to replace it, or kt jobs rm {name} first")
+    username = str(config.get("username"))
+    ns = kubernetes.namespace_of(spec, namespace, str(config.get("namespace") or "default"))
     job = JobRecord(name=name, notebook=str(path), cwd=str(path.parent), parameters=values,
                     schedule=sched.expression if sched else None,
                     timezone=sched.timezone if sched else None, backend="kubernetes",
-                    compute=spec.to_json(), created=time.time(), namespace=ns)
+                    compute=spec.to_json(), created=time.time(), namespace=ns,
+                    username=username)
     source.set_compute(nb, spec)
-    objects = kubernetes.render_job(job, nb, username=str(config.get("username")),
-                                    namespace=ns, runs_claim=runs_claim, runs_size=runs_size)
-    _write(job, nb, None, None, extra={"manifests.yaml": yaml.safe_dump_all(
-        objects, sort_keys=False, width=1000)})
+
+    def render() -> list[dict[str, Any]]:
+        return kubernetes.render_job(job, nb, username=username, namespace=str(job.namespace),
+                                     runs_claim=runs_claim, runs_size=runs_size)
+
+    objects = render()  # every check of the input, before the cluster is asked
+    target = None
+    if apply:
+        from . import cluster as _cluster
+
+        target = _cluster.connect(hint="or pass --dry-run to only write the manifests")
+        where = kubernetes.namespace_of(spec, namespace, target.namespace)
+        if where != ns:  # the kubeconfig context's namespace
+            job.namespace = ns = where
+            objects = render()
+        _cluster.apply_job(target, objects, ns)
+        job.cluster = target.host
+    job.cronjob = str(objects[-1]["metadata"]["name"])
+    try:
+        if replace and target is not None:  # (--dry-run touches no cluster)
+            _retire_cluster_objects(name, ns)
+        _write(job, nb, None, None, extra={"manifests.yaml": yaml.safe_dump_all(
+            objects, sort_keys=False, width=1000)})
+    except BaseException:
+        if target is not None:
+            _cluster.remove_job_objects(target, name, ns, username=username,
+                                        purge=runs_claim is None and not replace)
+        raise
     return job
 
 

@@ -1,7 +1,8 @@
 """A job on Kubernetes: a CronJob whose pod is the job's compute and runs the notebook.
 
-``kt export --backend kubernetes`` renders, with the renderer of
-:mod:`kubetorch_jupyter.backends.kubernetes.manifests` (``render_cronjob``), in apply order:
+``kt export --backend kubernetes`` renders (and :mod:`.cluster` applies), with the
+renderer of :mod:`kubetorch_jupyter.backends.kubernetes.manifests` (``render_cronjob``),
+in apply order:
 
 1. the runtime's ConfigMap (shared by the user's computes; the bootstrap's),
 2. ``{user}-{job}-notebook``: a ConfigMap with ``notebook.ipynb`` (outputs cleared: the
@@ -12,6 +13,10 @@
 4. the CronJob ``{user}-{job}``: the schedule and its ``timeZone``, ``concurrencyPolicy:
    Forbid``, history limits, a starting deadline; its pod has the compute spec's image,
    CPUs, memory and GPUs.
+
+Each but the first carries the job's label (``kubetorch.dev/job``, also on the Jobs and
+pods the CronJob makes; :func:`job_selector`); the runtime's ConfigMap carries no
+compute label either: it is shared, and neither ``kt jobs rm`` nor a teardown deletes it.
 
 The pod copies the notebook (``$KT_JOB_DIR``, ``/kt/job``) into
 ``$KT_STATE_DIR/jobs/<job>/`` on the claim (mounted at ``/kt/state``) and runs
@@ -40,7 +45,9 @@ from ..core.spec import ComputeSpec
 from ..exceptions import ConfigError
 from .store import JobRecord
 
-__all__ = ["CONFIGMAP_LIMIT", "JOB_DIR", "STATE_DIR", "render_job"]
+__all__ = ["CONFIGMAP_LIMIT", "JOB_DIR", "STATE_DIR", "TRIGGER_ANNOTATION", "is_shared_runtime",
+           "job_selector",
+           "namespace_of", "render_job"]
 
 #: Where the job's ConfigMap and runs claim are mounted in its pod.
 JOB_DIR = "/kt/job"
@@ -51,7 +58,10 @@ CONFIGMAP_LIMIT = 1024 * 1024 - 16 * 1024
 #: The job container's script: the notebook from the ConfigMap to the claim, then a run.
 _SCRIPT = ('set -e; d="$KT_STATE_DIR/jobs/{name}"; mkdir -p "$d"; '
            'cp "$KT_JOB_DIR/job.json" "$KT_JOB_DIR/notebook.ipynb" "$d/"; cd "$d"; '
-           'exec python3 -m kubetorch_jupyter.cli jobs run {name} --scheduled')
+           'exec python3 -m kubetorch_jupyter.cli jobs run {name} --scheduled '
+           '--trigger "${{KT_JOB_TRIGGER:-schedule}}"')
+#: The pod annotation a run by hand sets (``kt jobs run``): its record says ``manual``.
+TRIGGER_ANNOTATION = "kubetorch.dev/trigger"
 
 
 def _notebook_text(nb: nbformat.NotebookNode) -> str:
@@ -62,13 +72,13 @@ def _notebook_text(nb: nbformat.NotebookNode) -> str:
     return str(nbformat.writes(clean))
 
 
-def namespace_of(spec: ComputeSpec, given: str | None) -> str:
+def namespace_of(spec: ComputeSpec, given: str | None, default: str = "default") -> str:
     """The namespace the job goes in: ``given``, else the compute's own, else ``default``."""
     options = KubernetesOptions.from_spec(spec)
     if given and options.namespace and given != options.namespace:
         raise ConfigError(f"--namespace {given!r}: the compute {spec.name!r} asks for "
                           f"namespace {options.namespace!r}")
-    return given or options.namespace or "default"
+    return given or options.namespace or default
 
 
 def render_job(job: JobRecord, nb: nbformat.NotebookNode, *, username: str, namespace: str,
@@ -119,7 +129,9 @@ def render_job(job: JobRecord, nb: nbformat.NotebookNode, *, username: str, name
              {"name": "KT_JOB_DIR", "value": JOB_DIR},
              {"name": "KT_JOB_COMPUTE", "value": spec.name},
              {"name": "KT_JOB_SPEC", "value": json.dumps(spec.to_json(), sort_keys=True)},
-             {"name": "KT_USERNAME", "value": username}],
+             {"name": "KT_USERNAME", "value": username},
+             {"name": "KT_JOB_TRIGGER", "valueFrom": {"fieldRef": {
+                 "fieldPath": f"metadata.annotations['{TRIGGER_ANNOTATION}']"}}}],
         volumes=[*runtime.volumes,
                  {"name": "kt-job", "configMap": {"name": config_name, "defaultMode": 0o444}},
                  {"name": "kt-job-runs", "persistentVolumeClaim": {"claimName": claim}}],
@@ -129,10 +141,44 @@ def render_job(job: JobRecord, nb: nbformat.NotebookNode, *, username: str, name
         objects=[*runtime.objects, *objects],
     )
     try:
-        return render_cronjob(
+        rendered = render_cronjob(
             spec, runtime=runtime, username=username, namespace=namespace,
             schedule=job.schedule, timezone=job.timezone, name=job.name,
             command=["/bin/sh", "-c", _SCRIPT.format(name=job.name)],
             history_limit=history_limit, starting_deadline_seconds=starting_deadline_seconds)
     except ValueError as exc:  # the renderer's namespace check
         raise ConfigError(str(exc)) from None
+    return [_with_job_label(obj, job.name) for obj in rendered]
+
+
+def is_shared_runtime(obj: dict[str, Any]) -> bool:
+    """Whether ``obj`` is the runtime's ConfigMap, shared by the user's computes and jobs."""
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    return labels.get(identity.COMPONENT_LABEL) == "runtime"
+
+
+def _with_job_label(obj: dict[str, Any], name: str) -> dict[str, Any]:
+    """``obj`` labelled as job ``name``'s (its CronJob's Jobs and pods too).
+
+    The runtime's ConfigMap is nobody's: it loses the compute label instead (as a
+    compute's does), so neither ``kt jobs rm`` nor a compute's teardown deletes it.
+    """
+    obj = json.loads(json.dumps(obj))
+    meta = obj.setdefault("metadata", {})
+    labels = meta.setdefault("labels", {})
+    if is_shared_runtime(obj):
+        labels.pop(identity.COMPUTE_LABEL, None)
+        return obj
+    labels[identity.JOB_LABEL] = name
+    if obj.get("kind") == "CronJob":
+        template = obj["spec"]["jobTemplate"]
+        template.setdefault("metadata", {}).setdefault("labels", {})[identity.JOB_LABEL] = name
+        pod = template["spec"]["template"]
+        pod.setdefault("metadata", {}).setdefault("labels", {})[identity.JOB_LABEL] = name
+    return obj
+
+
+def job_selector(username: str, name: str) -> str:
+    """The label selector of job ``name``'s objects (never the shared runtime ConfigMap)."""
+    return (f"{identity.selector(username, component='job')},"
+            f"{identity.JOB_LABEL}={name}")

@@ -94,6 +94,10 @@ class JobRecord:
         crontab_line: The exact crontab line installed for it (local, scheduled).
         env: Variables each run sets for its kernel (the state dir, the path).
         namespace: Where a Kubernetes job's objects go (``--backend kubernetes``).
+        cluster: The API server a Kubernetes job was applied to (None: its manifests
+            were only written, ``--dry-run``).
+        cronjob: A Kubernetes job's CronJob (``{username}-{name}``).
+        username: ``KT_USERNAME`` at export: a Kubernetes job's objects carry it.
     """
 
     name: str
@@ -108,6 +112,9 @@ class JobRecord:
     crontab_line: str | None = None
     env: dict[str, str] = field(default_factory=dict)
     namespace: str | None = None
+    cluster: str | None = None
+    cronjob: str | None = None
+    username: str | None = None
 
     @property
     def folder(self) -> Path:

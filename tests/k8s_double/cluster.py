@@ -306,6 +306,11 @@ class K8sDouble:
             raise ValueError(f"hold(stage): one of {', '.join(STAGES)}, not {stage!r}")
         return self._add(Rule("hold", selector, name_prefix, stage=stage))
 
+    def forbid(self, resource: str, verbs: tuple[str, ...] = ("create", "patch", "update")
+               ) -> Rule:
+        """Refuse ``verbs`` on ``resource`` (a plural: ``cronjobs``) with 403, as RBAC would."""
+        return self._add(Rule("forbid", verbs=tuple(verbs), resource=resource))
+
     def _add(self, rule: Rule) -> Rule:
         self.call(self.faults.rules.append, rule)
         return rule

@@ -4,7 +4,9 @@ A rule matches pods by label selector and/or name prefix (None: every pod) and h
 until cleared. ``unschedulable`` keeps matching pods Pending with ``PodScheduled=False``
 and the given scheduler message; ``hold`` keeps them at a stage: ``Pending`` (never
 bound), ``ContainerCreating`` (bound, containers not started) or ``NotReady`` (running,
-readiness never passes), which is how a launch timeout is tested.
+readiness never passes), which is how a launch timeout is tested. ``forbid`` refuses
+requests of some verbs on a resource with 403 Forbidden, worded as RBAC words it (a user
+whose role lacks that verb), before anything is stored.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ class Rule:
     name_prefix: str | None = None
     stage: str | None = None
     message: str | None = None
+    verbs: tuple[str, ...] = ()
+    resource: str | None = None
 
     def matches(self, pod: dict[str, Any]) -> bool:
         """Whether the rule applies to ``pod``."""
@@ -46,6 +50,12 @@ class Faults:
     def held(self, pod: dict[str, Any], stage: str) -> bool:
         """Whether a ``hold`` rule keeps ``pod`` at ``stage``."""
         return any(r.kind == "hold" and r.stage == stage and r.matches(pod) for r in self.rules)
+
+    def forbidden(self, verb: str, resource: str) -> bool:
+        """Whether a ``forbid`` rule refuses ``verb`` (``patch``, ``create``...) on ``resource``
+        (a plural, such as ``cronjobs``)."""
+        return any(r.kind == "forbid" and r.resource == resource and verb in r.verbs
+                   for r in self.rules)
 
     def unschedulable(self, pod: dict[str, Any]) -> str | None:
         """The scheduler message an ``unschedulable`` rule gives ``pod``, or None."""

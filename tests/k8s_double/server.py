@@ -138,6 +138,7 @@ class Api:
                 got = request.headers.get("Authorization", "")
                 if not hmac.compare_digest(got.encode(), f"Bearer {self.token}".encode()):
                     raise ApiError(401, "Unauthorized", "Unauthorized")
+            self._check_forbidden(request)
             resp = await handler(request)
             status = resp.status
             return resp
@@ -149,6 +150,22 @@ class Api:
                 body = _decode(raw, ctype)
             self.requests.append(Recorded(request.method, request.path, dict(request.query),
                                           ctype, body if raw else None, status))
+
+    def _check_forbidden(self, request: web.Request) -> None:
+        """Refuse a request a ``forbid`` fault rule covers, as RBAC refuses it."""
+        target = _parse(request.path)
+        if not isinstance(target, _Target) or not self.kubelet.faults.rules:
+            return
+        verb = {"GET": "get" if target.name else "list", "POST": "create", "PUT": "update",
+                "PATCH": "patch", "DELETE": "delete"}.get(request.method, "")
+        if not self.kubelet.faults.forbidden(verb, target.rt.plural):
+            return
+        group = target.rt.group
+        what = f'{target.rt.plural}{"." + group if group else ""}'
+        name = f' "{target.name}"' if target.name else ""
+        raise ApiError(403, "Forbidden", f'{what}{name} is forbidden: User "k8s-double-user" '
+                       f'cannot {verb} resource "{target.rt.plural}" in API group "{group}" in '
+                       f'the namespace "{target.namespace}"')
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Route one request."""

@@ -124,7 +124,7 @@ def trigger_cronjob(store: Store, ns: str, name: str) -> Obj:
 
 
 def cronjob_status(store: Store, cj: Obj, scheduled: str | None = None) -> None:
-    """A CronJob's ``active`` jobs (and ``lastScheduleTime``)."""
+    """A CronJob's ``active`` jobs, ``lastSuccessfulTime`` (and ``lastScheduleTime``)."""
     status = copy.deepcopy(cj.get("status") or {})
     jobs = owned(store, JOBS, cj)
     active = [j for j in jobs if not any(c["type"] in ("Complete", "Failed") and c["status"] ==
@@ -135,6 +135,12 @@ def cronjob_status(store: Store, cj: Obj, scheduled: str | None = None) -> None:
                          "uid": j["metadata"]["uid"]} for j in active]
     if not status["active"]:
         del status["active"]
+    succeeded = [str((j.get("status") or {}).get("completionTime")) for j in jobs
+                 if any(c["type"] == "Complete" and c["status"] == "True"
+                        for c in (j.get("status") or {}).get("conditions") or [])
+                 and (j.get("status") or {}).get("completionTime")]
+    if succeeded:  # the controller's record of the latest job that succeeded
+        status["lastSuccessfulTime"] = max([*succeeded, status.get("lastSuccessfulTime", "")])
     if scheduled:
         status["lastScheduleTime"] = scheduled
     set_status(store, CRONJOBS, cj, status)

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALL_KINDS",
+    "CRONJOB",
     "WORKLOAD_KINDS",
     "ApiFailure",
     "Kind",
@@ -86,7 +87,9 @@ ALL_KINDS: tuple[Kind, ...] = (
     Kind("v1", "Secret", "secrets"),
     Kind("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
 )
-_BY_KIND = {(k.api_version, k.kind): k for k in ALL_KINDS}
+#: An exported notebook's schedule (``kt export --backend kubernetes``); not a compute's.
+CRONJOB = Kind("batch/v1", "CronJob", "cronjobs")
+_BY_KIND = {(k.api_version, k.kind): k for k in (*ALL_KINDS, CRONJOB)}
 #: A request's timeout: seconds in all, or (connect, read) seconds; None: none.
 Timeout = float | tuple[float, float] | None
 

@@ -374,8 +374,9 @@ class KubernetesBackend(Backend):
         namespace = self.namespace_of()
         api = self.api
         found = False
-        for kind, obj in list(_apply.owned(api, namespace, self._selector(name),
-                                           timeout=REQUEST_TIMEOUT)):
+        # (an exported notebook job on this compute keeps its objects: kt jobs rm's)
+        not_jobs = f"{self._selector(name)},{identity.COMPONENT_LABEL}!=job"
+        for kind, obj in list(_apply.owned(api, namespace, not_jobs, timeout=REQUEST_TIMEOUT)):
             obj_name = str((obj.get("metadata") or {}).get("name"))
             found = _apply.delete(api, kind, namespace, obj_name, timeout=REQUEST_TIMEOUT) or found
         if not found:

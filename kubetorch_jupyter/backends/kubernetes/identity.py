@@ -10,7 +10,8 @@ process learns what a running compute was started with, and how a changed spec i
 from __future__ import annotations
 
 __all__ = [
-    "COMPONENT_LABEL", "COMPUTE_LABEL", "FIELD_MANAGER", "MANAGED_BY", "MANAGED_BY_LABEL",
+    "COMPONENT_LABEL", "COMPUTE_LABEL", "FIELD_MANAGER", "JOB_LABEL", "MANAGED_BY",
+    "MANAGED_BY_LABEL",
     "SPEC_ANNOTATION", "SPEC_HASH_ANNOTATION", "USER_LABEL", "labels", "selector",
 ]
 
@@ -27,6 +28,9 @@ USER_LABEL = "kubetorch.dev/user"
 #: ``token`` (the Secret), ``runtime`` (the runtime ConfigMap), ``job`` (a CronJob),
 #: ``scaler`` (the per-compute ServiceAccount/Role/RoleBinding that scales the workload).
 COMPONENT_LABEL = "kubetorch.dev/component"
+#: The exported notebook job an object belongs to (its CronJob, Jobs, notebook ConfigMap,
+#: runs claim): ``kt jobs rm`` deletes by it, and a compute's teardown leaves them.
+JOB_LABEL = "kubetorch.dev/job"
 #: The compute's :meth:`~kubetorch_jupyter.core.spec.ComputeSpec.to_json`, as JSON.
 SPEC_ANNOTATION = "kubetorch.dev/spec"
 #: Its :meth:`~kubetorch_jupyter.core.spec.ComputeSpec.spec_hash`.
