@@ -17,9 +17,10 @@ version has its own and pods of different versions coexist in one namespace.
 Ownership: the ConfigMap ``{username}-kt-runtime-{version}-{hash8}`` is shared by all of
 a user's computes of this client version. It carries the user's identity labels and
 ``kubetorch.dev/component=runtime`` but *no* compute label and no owner reference, so
-tearing down one compute (selected by its compute label) never removes it, and
-``kt teardown --all`` (selected by the user's labels) does. It is per user, not per
-namespace, so one user's ``--all`` never removes what another's pods mount; it is
+tearing down one compute (selected by its compute label) never removes it. Nothing
+removes it yet (``kt teardown --all`` would race another process's ``.to()``); its
+labels select it for a clean-up. It is per user, not per namespace, so one user's
+clean-up never removes what another's pods mount; it is
 immutable (a different bundle is a different name), which also spares the kubelet
 from watching it.
 
