@@ -1,13 +1,12 @@
-"""Opt-in tests against a real Kubernetes cluster: skipped unless one is asked for.
+"""Tests against a real Kubernetes cluster: they run when ``KUBECONFIG`` is set.
 
-They run only with ``KT_TEST_REAL_CLUSTER=1``; the cluster is the kubeconfig's
-(``KT_KUBECONFIG``, else ``$KUBECONFIG``, else ``~/.kube/config``; ``KT_KUBE_CONTEXT`` and
-``KT_NAMESPACE`` as for users), the image ``KT_TEST_IMAGE`` (default
-``python:3.11-slim``: it must have Python >= 3.11 and pip, and the cluster must be able
-to pull it). A ``KUBECONFIG`` that is set is not enough by itself: a developer's
-everyday cluster is not used for tests unless they say so.
+The cluster is the kubeconfig's (``KT_KUBECONFIG``, else ``$KUBECONFIG``;
+``KT_KUBE_CONTEXT`` and ``KT_NAMESPACE`` as for users), the image ``KT_TEST_IMAGE``
+(default ``python:3.11-slim``: it must have Python >= 3.11 and pip, and the cluster must
+be able to pull it). ``KT_TEST_REAL_CLUSTER=0`` skips them anyway; ``=1`` runs them on
+the default (or in-cluster) config. With neither, they are skipped, with the reason.
 
-    KT_TEST_REAL_CLUSTER=1 KUBECONFIG=~/.kube/kind python -m pytest tests/k8s_real -p no:randomly
+    KUBECONFIG=~/.kube/kind python -m pytest tests/k8s_real -p no:randomly
 """
 
 from __future__ import annotations
