@@ -165,9 +165,19 @@ def run_cell(
             on the interrupt (it is busy in C code).
     """
     msg, label = _cell_message(source, filename, first_line, push, pull, detach=False)
-    _wait_for_stuck(compute.name)
-    conn = _connect(compute, source)
-    body, buffers = _dump(compute, msg, label)
+    stuck = compute.name in _stuck
+    try:
+        _wait_for_stuck(compute.name)
+        conn = _connect(compute, source)
+        body, buffers = _dump(compute, msg, label)
+    except CellInterrupted:
+        raise
+    except KeyboardInterrupt:  # Ctrl-C before the cell was sent: nothing ran anywhere
+        hint = (f"; pod {compute.name!r} was busy in code that does not see interrupts: "
+                "wait for it, or restart the pod and lose its state: "
+                f"%kt restart {compute.name}") if stuck else ""
+        raise CellInterrupted(f"interrupted before it was sent: this cell did not run{hint}"
+                              ) from None
 
     def show(event: dict[str, Any]) -> None:
         if event.get("kind") == "queued":
