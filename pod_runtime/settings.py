@@ -116,6 +116,10 @@ POD_SETTINGS: dict[str, PodSetting] = {
                    "\"Idle: ...\"), as Kubernetes' terminationMessagePath. The default "
                    "is written only where it exists (Kubernetes mounts it); a path set "
                    "here is created."),
+        PodSetting("KT_POD_INACTIVITY_TTL", None, _positive_float,
+                   "Seconds without calls after which the pod stops (the compute's "
+                   "inactivity_ttl; --inactivity-ttl wins); in a cluster it first scales "
+                   "its own workload to 0 replicas."),
         PodSetting("KT_K8S_WORKLOAD", "", str,
                    "Set by the Kubernetes manifests: the pod's own workload as "
                    "`<plural>/<name>`; a pod idle past its inactivity_ttl scales it to 0."),

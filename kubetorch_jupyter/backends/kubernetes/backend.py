@@ -263,8 +263,10 @@ class KubernetesBackend(Backend):
     def _render(self, spec: ComputeSpec, namespace: str, *,
                 token_secret: str) -> list[dict[str, Any]]:
         runtime = runtime_container(spec, username=self.username, namespace=namespace)
+        # An idle pod scales its own workload to 0 (pod_runtime.selfscale): it needs a
+        # ServiceAccount whose Role allows that and nothing else.
         return render(spec, runtime=runtime, username=self.username, namespace=namespace,
-                      token_secret=token_secret)
+                      token_secret=token_secret, scaler=bool(spec.inactivity_ttl))
 
     def up(self, spec: ComputeSpec, *, progress: bool = True,
            replacing: str | None = ANY_POD) -> PodInfo:
