@@ -21,6 +21,7 @@ from kubernetes import client
 import kubetorch_jupyter as kt
 from kubetorch_jupyter.backends.kubernetes import apply, identity
 from kubetorch_jupyter.backends.kubernetes.backend import KubernetesBackend
+from pod_runtime import selfscale
 
 USER = "idler"
 PODS = apply.Kind("v1", "Pod", "pods")
@@ -133,3 +134,51 @@ def test_without_its_role_the_idle_pod_says_why_and_exits_as_before(
         assert _deployment(k8s_cluster, "norbac").spec.replicas == 1
     finally:
         compute.teardown()
+
+
+def _workload(name: str) -> dict[str, Any]:
+    labels = {"app": name}
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+            "spec": {"replicas": 1, "selector": {"matchLabels": labels},
+                     "template": {"metadata": {"labels": labels},
+                                  "spec": {"containers": [{"name": "main", "image": "python:3.11",
+                                                           "command": ["sleep", "600"]}]}}}}
+
+
+def test_selfscale_patches_only_the_workload_its_role_names(
+        k8s_cluster: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    api = k8s_cluster.api_client()
+    apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+    rbac = client.RbacAuthorizationV1Api(api)
+    apps.create_namespaced_deployment("default", _workload("mine"))
+    apps.create_namespaced_deployment("default", _workload("theirs"))
+    core.create_namespaced_service_account("default", {"metadata": {"name": "scaler"}})
+    rbac.create_namespaced_role("default", {
+        "metadata": {"name": "scaler"},
+        "rules": [{"apiGroups": ["apps"], "resources": ["deployments/scale"],
+                   "resourceNames": ["mine"], "verbs": ["get", "patch", "update"]}]})
+    rbac.create_namespaced_role_binding("default", {
+        "metadata": {"name": "scaler"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "scaler"},
+        "subjects": [{"kind": "ServiceAccount", "name": "scaler", "namespace": "default"}]})
+    token = k8s_cluster.call(k8s_cluster.kubelet.accounts.token, "default", "scaler")
+    (tmp_path / "token").write_text(token)
+    monkeypatch.setenv("KT_K8S_API", k8s_cluster.url)
+    monkeypatch.setenv("KT_K8S_SA_DIR", str(tmp_path))
+    monkeypatch.setenv("KT_K8S_NAMESPACE", "default")
+
+    monkeypatch.setenv("KT_K8S_WORKLOAD", "deployments/theirs")
+    why = selfscale.scale_to_zero()
+    assert why is not None and "HTTP 403" in why and "system:serviceaccount:default:scaler" in why
+    assert token not in why
+    monkeypatch.setenv("KT_K8S_WORKLOAD", "deployments/mine")
+    assert selfscale.scale_to_zero() is None
+    assert apps.read_namespaced_deployment("mine", "default").spec.replicas == 0
+    assert apps.read_namespaced_deployment("theirs", "default").spec.replicas == 1
+
+    (tmp_path / "token").write_text("not-a-token-the-double-issued")
+    assert "HTTP 401" in (selfscale.scale_to_zero() or "")
+    (tmp_path / "token").unlink()
+    assert "no service-account token at" in (selfscale.scale_to_zero() or "")
+    monkeypatch.setenv("KT_K8S_WORKLOAD", "rayclusters/mine")
+    assert "only deployments, statefulsets" in (selfscale.scale_to_zero() or "")
