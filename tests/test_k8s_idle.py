@@ -21,6 +21,7 @@ from kubernetes import client
 import kubetorch_jupyter as kt
 from kubetorch_jupyter.backends.kubernetes import apply, identity
 from kubetorch_jupyter.backends.kubernetes.backend import KubernetesBackend
+from kubetorch_jupyter.manager import ComputeManager
 from pod_runtime import selfscale
 
 USER = "idler"
@@ -87,6 +88,8 @@ def test_an_idle_pod_scales_its_deployment_to_zero_and_the_next_call_starts_it(
         status = backend.status(backend.get("dozy"))
         assert (status.phase, status.reason) == ("gone", "Idle")
         assert status.message == "no calls for 2s, its inactivity_ttl"
+        listed = [c for c in ComputeManager([backend]).list() if c.name == "dozy"]
+        assert [(c.phase, c.reason) for c in listed] == [("gone", "Idle")]  # kt list
 
         with pytest.warns(RuntimeWarning, match=r"was stopped for idleness \(no calls for 2s, "
                                                 r"its inactivity_ttl\).*state of the old one"):
