@@ -331,23 +331,16 @@ class PodWorker:
         image = await self._pull(c)
         if image is None:
             return None
-        said = None
-        while True:  # until what the container refers to exists, checked every half second
-            try:
-                mounts = mounts_of(c.spec, volumes)
-                env = container_env(self.store, self.pod(), c.spec)
-                argv = self._argv(c, image, env, mounts)
-                break
-            except (ConfigError, MountError) as exc:
-                if str(exc) != said:  # once per cause (the real kubelet dedups its events)
-                    said = str(exc)
-                    c.state = {"waiting": {"reason": "CreateContainerConfigError",
-                                           "message": said}}
-                    self.publish()
-                    self.event("Failed", f"Error: {exc}", "Warning")
-                await asyncio.sleep(0.5)  # not on "changed": our own event is a change
-                if self.stopping:
-                    return None
+        try:
+            mounts = mounts_of(c.spec, volumes)
+            env = container_env(self.store, self.pod(), c.spec)
+            argv = self._argv(c, image, env, mounts)
+        except (ConfigError, MountError) as exc:
+            c.state = {"waiting": {"reason": "CreateContainerConfigError", "message": str(exc)}}
+            self.publish()
+            self.event("Failed", f"Error: {exc}", "Warning")
+            await self.kubelet.changed(1.0)
+            return await self._run_once(c, volumes) if not self.stopping else None
         full_env = {"PATH": image.path(), "HOSTNAME": self.name,
                     "HOME": str(self.kubelet.root / "pods" / self.uid / "home"),
                     "KUBERNETES_SERVICE_HOST": "127.0.0.1",
