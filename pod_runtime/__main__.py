@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         podlog.configure(args.name)  # logging records: plain on stderr, or JSON lines
+        if args.inactivity_ttl is None:  # the Kubernetes manifests set it in the env
+            args.inactivity_ttl = settings.get("KT_POD_INACTIVITY_TTL")
     except ValueError as exc:  # a KT_POD_... variable its parser rejects
         print(f"pod_runtime: {exc}", file=sys.stderr)
         return 2

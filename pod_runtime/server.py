@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import cells as _cells  # noqa: F401 - registers the notebook cell call kinds
-from . import gpu, protocol, settings
+from . import gpu, protocol, selfscale, settings
 from . import podlog as _podlog  # noqa: F401 - registers the "logs" call kind
 from . import sync as _sync  # noqa: F401 - registers the "sync" call kind
 from .executor import Executor
@@ -341,7 +341,20 @@ class PodServer:
                 log.warning("no calls for %.0fs (inactivity TTL %gs): pod %s stops, "
                             "%d idle client(s) connected", idle, self.inactivity_ttl,
                             self.name, len(self._conns))
+                self._scale_to_zero()
                 self.end(ending.IDLE, self.inactivity_ttl)
+
+    def _scale_to_zero(self) -> None:
+        """In a cluster, set the pod's own workload to 0 replicas so it is not restarted."""
+        if not selfscale.in_cluster():
+            return
+        why = selfscale.scale_to_zero()
+        if why is None:
+            log.warning("pod %s scaled %s to 0 replicas (idle); the next call starts it "
+                        "again", self.name, settings.get("KT_K8S_WORKLOAD"))
+        else:
+            log.warning("pod %s could not scale itself to 0 (%s): it exits and its "
+                        "workload restarts it", self.name, why)
 
     def end(self, reason: str, value: float) -> None:
         """Stop for ``reason`` (an :mod:`~.protocol.ending`): say why, then :meth:`stop`.

@@ -116,6 +116,21 @@ POD_SETTINGS: dict[str, PodSetting] = {
                    "\"Idle: ...\"), as Kubernetes' terminationMessagePath. The default "
                    "is written only where it exists (Kubernetes mounts it); a path set "
                    "here is created."),
+        PodSetting("KT_POD_INACTIVITY_TTL", None, _positive_float,
+                   "Seconds without calls after which the pod stops (the compute's "
+                   "inactivity_ttl; --inactivity-ttl wins); in a cluster it first scales "
+                   "its own workload to 0 replicas."),
+        PodSetting("KT_K8S_WORKLOAD", "", str,
+                   "Set by the Kubernetes manifests: the pod's own workload as "
+                   "`<plural>/<name>`; a pod idle past its inactivity_ttl scales it to 0."),
+        PodSetting("KT_K8S_NAMESPACE", "", str,
+                   "Set by the Kubernetes manifests: the namespace of KT_K8S_WORKLOAD."),
+        PodSetting("KT_K8S_API", "", str,
+                   "The API server's base URL for that scale (a test double's http:// "
+                   "one); empty: https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT "
+                   "with the mounted CA."),
+        PodSetting("KT_K8S_SA_DIR", "/var/run/secrets/kubernetes.io/serviceaccount", str,
+                   "Where the service-account `token` and `ca.crt` are mounted."),
         PodSetting("KT_POD_HANDSHAKE_TIMEOUT", 10.0, _positive_float,
                    "Seconds a new connection has to send its whole upgrade request; a "
                    "slower one is dropped before it is authenticated."),

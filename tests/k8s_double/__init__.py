@@ -22,8 +22,9 @@ Simplified, on purpose (each module's docstring has the details):
 - Pods share the host's network namespace (each its own 127.x.y.z; ``0.0.0.0`` spelled
   in a container's command/args/env becomes the pod IP); volumes are directories that
   a container reaches by path rewriting of its command, args, env and workingDir.
-- Services are stored, not proxied (no clusterIP, no DNS); no service-account token is
-  mounted; memory limits are not enforced (``oom_kill`` scripts an OOM); rollouts
+- Services are stored, not proxied (no clusterIP, no DNS); a pod's service-account
+  token is checked against Roles only (:mod:`.rbac`); memory limits are not enforced
+  (``oom_kill`` scripts an OOM); rollouts
   surge 100%; no ProgressDeadlineExceeded, preemption, exec or attach (a startupProbe
   holds the other probes back until it passes, as the kubelet does);
   Knative never scales to zero (a revision's probes without a port get the container's,

@@ -19,6 +19,7 @@ from typing import Any
 from .containers import Images
 from .faults import Faults
 from .pod_worker import PODS, Container, LogBuffer, PodWorker
+from .rbac import ServiceAccounts
 from .store import ApiError, Store
 
 __all__ = ["Kubelet"]
@@ -48,6 +49,7 @@ class Kubelet:
         self.errors = errors if errors is not None else []
         self.procs: dict[int, tuple[PodWorker, Container]] = {}
         self.api_port = 0
+        self.accounts = ServiceAccounts()
         # A random /24 of 127/8 per double, so two doubles on one machine do not collide.
         self._next_ip = (random.randrange(1, 255) << 16 | random.randrange(0, 256) << 8) + 2
         self._tick = asyncio.Event()

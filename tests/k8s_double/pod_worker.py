@@ -317,6 +317,15 @@ class PodWorker:
             command = list(image.entrypoint)
         return [rewrite(expand(str(a), env), mounts, self.ip) for a in command + args]
 
+    def _account_env(self) -> dict[str, str]:
+        """The mounted service-account token's variables (see :mod:`.rbac`), if mounted."""
+        where = self.kubelet.accounts.mount(
+            self.store, self.pod(), self.kubelet.root / "pods" / self.uid / "serviceaccount")
+        if where is None:
+            return {}
+        return {"KT_K8S_SA_DIR": str(where),
+                "KT_K8S_API": f"http://127.0.0.1:{self.kubelet.api_port}"}
+
     async def _run_once(self, c: Container, volumes: dict[str, Path]) -> int | None:
         """Start the container, wait for it to end; its exit code (None: never started)."""
         image = await self._pull(c)
@@ -336,6 +345,7 @@ class PodWorker:
                     "HOME": str(self.kubelet.root / "pods" / self.uid / "home"),
                     "KUBERNETES_SERVICE_HOST": "127.0.0.1",
                     "KUBERNETES_SERVICE_PORT": str(self.kubelet.api_port),
+                    **self._account_env(),
                     **image.env, **{k: rewrite(v, mounts, self.ip) for k, v in env.items()}}
         Path(full_env["HOME"]).mkdir(parents=True, exist_ok=True)
         cwd = rewrite(c.spec.get("workingDir") or full_env["HOME"], mounts)

@@ -74,6 +74,8 @@ RESOURCES: tuple[ResourceType, ...] = (
                  short_names=("rs",)),
     ResourceType("apps", "v1", "statefulsets", "StatefulSet", True, ("status", "scale"),
                  short_names=("sts",)),
+    ResourceType("rbac.authorization.k8s.io", "v1", "roles", "Role"),
+    ResourceType("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding"),
     ResourceType("batch", "v1", "jobs", "Job", True, _S),
     ResourceType("batch", "v1", "cronjobs", "CronJob", True, _S, short_names=("cj",)),
     ResourceType("serving.knative.dev", "v1", "services", "Service", True, _S, builtin=False,

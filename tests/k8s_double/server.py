@@ -25,7 +25,7 @@ from urllib.parse import urlencode
 import yaml
 from aiohttp import web
 
-from . import portforward, resources
+from . import portforward, rbac, resources
 from .merge import MergeError, json_merge_patch, json_patch, strategic_merge_patch
 from .resources import ResourceType
 from .selectors import SelectorError, field_selector, label_selector
@@ -55,6 +55,13 @@ class Recorded:
     def url(self) -> str:
         """Path and query, as sent."""
         return self.path + (f"?{urlencode(self.query)}" if self.query else "")
+
+
+def _verb(method: str, target: object) -> str:
+    """The RBAC verb of a request (``get`` of a named object, ``list`` of a collection)."""
+    named = isinstance(target, _Target) and target.name is not None
+    return {"GET": "get" if named else "list", "POST": "create", "PUT": "update",
+            "PATCH": "patch", "DELETE": "delete"}.get(method, "")
 
 
 def _status_response(err: ApiError) -> web.Response:
@@ -137,7 +144,7 @@ class Api:
             if request.path not in _OPEN:
                 got = request.headers.get("Authorization", "")
                 if not hmac.compare_digest(got.encode(), f"Bearer {self.token}".encode()):
-                    raise ApiError(401, "Unauthorized", "Unauthorized")
+                    self._check_account(request, got.removeprefix("Bearer "))
             self._check_forbidden(request)
             resp = await handler(request)
             status = resp.status
@@ -151,13 +158,34 @@ class Api:
             self.requests.append(Recorded(request.method, request.path, dict(request.query),
                                           ctype, body if raw else None, status))
 
+    def _check_account(self, request: web.Request, bearer: str) -> None:
+        """A pod's service-account token: 401 if unknown, 403 unless a Role allows it."""
+        who = self.kubelet.accounts.who(bearer)
+        if who is None:
+            raise ApiError(401, "Unauthorized", "Unauthorized")
+        target = _parse(request.path)
+        verb = _verb(request.method, target)
+        if isinstance(target, _Target):
+            rt = target.rt
+            plural = f"{rt.plural}/{target.sub}" if target.sub else rt.plural
+            if rbac.allowed(self.store, who, verb, rt.group, plural, target.namespace,
+                            target.name):
+                return
+            group, ns, name = rt.group, target.namespace, target.name
+        else:
+            plural, group, ns, name = request.path, "", None, None
+        user = f"system:serviceaccount:{who[0]}:{who[1]}"
+        named = f' "{name}"' if name else ""
+        raise ApiError(403, "Forbidden", f'{plural}{"." + group if group else ""}{named} is '
+                       f'forbidden: User "{user}" cannot {verb} resource "{plural}" in API '
+                       f'group "{group}" in the namespace "{ns}"')
+
     def _check_forbidden(self, request: web.Request) -> None:
         """Refuse a request a ``forbid`` fault rule covers, as RBAC refuses it."""
         target = _parse(request.path)
         if not isinstance(target, _Target) or not self.kubelet.faults.rules:
             return
-        verb = {"GET": "get" if target.name else "list", "POST": "create", "PUT": "update",
-                "PATCH": "patch", "DELETE": "delete"}.get(request.method, "")
+        verb = _verb(request.method, target)
         if not self.kubelet.faults.forbidden(verb, target.rt.plural):
             return
         group = target.rt.group

@@ -86,6 +86,10 @@ ALL_KINDS: tuple[Kind, ...] = (
     Kind("v1", "ConfigMap", "configmaps"),
     Kind("v1", "Secret", "secrets"),
     Kind("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
+    # a compute with an inactivity_ttl: what lets its pod scale its own workload to 0
+    Kind("rbac.authorization.k8s.io/v1", "RoleBinding", "rolebindings"),
+    Kind("rbac.authorization.k8s.io/v1", "Role", "roles"),
+    Kind("v1", "ServiceAccount", "serviceaccounts"),
 )
 #: An exported notebook's schedule (``kt export --backend kubernetes``); not a compute's.
 CRONJOB = Kind("batch/v1", "CronJob", "cronjobs")

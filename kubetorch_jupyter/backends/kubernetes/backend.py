@@ -35,6 +35,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from kernel_bridge import Endpoint
+from pod_runtime.protocol import ending
 
 from ... import config
 from ...core.names import check_name, pod_name
@@ -263,8 +264,10 @@ class KubernetesBackend(Backend):
     def _render(self, spec: ComputeSpec, namespace: str, *,
                 token_secret: str) -> list[dict[str, Any]]:
         runtime = runtime_container(spec, username=self.username, namespace=namespace)
+        # An idle pod scales its own workload to 0 (pod_runtime.selfscale): it needs a
+        # ServiceAccount whose Role allows that and nothing else.
         return render(spec, runtime=runtime, username=self.username, namespace=namespace,
-                      token_secret=token_secret)
+                      token_secret=token_secret, scaler=bool(spec.inactivity_ttl))
 
     def up(self, spec: ComputeSpec, *, progress: bool = True,
            replacing: str | None = ANY_POD) -> PodInfo:
@@ -400,6 +403,9 @@ class KubernetesBackend(Backend):
         if torn is not None:
             return PodStatus("gone", "TornDown", torn)
         namespace = self._ns(info)
+        idle = self._idle_stopped(info, namespace)
+        if idle is not None:
+            return idle
         pods = self._pods(info.name, namespace)
         attached = self._attached_to(info)
         if attached is not None:
@@ -409,6 +415,23 @@ class KubernetesBackend(Backend):
         if not status.alive:
             self._dead[id(info)] = status
         return status
+
+    def _idle_stopped(self, info: PodInfo, namespace: str) -> PodStatus | None:
+        """``gone``/``Idle`` when the compute's pod scaled its workload to 0 for idleness.
+
+        Only the pod does that (``pod_runtime.selfscale``, a compute with an
+        ``inactivity_ttl``; the manifests always ask for at least one replica), so a
+        Deployment or StatefulSet at 0 replicas of such a compute was stopped for idleness.
+        The next ``.to()`` re-applies it, which puts its replicas back.
+        """
+        ttl = (info.spec or {}).get("inactivity_ttl")
+        if not ttl:
+            return None
+        for workload in self._workloads(namespace, info.name):
+            if workload.get("kind") in ("Deployment", "StatefulSet") and (
+                    (workload.get("spec") or {}).get("replicas") == 0):
+                return PodStatus("gone", ending.IDLE, ending.describe(ending.IDLE, float(ttl)))
+        return None
 
     def _attached_to(self, info: PodInfo) -> _Attached | None:
         found = self._attached.get(id(info))

@@ -421,7 +421,10 @@ def scaler_objects(spec: ComputeSpec, *, username: str, namespace: str,
         return _metadata(n.scaler, namespace, spec, options, username, "scaler")
 
     return [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta()},
+        # its token is what the pod scales with: mounted even where the namespace's
+        # default ServiceAccount says not to (a pod spec without the field takes this)
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta(),
+         "automountServiceAccountToken": True},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta(),
          "rules": [rule]},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",

@@ -152,6 +152,9 @@ def runtime_container(spec: ComputeSpec, *, username: str, namespace: str,
         {"name": "KT_POD_LOG_FORMAT", "value": "json"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
+    if spec.inactivity_ttl:
+        # the pod stops itself after this long without calls, scaling its workload to 0
+        env.append({"name": "KT_POD_INACTIVITY_TTL", "value": f"{spec.inactivity_ttl:g}"})
     cache: dict[str, Any] = ({"persistentVolumeClaim": {"claimName": cache_claim}}
                              if cache_claim else {"emptyDir": {}})
     volumes = [
