@@ -331,16 +331,20 @@ class PodWorker:
         image = await self._pull(c)
         if image is None:
             return None
-        try:
-            mounts = mounts_of(c.spec, volumes)
-            env = container_env(self.store, self.pod(), c.spec)
-            argv = self._argv(c, image, env, mounts)
-        except (ConfigError, MountError) as exc:
-            c.state = {"waiting": {"reason": "CreateContainerConfigError", "message": str(exc)}}
-            self.publish()
-            self.event("Failed", f"Error: {exc}", "Warning")
-            await self.kubelet.changed(1.0)
-            return await self._run_once(c, volumes) if not self.stopping else None
+        while True:  # a loop, not a recursion per retry (its depth grew without bound)
+            try:
+                mounts = mounts_of(c.spec, volumes)
+                env = container_env(self.store, self.pod(), c.spec)
+                argv = self._argv(c, image, env, mounts)
+                break
+            except (ConfigError, MountError) as exc:
+                c.state = {"waiting": {"reason": "CreateContainerConfigError",
+                                       "message": str(exc)}}
+                self.publish()
+                self.event("Failed", f"Error: {exc}", "Warning")
+                await self.kubelet.changed(1.0)
+                if self.stopping:
+                    return None
         full_env = {"PATH": image.path(), "HOSTNAME": self.name,
                     "HOME": str(self.kubelet.root / "pods" / self.uid / "home"),
                     "KUBERNETES_SERVICE_HOST": "127.0.0.1",
